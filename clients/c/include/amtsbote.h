@@ -1,0 +1,213 @@
+/*
+ * amtsbote.h - the whole public API of libamtsbote, the Amtsbote client library.
+ *
+ * A client connects to an Amtsbote broker, calls services that other participants offer, and
+ * offers services of its own. One ab_client_t is one connection (one ZeroMQ DEALER socket).
+ *
+ * Threads: an ab_client_t is not thread-safe. Use each client from one thread at a time; use one
+ * client per thread when you need several. Different clients are independent.
+ *
+ * Ownership: a returned `char *` or buffer is the caller's and is freed with ab_free(); a returned
+ * `const char *` is borrowed and valid as the comment says. A `**` parameter means the callee takes
+ * ownership and sets the caller's pointer to NULL.
+ *
+ * Errors: functions that can fail return 0 on success and a negative AB_E* code on failure.
+ * ab_strerror() gives a sentence, ab_err_name() the name (e.g. "UNKNOWN_SERVICE"), and
+ * ab_client_last_error() the broker's or library's text for the last failure on that client,
+ * which names the field, service or rule at fault.
+ */
+#ifndef AMTSBOTE_H
+#define AMTSBOTE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define AB_VERSION_MAJOR 0
+#define AB_VERSION_MINOR 1
+#define AB_VERSION_PATCH 0
+
+/* The wire protocol version this library speaks. */
+#define AB_PROTOCOL_VERSION 1
+
+/*
+ * One table of error codes: XX(NAME, wire name, message). The wire name is the broker's
+ * ErrorCode where one exists. Values are negative and stable within a major version.
+ */
+#define AB_ERRNO_MAP(XX)                                                                           \
+    XX(EINVAL, 1, "INVALID_ARGUMENT", "invalid argument")                                          \
+    XX(ENOMEM, 2, "NO_MEMORY", "out of memory")                                                    \
+    XX(EUNKNOWN_SERVICE, 3, "UNKNOWN_SERVICE", "no provider offers this service")                  \
+    XX(EFORBIDDEN, 4, "FORBIDDEN", "not allowed by the broker's policy")                           \
+    XX(ESCHEMA_INVALID, 5, "SCHEMA_INVALID", "payload does not match the published schema")        \
+    XX(EDEADLINE, 6, "DEADLINE_EXCEEDED", "deadline exceeded")                                     \
+    XX(EPROVIDER_GONE, 7, "PROVIDER_GONE", "the provider went away with the call in flight")       \
+    XX(ETOO_LARGE, 8, "TOO_LARGE", "message too large")                                            \
+    XX(EMALFORMED, 9, "MALFORMED", "malformed message")                                            \
+    XX(EMAILBOX_FULL, 10, "MAILBOX_FULL", "the recipient's mailbox is full")                       \
+    XX(EUNAVAILABLE, 11, "UNAVAILABLE", "the broker is unavailable or shutting down")              \
+    XX(EINTERNAL, 12, "INTERNAL", "internal error in the broker")                                  \
+    XX(EPROVIDER, 13, "PROVIDER_ERROR", "the provider answered with an error")                     \
+    XX(ETIMEDOUT, 14, "TIMED_OUT", "no answer from the broker in time")                            \
+    XX(EREFUSED, 15, "REFUSED", "the broker refused this client's identity")                       \
+    XX(ECONNECT, 16, "CONNECT_FAILED", "cannot connect to the broker")                             \
+    XX(ESTATE, 17, "BAD_STATE", "operation not possible in this state")                            \
+    XX(EIO, 18, "IO_ERROR", "input/output error")
+
+typedef enum {
+    AB_OK = 0,
+#define AB_XX_ENUM(name, num, wire, msg) AB_##name = -(num),
+    AB_ERRNO_MAP(AB_XX_ENUM)
+#undef AB_XX_ENUM
+} ab_errno_t;
+
+/* A sentence for an AB_E* code; never NULL (unknown codes give "unknown error"). */
+const char *ab_strerror(int err);
+/* The name of an AB_E* code, e.g. "UNKNOWN_SERVICE"; never NULL ("OK" for 0). */
+const char *ab_err_name(int err);
+
+/* Frees memory that the library handed to the caller. Accepts NULL. */
+void ab_free(void *ptr);
+
+typedef struct ab_client ab_client_t;
+
+/*
+ * Creates a client that is not yet connected. Returns NULL when out of memory.
+ */
+ab_client_t *ab_client_new(void);
+
+/*
+ * Closes the connection (withdrawing every offer), fails calls still in flight with
+ * AB_EUNAVAILABLE through their callbacks, and frees the client. Accepts NULL and a pointer to
+ * NULL; sets *self_p to NULL.
+ */
+void ab_client_destroy(ab_client_t **self_p);
+
+/*
+ * On a plain tcp:// or ipc:// listener the client names itself: `participant` is its address,
+ * `level.org[.unit]`, e.g. "kommune.09162000.meldeamt". The broker believes it only when run with
+ * --insecure-plain-identities. Call before ab_client_connect(). Returns AB_EINVAL for an address
+ * that is not of that form.
+ */
+int ab_client_set_participant(ab_client_t *self, const char *participant);
+
+/*
+ * Connects to the broker at `uri` (tcp://HOST:PORT or ipc://PATH) and waits up to `timeout_ms`
+ * (0: 5000) for the broker's HELLO. Returns AB_EREFUSED when the broker refused the identity,
+ * AB_ETIMEDOUT when it did not answer, AB_EINVAL for a URI it cannot use.
+ */
+int ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms);
+
+/*
+ * The text of the last failure on this client: the broker's error text (naming the field,
+ * service or rule at fault) or the library's. Borrowed; valid until the next call on `self`.
+ * Empty string when there was none.
+ */
+const char *ab_client_last_error(const ab_client_t *self);
+
+/* The participant address the broker saw for this client (from its HELLO). Borrowed. */
+const char *ab_client_participant(const ab_client_t *self);
+
+/*
+ * Calls `service` ("package.Service/Method") with the request `req` of `req_len` bytes and waits
+ * for the reply up to `timeout_ms` (0: 30000), which is also the deadline the broker enforces.
+ * On success *reply (the caller's, free with ab_free()) and *reply_len are set; an empty reply
+ * gives a non-NULL pointer and length 0. On failure *reply is NULL and the return value says why.
+ * While it waits the client also serves calls to its own offers.
+ */
+int ab_call(ab_client_t *self, const char *service, const void *req, size_t req_len,
+            int timeout_ms, void **reply, size_t *reply_len);
+
+/*
+ * Called once for every asynchronous call: `status` is 0 or an AB_E* code; `reply` and
+ * `errtext` are borrowed for the duration of the callback only.
+ */
+typedef void(ab_call_cb)(ab_client_t *client, int status, const void *reply, size_t reply_len,
+                         const char *errtext, void *arg);
+
+/*
+ * Starts a call and returns at once. `cb` runs later from ab_client_process() (or from within
+ * ab_call()/ab_client_run()) exactly once. Returns an error (and never runs `cb`) when the call
+ * could not be sent.
+ */
+int ab_call_async(ab_client_t *self, const char *service, const void *req, size_t req_len,
+                  int timeout_ms, ab_call_cb *cb, void *arg);
+
+/* Calls started with ab_call_async() that have not completed yet. */
+size_t ab_client_in_flight(const ab_client_t *self);
+
+/* ---- Providers ---------------------------------------------------------------------------- */
+
+typedef struct ab_request ab_request_t;
+
+/*
+ * Runs for each incoming call to an offer. The handler answers with ab_reply() or
+ * ab_reply_error(), now or later (keeping `req`); every request must be answered exactly once.
+ */
+typedef void(ab_handler_fn)(ab_client_t *client, ab_request_t *req, void *arg);
+
+/*
+ * Offers `service`: "package.Service" (every method) or "package.Service/Method" (one). Waits up
+ * to 5 s for the broker to accept the offer; returns its error otherwise (e.g. AB_EINVAL for a
+ * malformed name). From then on the client sends heartbeats whenever it is driven.
+ */
+int ab_offer(ab_client_t *self, const char *service, ab_handler_fn *handler, void *arg);
+
+/* Withdraws an offer made with ab_offer(); calls already delivered still need an answer. */
+int ab_withdraw(ab_client_t *self, const char *service);
+
+/* Accessors for a request; everything returned is borrowed until the request is answered. */
+const void *ab_request_payload(const ab_request_t *req, size_t *len);
+const char *ab_request_method(const ab_request_t *req);  /* "package.Service/Method" */
+const char *ab_request_caller(const ab_request_t *req);  /* authenticated participant */
+const char *ab_request_purpose(const ab_request_t *req); /* "" when none was given */
+const char *ab_request_message_id(const ab_request_t *req); /* 32 hex digits */
+/* Milliseconds left before the caller's deadline (0 when it has passed). */
+int ab_request_remaining_ms(const ab_request_t *req);
+
+/*
+ * Answers a request with `len` bytes and frees it; *req_p is set to NULL. Returns an error when
+ * the answer could not be sent (the request is freed all the same).
+ */
+int ab_reply(ab_request_t **req_p, const void *data, size_t len);
+
+/*
+ * Answers a request with an error of the provider's own (the caller sees AB_EPROVIDER and
+ * `text`) and frees it. `text` should say what went wrong without personal data.
+ */
+int ab_reply_error(ab_request_t **req_p, const char *text);
+
+/* ---- Driving the client from your own loop ---------------------------------------------- */
+
+/*
+ * A file descriptor that becomes readable when the client may have work. It is edge-triggered:
+ * after it polls readable, call ab_client_process() until it returns 0 (nothing left).
+ */
+int ab_client_fd(const ab_client_t *self);
+
+/*
+ * Processes everything that has arrived, runs callbacks and handlers, expires deadlines and
+ * sends heartbeats. Returns 0 when nothing is left to do right now, 1 when it stopped after a
+ * budget and should be called again, or a negative AB_E* code.
+ */
+int ab_client_process(ab_client_t *self);
+
+/* Milliseconds until ab_client_process() must run again for timers (-1: no timer pending). */
+int ab_client_next_timeout(const ab_client_t *self);
+
+/*
+ * Drives the client until ab_client_stop() is called (from a handler, a callback or a signal
+ * handler) or, when `timeout_ms` >= 0, until that much time has passed. Returns 0 or an AB_E*.
+ */
+int ab_client_run(ab_client_t *self, int timeout_ms);
+
+/* Makes ab_client_run() return. Async-signal-safe. */
+void ab_client_stop(ab_client_t *self);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AMTSBOTE_H */

@@ -1,0 +1,338 @@
+/*
+ * wire.c - header frame codec with limits, names, message ids.
+ */
+#include "wire.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+/*
+ * protobuf-c allocates every string and sub-message separately. A header frame is at most
+ * AB_MAX_HEADER_BYTES, so its unpacked form fits a fixed arena that is reset per frame: no
+ * malloc per message on the hot path, and a hostile frame can never make us allocate more.
+ * The worst case is a frame of empty map entries (2 wire bytes -> one entry struct and one
+ * pointer), hence the factor.
+ */
+#define ARENA_BYTES (AB_MAX_HEADER_BYTES * 40)
+
+struct ab_wire_decoder {
+    ProtobufCAllocator alloc;
+    ab_header_t *hdr;
+    size_t used;
+    _Alignas(16) uint8_t arena[ARENA_BYTES];
+};
+
+static void *
+s_arena_alloc(void *data, size_t size)
+{
+    ab_wire_decoder_t *self = data;
+    size_t aligned = (size + 15u) & ~(size_t)15u;
+    if (aligned < size || aligned > ARENA_BYTES - self->used)
+        return NULL;
+    void *p = self->arena + self->used;
+    self->used += aligned;
+    return p;
+}
+
+static void
+s_arena_free(void *data, void *ptr)
+{
+    (void)data;
+    (void)ptr; /* released all at once by the next decode */
+}
+
+ab_wire_decoder_t *
+ab_wire_decoder_new(void)
+{
+    ab_wire_decoder_t *self = malloc(sizeof *self);
+    if (!self)
+        return NULL;
+    self->alloc.alloc = s_arena_alloc;
+    self->alloc.free = s_arena_free;
+    self->alloc.allocator_data = self;
+    self->hdr = NULL;
+    self->used = 0;
+    return self;
+}
+
+void
+ab_wire_decoder_destroy(ab_wire_decoder_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    free(*self_p);
+    *self_p = NULL;
+}
+
+static int
+s_check_string(const char *s, const char *field, size_t max, char why[AB_WHY_LEN])
+{
+    if (!s)
+        return 0;
+    size_t n = strnlen(s, max + 1);
+    if (n > max) {
+        snprintf(why, AB_WHY_LEN, "header field '%s' is longer than %zu bytes", field, max);
+        return AB_EMALFORMED;
+    }
+    return 0;
+}
+
+int
+ab_wire_decode(ab_wire_decoder_t *self, const void *data, size_t len, ab_header_t **hdr,
+               char why[AB_WHY_LEN])
+{
+    why[0] = '\0';
+    *hdr = NULL;
+    if (len == 0) {
+        snprintf(why, AB_WHY_LEN, "header frame is empty");
+        return AB_EMALFORMED;
+    }
+    if (len > AB_MAX_HEADER_BYTES) {
+        snprintf(why, AB_WHY_LEN, "header frame of %zu bytes exceeds the limit of %d bytes", len,
+                 AB_MAX_HEADER_BYTES);
+        return AB_ETOO_LARGE;
+    }
+    self->used = 0;
+    ab_header_t *h = amtsbote__v1__header__unpack(&self->alloc, len, data);
+    if (!h) {
+        snprintf(why, AB_WHY_LEN,
+                 "header frame of %zu bytes is not a valid amtsbote.v1.Header (truncated or not "
+                 "protobuf)",
+                 len);
+        return AB_EMALFORMED;
+    }
+    if (h->version != AB_PROTOCOL_VERSION) {
+        snprintf(why, AB_WHY_LEN,
+                 "header field 'version' is %u; this broker speaks protocol version %d",
+                 h->version, AB_PROTOCOL_VERSION);
+        return AB_EMALFORMED;
+    }
+    if (h->kind <= AMTSBOTE__V1__KIND__KIND_UNSPECIFIED ||
+        h->kind > AMTSBOTE__V1__KIND__KIND_HEARTBEAT) {
+        snprintf(why, AB_WHY_LEN, "header field 'kind' has no valid value (%d)", (int)h->kind);
+        return AB_EMALFORMED;
+    }
+    if (h->message_id.len != 0 && h->message_id.len != AB_MESSAGE_ID_LEN) {
+        snprintf(why, AB_WHY_LEN, "header field 'message_id' must be %d bytes, not %zu",
+                 AB_MESSAGE_ID_LEN, h->message_id.len);
+        return AB_EMALFORMED;
+    }
+    if (h->correlation_id.len > 64) {
+        snprintf(why, AB_WHY_LEN, "header field 'correlation_id' is longer than 64 bytes");
+        return AB_EMALFORMED;
+    }
+    int rc = 0;
+    if ((rc = s_check_string(h->service, "service", AB_MAX_NAME, why)) ||
+        (rc = s_check_string(h->recipient, "recipient", AB_MAX_NAME, why)) ||
+        (rc = s_check_string(h->topic, "topic", AB_MAX_NAME, why)) ||
+        (rc = s_check_string(h->schema, "schema", AB_MAX_NAME, why)) ||
+        (rc = s_check_string(h->purpose, "purpose", AB_MAX_NAME, why)) ||
+        (rc = s_check_string(h->sender, "sender", AB_MAX_NAME, why)))
+        return rc;
+    if (h->error && (rc = s_check_string(h->error->text, "error.text", AB_MAX_ERROR_TEXT, why)))
+        return rc;
+    *hdr = h;
+    return 0;
+}
+
+int
+ab_wire_encode(const ab_header_t *hdr, uint8_t *buf, size_t cap)
+{
+    size_t n = amtsbote__v1__header__get_packed_size(hdr);
+    if (n > cap || n > AB_MAX_HEADER_BYTES)
+        return AB_ETOO_LARGE;
+    return (int)amtsbote__v1__header__pack(hdr, buf);
+}
+
+/* An identifier segment: a letter, then letters, digits or '_'. */
+static size_t
+s_ident(const char *s)
+{
+    if (!isalpha((unsigned char)s[0]))
+        return 0;
+    size_t i = 1;
+    while (isalnum((unsigned char)s[i]) || s[i] == '_')
+        i++;
+    return i;
+}
+
+int
+ab_wire_check_service(const char *name, int allow_whole, char why[AB_WHY_LEN])
+{
+    if (!name || !*name) {
+        snprintf(why, AB_WHY_LEN, "service name is empty");
+        return AB_EINVAL;
+    }
+    if (strlen(name) > AB_MAX_NAME) {
+        snprintf(why, AB_WHY_LEN, "service name is longer than %d bytes", AB_MAX_NAME);
+        return AB_EINVAL;
+    }
+    /* package.Service: at least two dotted identifiers */
+    const char *p = name;
+    int segments = 0;
+    for (;;) {
+        size_t n = s_ident(p);
+        if (n == 0)
+            goto bad;
+        p += n;
+        segments++;
+        if (*p != '.')
+            break;
+        p++;
+    }
+    if (segments < 2)
+        goto bad;
+    if (*p == '\0') {
+        if (allow_whole)
+            return 0;
+        snprintf(why, AB_WHY_LEN, "service '%.200s' names no method (package.Service/Method)",
+                 name);
+        return AB_EINVAL;
+    }
+    if (*p != '/')
+        goto bad;
+    p++;
+    size_t n = s_ident(p);
+    if (n == 0 || p[n] != '\0')
+        goto bad;
+    return 0;
+bad:
+    snprintf(why, AB_WHY_LEN, "service name '%.200s' is not of the form package.Service%s", name,
+             allow_whole ? "[/Method]" : "/Method");
+    return AB_EINVAL;
+}
+
+int
+ab_wire_check_participant(const char *addr, char why[AB_WHY_LEN])
+{
+    if (!addr || !*addr) {
+        snprintf(why, AB_WHY_LEN, "participant address is empty");
+        return AB_EINVAL;
+    }
+    size_t len = strlen(addr);
+    int segments = 0;
+    size_t seglen = 0;
+    if (len > AB_MAX_NAME)
+        goto bad;
+    for (size_t i = 0; i <= len; i++) {
+        char c = addr[i];
+        if (c == '.' || c == '\0') {
+            if (seglen == 0)
+                goto bad;
+            segments++;
+            seglen = 0;
+            continue;
+        }
+        int ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 (seglen > 0 && (c == '-' || c == '_'));
+        if (!ok)
+            goto bad;
+        seglen++;
+    }
+    if (segments < 2 || segments > 8)
+        goto bad;
+    return 0;
+bad:
+    snprintf(why, AB_WHY_LEN,
+             "participant address '%.200s' is not of the form level.org[.unit] (lower-case "
+             "letters, digits, '-', '_')",
+             addr);
+    return AB_EINVAL;
+}
+
+void
+ab_uuid7(uint8_t out[AB_MESSAGE_ID_LEN])
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    size_t got = 0;
+    while (got < 10) {
+        ssize_t n = getrandom(out + 6 + got, 10 - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            /* no entropy source: fall back to the clock, still unique per process and ms */
+            uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)(uintptr_t)out << 17);
+            memcpy(out + 6 + got, &x, 10 - got > 8 ? 8 : 10 - got);
+            break;
+        }
+        got += (size_t)n;
+    }
+    for (int i = 0; i < 6; i++)
+        out[i] = (uint8_t)(ms >> (40 - 8 * i));
+    out[6] = (uint8_t)(0x70 | (out[6] & 0x0f)); /* version 7 */
+    out[8] = (uint8_t)(0x80 | (out[8] & 0x3f)); /* variant 10 */
+}
+
+void
+ab_hex(const uint8_t *data, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[data[i] >> 4];
+        out[2 * i + 1] = digits[data[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+uint64_t
+ab_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static const struct {
+    int wire;
+    int err;
+} s_errmap[] = {
+    {AMTSBOTE__V1__ERROR_CODE__UNKNOWN_SERVICE, AB_EUNKNOWN_SERVICE},
+    {AMTSBOTE__V1__ERROR_CODE__FORBIDDEN, AB_EFORBIDDEN},
+    {AMTSBOTE__V1__ERROR_CODE__SCHEMA_INVALID, AB_ESCHEMA_INVALID},
+    {AMTSBOTE__V1__ERROR_CODE__DEADLINE_EXCEEDED, AB_EDEADLINE},
+    {AMTSBOTE__V1__ERROR_CODE__PROVIDER_GONE, AB_EPROVIDER_GONE},
+    {AMTSBOTE__V1__ERROR_CODE__TOO_LARGE, AB_ETOO_LARGE},
+    {AMTSBOTE__V1__ERROR_CODE__MALFORMED, AB_EMALFORMED},
+    {AMTSBOTE__V1__ERROR_CODE__MAILBOX_FULL, AB_EMAILBOX_FULL},
+    {AMTSBOTE__V1__ERROR_CODE__UNAVAILABLE, AB_EUNAVAILABLE},
+    {AMTSBOTE__V1__ERROR_CODE__INTERNAL, AB_EINTERNAL},
+    {AMTSBOTE__V1__ERROR_CODE__PROVIDER_ERROR, AB_EPROVIDER},
+    {AMTSBOTE__V1__ERROR_CODE__INVALID_ARGUMENT, AB_EINVAL},
+};
+
+int
+ab_err_from_wire(int code)
+{
+    for (size_t i = 0; i < sizeof s_errmap / sizeof s_errmap[0]; i++)
+        if (s_errmap[i].wire == code)
+            return s_errmap[i].err;
+    return AB_EINTERNAL;
+}
+
+int
+ab_err_to_wire(int err)
+{
+    for (size_t i = 0; i < sizeof s_errmap / sizeof s_errmap[0]; i++)
+        if (s_errmap[i].err == err)
+            return s_errmap[i].wire;
+    return AMTSBOTE__V1__ERROR_CODE__INTERNAL;
+}
+
+const char *
+ab_kind_name(int kind)
+{
+    static const char *names[] = {"UNSPECIFIED", "HELLO",   "CALL",      "REPLY",
+                                  "ERROR",       "OFFER",   "WITHDRAW",  "SEND",
+                                  "DELIVER",     "ACK",     "RECEIPT",   "PUBLISH",
+                                  "SUBSCRIBE",   "EVENT",   "CREDIT",    "HEARTBEAT"};
+    if (kind < 0 || kind >= (int)(sizeof names / sizeof names[0]))
+        return "UNKNOWN";
+    return names[kind];
+}
