@@ -108,8 +108,8 @@ ab_wire_decode(ab_wire_decoder_t *self, const void *data, size_t len, ab_header_
     }
     if (h->version != AB_PROTOCOL_VERSION) {
         snprintf(why, AB_WHY_LEN,
-                 "header field 'version' is %u; this broker speaks protocol version %d",
-                 h->version, AB_PROTOCOL_VERSION);
+                 "header field 'version' is %u; this broker speaks protocol version %d", h->version,
+                 AB_PROTOCOL_VERSION);
         return AB_EMALFORMED;
     }
     if (h->kind <= AMTSBOTE__V1__KIND__KIND_UNSPECIFIED ||
@@ -328,10 +328,10 @@ ab_err_to_wire(int err)
 const char *
 ab_kind_name(int kind)
 {
-    static const char *names[] = {"UNSPECIFIED", "HELLO",   "CALL",      "REPLY",
-                                  "ERROR",       "OFFER",   "WITHDRAW",  "SEND",
-                                  "DELIVER",     "ACK",     "RECEIPT",   "PUBLISH",
-                                  "SUBSCRIBE",   "EVENT",   "CREDIT",    "HEARTBEAT"};
+    static const char *names[] = {"UNSPECIFIED", "HELLO", "CALL",     "REPLY",
+                                  "ERROR",       "OFFER", "WITHDRAW", "SEND",
+                                  "DELIVER",     "ACK",   "RECEIPT",  "PUBLISH",
+                                  "SUBSCRIBE",   "EVENT", "CREDIT",   "HEARTBEAT"};
     if (kind < 0 || kind >= (int)(sizeof names / sizeof names[0]))
         return "UNKNOWN";
     return names[kind];

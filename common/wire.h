@@ -25,7 +25,7 @@ typedef Amtsbote__V1__Header ab_header_t;
 #define AB_MAX_ERROR_TEXT 1024
 #define AB_MESSAGE_ID_LEN 16
 /* A reason why a frame was refused fits in this many bytes. */
-#define AB_WHY_LEN 256
+#define AB_WHY_LEN 384
 
 typedef struct ab_wire_decoder ab_wire_decoder_t;
 

@@ -1,0 +1,47 @@
+/*
+ * config.h - every broker setting in one table: name, type, bounds, default, help.
+ *
+ * Settings come from the defaults, then a YAML config file (--config FILE, a flat mapping whose
+ * keys are the setting names), then command-line flags (--NAME with '_' written '-'). They are
+ * validated once; the rest of the broker sees only a `const brk_config_t *`.
+ */
+#ifndef BRK_CONFIG_H
+#define BRK_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define BRK_MAX_LISTEN 16
+
+typedef struct brk_config {
+    char *listen[BRK_MAX_LISTEN]; /* URIs: tcp://HOST:PORT, ipc://PATH */
+    size_t nlisten;
+    char *data;      /* data directory, created if missing */
+    char *log_level; /* error, warn, info, debug */
+    int insecure_plain_identities;
+    int insecure_remote_plain; /* allow a plain listener on a non-loopback address */
+    uint64_t default_deadline_ms;
+    uint64_t max_deadline_ms;
+    uint64_t heartbeat_ms;
+    uint64_t heartbeat_timeout_ms;
+    uint64_t max_payload;
+    uint64_t shutdown_grace_ms;
+    uint64_t max_calls_in_flight;
+    uint64_t io_threads;
+} brk_config_t;
+
+/*
+ * Fills `cfg` from defaults, the config file named by --config (if any) and the flags.
+ * Returns 0, 1 when --help or --version was handled (exit 0), or -1 after writing a message that
+ * names the flag, file, line and column at fault to `err` (exit 2).
+ */
+int brk_config_load(brk_config_t *cfg, int argc, char **argv, FILE *err);
+
+/* Frees what brk_config_load() allocated; safe on a zeroed or freed config. */
+void brk_config_free(brk_config_t *cfg);
+
+/* Writes the usage text, generated from the settings table, to `out`. */
+void brk_config_usage(FILE *out);
+
+#endif

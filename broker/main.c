@@ -1,0 +1,328 @@
+/*
+ * main.c - amtsbote-broker: flags and config, start and stop order, signals.
+ *
+ * Start: config -> data directory lock -> ZeroMQ context -> ZAP handler (before any listener)
+ * -> ROUTER with PLAIN + ZAP -> listeners -> "ready" on stdout. Stop (SIGINT/SIGTERM): unbind
+ * the listeners, refuse new calls, let calls in flight finish for shutdown_grace_ms, answer the
+ * rest UNAVAILABLE, flush, exit 0. A second signal skips the grace period.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+#include <zmq.h>
+
+#include "config.h"
+#include "log.h"
+#include "loop_zmq.h"
+#include "proto.h"
+#include "services.h"
+#include "zap.h"
+
+#define ROUTER_BUDGET 512
+
+typedef struct {
+    brk_config_t cfg;
+    uv_loop_t *loop;
+    void *zctx;
+    void *router;
+    brk_zap_t *zap;
+    brk_zsock_t *zs;
+    brk_proto_t *proto;
+    brk_services_t *svc;
+    brk_services_io_t io;
+    uv_timer_t tick;
+    uv_timer_t grace;
+    uv_signal_t sig[3];
+    char endpoints[BRK_MAX_LISTEN][256];
+    size_t nendpoints;
+    int lock_fd;
+    int stopping;
+    uint64_t stop_started;
+} s_broker_t;
+
+static void s_finish(s_broker_t *b);
+
+/* Runs the services' timers and sleeps until the next one is due: one timer for all calls. */
+static void
+s_on_tick(uv_timer_t *t)
+{
+    s_broker_t *b = t->data;
+    if (b->stopping > 1)
+        return;
+    uint64_t wait = brk_services_tick(b->svc, ab_now_ms());
+    uv_timer_start(&b->tick, s_on_tick, wait, 0);
+}
+
+static int
+s_read_router(void *sock, void *arg)
+{
+    (void)sock;
+    s_broker_t *b = arg;
+    brk_envelope_t env;
+    int rc = brk_proto_recv(b->proto, &env);
+    if (rc < 0)
+        return -1;
+    if (rc == 1) {
+        brk_services_handle(b->svc, &env.from, env.participant, env.hdr,
+                            env.has_payload ? &env.payload : NULL, ab_now_ms());
+        brk_envelope_close(&env);
+    }
+    return 0;
+}
+
+static void
+s_after_batch(void *arg)
+{
+    s_broker_t *b = arg;
+    if (b->stopping == 1 && brk_services_in_flight(b->svc) == 0)
+        s_finish(b);
+    else if (b->stopping <= 1)
+        s_on_tick(&b->tick);
+}
+
+static void
+s_log_stats(s_broker_t *b, const char *event)
+{
+    brk_services_stats_t s;
+    brk_proto_stats_t p;
+    uint64_t acc = 0, ref = 0;
+    brk_services_stats(b->svc, &s);
+    brk_proto_stats(b->proto, &p);
+    brk_zap_counts(b->zap, &acc, &ref);
+    brk_log(BRK_LOG_INFO,
+            "event=%s calls=%llu replies=%llu unknown_service=%llu deadline_exceeded=%llu "
+            "provider_gone=%llu unavailable=%llu late_replies=%llu lost_replies=%llu "
+            "malformed=%llu too_large=%llu no_identity=%llu unroutable=%llu queue_full=%llu "
+            "connections_accepted=%llu connections_refused=%llu in_flight=%zu providers=%zu",
+            event, (unsigned long long)s.calls, (unsigned long long)s.replies,
+            (unsigned long long)s.unknown_service, (unsigned long long)s.deadline_exceeded,
+            (unsigned long long)s.provider_gone, (unsigned long long)s.unavailable,
+            (unsigned long long)s.late_replies, (unsigned long long)s.lost_replies,
+            (unsigned long long)p.malformed, (unsigned long long)p.too_large,
+            (unsigned long long)p.no_identity, (unsigned long long)p.unroutable,
+            (unsigned long long)p.queue_full, (unsigned long long)acc, (unsigned long long)ref,
+            s.in_flight, s.providers);
+}
+
+/* Closes every handle; uv_run returns once they are closed. */
+static void
+s_finish(s_broker_t *b)
+{
+    if (b->stopping >= 2)
+        return;
+    b->stopping = 2;
+    if (brk_services_in_flight(b->svc) > 0) {
+        brk_log(BRK_LOG_WARN, "event=shutdown_unfinished calls=%zu",
+                brk_services_in_flight(b->svc));
+        brk_services_fail_all(b->svc, AB_EUNAVAILABLE,
+                              "the broker stopped before the provider answered");
+    }
+    s_log_stats(b, "stopped");
+    uv_timer_stop(&b->tick);
+    uv_close((uv_handle_t *)&b->tick, NULL);
+    uv_close((uv_handle_t *)&b->grace, NULL);
+    for (int i = 0; i < 3; i++)
+        uv_close((uv_handle_t *)&b->sig[i], NULL);
+    brk_zsock_destroy(&b->zs);
+    brk_proto_set_zsock(b->proto, NULL);
+    brk_zap_destroy(&b->zap);
+}
+
+static void
+s_on_grace(uv_timer_t *t)
+{
+    s_broker_t *b = t->data;
+    if (brk_services_in_flight(b->svc) == 0 ||
+        ab_now_ms() - b->stop_started >= b->cfg.shutdown_grace_ms)
+        s_finish(b);
+}
+
+static void
+s_on_signal(uv_signal_t *h, int signum)
+{
+    s_broker_t *b = h->data;
+    if (signum == SIGHUP) {
+        brk_log(BRK_LOG_INFO, "event=reload result=\"nothing to reload in this version\"");
+        return;
+    }
+    if (b->stopping) {
+        brk_log(BRK_LOG_WARN, "event=shutdown_now signal=%d", signum);
+        s_finish(b);
+        return;
+    }
+    b->stopping = 1;
+    b->stop_started = ab_now_ms();
+    for (size_t i = 0; i < b->nendpoints; i++)
+        zmq_unbind(b->router, b->endpoints[i]);
+    brk_services_drain(b->svc);
+    brk_log(BRK_LOG_INFO, "event=shutdown signal=%d in_flight=%zu grace_ms=%llu", signum,
+            brk_services_in_flight(b->svc), (unsigned long long)b->cfg.shutdown_grace_ms);
+    if (brk_services_in_flight(b->svc) == 0)
+        s_finish(b);
+    else
+        uv_timer_start(&b->grace, s_on_grace, 20, 20);
+}
+
+/* Creates and locks the data directory; returns the lock's fd or -1 after saying why. */
+static int
+s_lock_data(const char *dir)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "amtsbote-broker: cannot create data directory %s: %s\n", dir,
+                strerror(errno));
+        return -1;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/broker.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "amtsbote-broker: cannot open %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        fprintf(stderr,
+                "amtsbote-broker: data directory %s is in use by another broker (%s is locked)\n",
+                dir, path);
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0 && write(fd, pid, (size_t)n) < 0)
+        brk_log(BRK_LOG_WARN, "event=lock_write_failed path=%s", path);
+    return fd;
+}
+
+static int
+s_setopt_int(void *sock, int opt, int v, const char *name)
+{
+    if (zmq_setsockopt(sock, opt, &v, sizeof v) != 0) {
+        fprintf(stderr, "amtsbote-broker: cannot set %s: %s\n", name, zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    return 0;
+}
+
+static int
+s_open_router(s_broker_t *b)
+{
+    b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
+    if (!b->router)
+        return -1;
+    int64_t maxmsg = (int64_t)b->cfg.max_payload * 2;
+    if (s_setopt_int(b->router, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY") ||
+        s_setopt_int(b->router, ZMQ_PLAIN_SERVER, 1, "ZMQ_PLAIN_SERVER") ||
+        s_setopt_int(b->router, ZMQ_SNDHWM, 100000, "ZMQ_SNDHWM") ||
+        s_setopt_int(b->router, ZMQ_RCVHWM, 100000, "ZMQ_RCVHWM") ||
+        s_setopt_int(b->router, ZMQ_LINGER, 2000, "ZMQ_LINGER") ||
+        s_setopt_int(b->router, ZMQ_HEARTBEAT_IVL, (int)b->cfg.heartbeat_ms, "ZMQ_HEARTBEAT_IVL") ||
+        s_setopt_int(b->router, ZMQ_HEARTBEAT_TIMEOUT, (int)b->cfg.heartbeat_timeout_ms,
+                     "ZMQ_HEARTBEAT_TIMEOUT") ||
+        s_setopt_int(b->router, ZMQ_HEARTBEAT_TTL, (int)b->cfg.heartbeat_timeout_ms,
+                     "ZMQ_HEARTBEAT_TTL"))
+        return -1;
+    if (zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0 ||
+        zmq_setsockopt(b->router, ZMQ_ZAP_DOMAIN, BRK_ZAP_DOMAIN, strlen(BRK_ZAP_DOMAIN)) != 0)
+        return -1;
+    for (size_t i = 0; i < b->cfg.nlisten; i++) {
+        const char *uri = b->cfg.listen[i];
+        if (zmq_bind(b->router, uri) != 0) {
+            fprintf(stderr, "amtsbote-broker: cannot listen on %s: %s\n", uri,
+                    zmq_strerror(zmq_errno()));
+            return -1;
+        }
+        size_t len = sizeof b->endpoints[0];
+        zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, b->endpoints[b->nendpoints], &len);
+        printf("listening on %s\n", b->endpoints[b->nendpoints]);
+        brk_log(BRK_LOG_INFO, "event=listening uri=%s", b->endpoints[b->nendpoints]);
+        b->nendpoints++;
+    }
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    s_broker_t b;
+    memset(&b, 0, sizeof b);
+    b.lock_fd = -1;
+    int rc = brk_config_load(&b.cfg, argc, argv, stderr);
+    if (rc != 0) {
+        brk_config_free(&b.cfg);
+        return rc > 0 ? 0 : 2;
+    }
+    brk_log_set_level(brk_log_level_parse(b.cfg.log_level));
+    signal(SIGPIPE, SIG_IGN);
+    int exit_code = 1;
+
+    if (b.cfg.data && (b.lock_fd = s_lock_data(b.cfg.data)) < 0)
+        goto out;
+    if (b.cfg.insecure_plain_identities)
+        brk_log(BRK_LOG_WARN, "event=insecure_mode reason=\"plain identities are believed "
+                              "(--insecure-plain-identities); for development only\"");
+
+    b.loop = uv_default_loop();
+    b.zctx = zmq_ctx_new();
+    if (!b.zctx || zmq_ctx_set(b.zctx, ZMQ_IO_THREADS, (int)b.cfg.io_threads) != 0) {
+        fprintf(stderr, "amtsbote-broker: cannot create the ZeroMQ context\n");
+        goto out;
+    }
+    /* The ZAP handler is bound before any listener: no connection is ever unauthenticated. */
+    b.zap = brk_zap_new(b.loop, b.zctx, &b.cfg);
+    if (!b.zap)
+        goto out;
+    if (s_open_router(&b) != 0)
+        goto out;
+    b.proto = brk_proto_new(b.router, &b.cfg);
+    b.io.send = brk_proto_send;
+    b.io.ctx = b.proto;
+    b.svc = brk_services_new(&b.cfg, &b.io);
+    b.zs = brk_zsock_new(b.loop, b.router, ROUTER_BUDGET, s_read_router, s_after_batch, &b);
+    if (!b.proto || !b.svc || !b.zs)
+        goto out;
+    brk_proto_set_zsock(b.proto, b.zs);
+
+    uv_timer_init(b.loop, &b.tick);
+    uv_timer_init(b.loop, &b.grace);
+    b.tick.data = b.grace.data = &b;
+    uv_timer_start(&b.tick, s_on_tick, 0, 0);
+    int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        uv_signal_init(b.loop, &b.sig[i]);
+        b.sig[i].data = &b;
+        uv_signal_start(&b.sig[i], s_on_signal, sigs[i]);
+    }
+    brk_log(BRK_LOG_INFO, "event=ready version=%s heartbeat_ms=%llu default_deadline_ms=%llu",
+            AMTSBOTE_VERSION, (unsigned long long)b.cfg.heartbeat_ms,
+            (unsigned long long)b.cfg.default_deadline_ms);
+    printf("ready\n");
+    fflush(stdout);
+
+    uv_run(b.loop, UV_RUN_DEFAULT);
+    exit_code = 0;
+
+out:
+    brk_zsock_destroy(&b.zs);
+    brk_zap_destroy(&b.zap);
+    if (b.loop)
+        uv_run(b.loop, UV_RUN_DEFAULT); /* let closed handles finish */
+    brk_services_destroy(&b.svc);
+    brk_proto_destroy(&b.proto);
+    if (b.router)
+        zmq_close(b.router);
+    if (b.zctx)
+        zmq_ctx_term(b.zctx);
+    if (b.loop)
+        uv_loop_close(b.loop);
+    if (b.lock_fd >= 0)
+        close(b.lock_fd);
+    brk_config_free(&b.cfg);
+    return exit_code;
+}

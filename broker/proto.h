@@ -1,0 +1,63 @@
+/*
+ * proto.h - ROUTER frames to envelopes and back, with limits and error replies.
+ *
+ * Owns the broker's side of the wire: it reads one multipart message, checks the frame count,
+ * the authenticated identity (ZAP's User-Id), the header and the payload size before anything
+ * else sees them, and answers what it refuses with MALFORMED or TOO_LARGE naming the fault.
+ * It also sends: a header it encodes and a payload it forwards with zmq_msg_copy.
+ */
+#ifndef BRK_PROTO_H
+#define BRK_PROTO_H
+
+#include <zmq.h>
+
+#include "config.h"
+#include "loop_zmq.h"
+#include "services.h"
+
+typedef struct brk_envelope {
+    brk_peer_t from;
+    const char *participant; /* borrowed from the header frame's metadata */
+    ab_header_t *hdr;        /* owned by the decoder; valid until the next receive */
+    zmq_msg_t header_msg;
+    zmq_msg_t payload;
+    int has_payload;
+} brk_envelope_t;
+
+typedef struct brk_proto_stats {
+    uint64_t received;
+    uint64_t sent;
+    uint64_t malformed;
+    uint64_t too_large;
+    uint64_t no_identity; /* messages without a User-Id: dropped */
+    uint64_t unroutable;  /* sends to a connection that is gone */
+    uint64_t queue_full;  /* sends refused by the high-water mark */
+} brk_proto_stats_t;
+
+typedef struct brk_proto brk_proto_t;
+
+/* `router` is borrowed. Returns NULL when out of memory. */
+brk_proto_t *brk_proto_new(void *router, const brk_config_t *cfg);
+void brk_proto_destroy(brk_proto_t **self_p);
+
+/* The adapter to kick after every send (may be NULL while there is none). */
+void brk_proto_set_zsock(brk_proto_t *self, brk_zsock_t *zs);
+
+/*
+ * Receives one message. Returns 1 with `env` filled (release it with brk_envelope_close()),
+ * 0 when the message was consumed here (refused with an error reply, or dropped), and -1 when
+ * there was nothing to read.
+ */
+int brk_proto_recv(brk_proto_t *self, brk_envelope_t *env);
+
+void brk_envelope_close(brk_envelope_t *env);
+
+/*
+ * The services' sender: `ctx` is the brk_proto_t, `payload` a zmq_msg_t * (borrowed, copied).
+ * Returns 0, AB_EPROVIDER_GONE for a connection that is gone, AB_EUNAVAILABLE for a full queue.
+ */
+int brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload);
+
+void brk_proto_stats(const brk_proto_t *self, brk_proto_stats_t *out);
+
+#endif

@@ -1,0 +1,689 @@
+/*
+ * services.c - offers, balancing, calls in flight, one deadline heap, heartbeats.
+ */
+#include "services.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uthash.h>
+
+#include "log.h"
+
+#define MAX_OFFERS_PER_CONN 256
+/* A connection that offers nothing and waits for nothing is forgotten after this many timeouts. */
+#define IDLE_CONN_FACTOR 10
+
+typedef struct s_service s_service_t;
+typedef struct s_call s_call_t;
+
+typedef struct s_conn {
+    brk_peer_t peer;
+    char participant[AB_MAX_NAME + 1];
+    uint64_t last_seen;
+    uint32_t inflight;  /* calls dispatched to it, not yet answered */
+    uint32_t calls_out; /* calls it made, not yet answered */
+    s_service_t **offers;
+    size_t noffers;
+    s_call_t *calls_in; /* doubly linked list of calls dispatched to it */
+    UT_hash_handle hh;
+} s_conn_t;
+
+struct s_service {
+    char name[AB_MAX_NAME + 1];
+    s_conn_t **providers;
+    size_t n, cap;
+    size_t rr;
+    UT_hash_handle hh;
+};
+
+struct s_call {
+    uint64_t token;
+    uint64_t deadline;
+    uint64_t started;
+    size_t heap_idx;
+    s_conn_t *provider;
+    s_call_t *prev, *next; /* in provider->calls_in */
+    brk_peer_t caller;
+    uint8_t corr[64];
+    uint8_t corr_len;
+    char service[AB_MAX_NAME + 1];
+    UT_hash_handle hh;
+};
+
+struct brk_services {
+    const brk_config_t *cfg;
+    const brk_services_io_t *io;
+    s_conn_t *conns;
+    s_service_t *services;
+    s_call_t *calls;
+    s_call_t **heap;
+    size_t heap_n, heap_cap;
+    uint64_t next_token;
+    uint64_t next_sweep;
+    int draining;
+    brk_services_stats_t st;
+};
+
+/* ---- deadline heap ---------------------------------------------------------------------- */
+
+static void
+s_heap_swap(brk_services_t *self, size_t a, size_t b)
+{
+    s_call_t *t = self->heap[a];
+    self->heap[a] = self->heap[b];
+    self->heap[b] = t;
+    self->heap[a]->heap_idx = a;
+    self->heap[b]->heap_idx = b;
+}
+
+static void
+s_heap_up(brk_services_t *self, size_t i)
+{
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (self->heap[p]->deadline <= self->heap[i]->deadline)
+            break;
+        s_heap_swap(self, i, p);
+        i = p;
+    }
+}
+
+static void
+s_heap_down(brk_services_t *self, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < self->heap_n && self->heap[l]->deadline < self->heap[m]->deadline)
+            m = l;
+        if (r < self->heap_n && self->heap[r]->deadline < self->heap[m]->deadline)
+            m = r;
+        if (m == i)
+            return;
+        s_heap_swap(self, i, m);
+        i = m;
+    }
+}
+
+static int
+s_heap_push(brk_services_t *self, s_call_t *c)
+{
+    if (self->heap_n == self->heap_cap) {
+        size_t cap = self->heap_cap ? self->heap_cap * 2 : 256;
+        s_call_t **h = realloc(self->heap, cap * sizeof *h);
+        if (!h)
+            return AB_ENOMEM;
+        self->heap = h;
+        self->heap_cap = cap;
+    }
+    c->heap_idx = self->heap_n;
+    self->heap[self->heap_n++] = c;
+    s_heap_up(self, c->heap_idx);
+    return 0;
+}
+
+static void
+s_heap_remove(brk_services_t *self, s_call_t *c)
+{
+    size_t i = c->heap_idx;
+    self->heap_n--;
+    if (i != self->heap_n) {
+        self->heap[i] = self->heap[self->heap_n];
+        self->heap[i]->heap_idx = i;
+        s_heap_down(self, i);
+        s_heap_up(self, i);
+    }
+}
+
+/* ---- sending ------------------------------------------------------------------------------ */
+
+static void s_send_error(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr,
+                         size_t corr_len, const char *service, int err, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static void
+s_send_error(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
+             const char *service, int err, const char *fmt, ...)
+{
+    char text[AB_MAX_ERROR_TEXT];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
+    e.code = ab_err_to_wire(err);
+    e.text = text;
+    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+    h.version = AB_PROTOCOL_VERSION;
+    h.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
+    h.correlation_id.data = (uint8_t *)corr;
+    h.correlation_id.len = corr_len;
+    h.service = (char *)(service ? service : "");
+    h.error = &e;
+    self->io->send(self->io->ctx, to, &h, NULL);
+}
+
+static void
+s_send_ack(brk_services_t *self, const brk_peer_t *to, const ab_header_t *req)
+{
+    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+    h.version = AB_PROTOCOL_VERSION;
+    h.kind = AMTSBOTE__V1__KIND__KIND_REPLY;
+    h.correlation_id = req->correlation_id.len ? req->correlation_id : req->message_id;
+    h.service = req->service;
+    self->io->send(self->io->ctx, to, &h, NULL);
+}
+
+/* ---- calls ------------------------------------------------------------------------------- */
+
+/* Unlinks a finished call from everything and frees it. */
+static void
+s_call_free(brk_services_t *self, s_call_t *c)
+{
+    s_heap_remove(self, c);
+    HASH_DEL(self->calls, c);
+    if (c->provider) {
+        s_conn_t *p = c->provider;
+        p->inflight--;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            p->calls_in = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+    }
+    s_conn_t *caller = NULL;
+    HASH_FIND(hh, self->conns, c->caller.id, c->caller.len, caller);
+    if (caller && caller->calls_out > 0)
+        caller->calls_out--;
+    free(c);
+}
+
+/* Answers a call with an error and frees it. */
+static void s_call_fail(brk_services_t *self, s_call_t *c, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void
+s_call_fail(brk_services_t *self, s_call_t *c, int err, const char *fmt, ...)
+{
+    char text[AB_MAX_ERROR_TEXT];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    s_send_error(self, &c->caller, c->corr, c->corr_len, c->service, err, "%s", text);
+    s_call_free(self, c);
+}
+
+/* ---- connections and offers --------------------------------------------------------------- */
+
+static s_conn_t *
+s_conn_get(brk_services_t *self, const brk_peer_t *peer, const char *participant, uint64_t now)
+{
+    s_conn_t *c = NULL;
+    HASH_FIND(hh, self->conns, peer->id, peer->len, c);
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (!c)
+            return NULL;
+        c->peer.len = peer->len;
+        memcpy(c->peer.id, peer->id, peer->len);
+        snprintf(c->participant, sizeof c->participant, "%s", participant);
+        HASH_ADD(hh, self->conns, peer.id, c->peer.len, c);
+    }
+    c->last_seen = now;
+    return c;
+}
+
+static s_service_t *
+s_service_find(brk_services_t *self, const char *name, size_t len)
+{
+    s_service_t *s = NULL;
+    HASH_FIND(hh, self->services, name, len, s);
+    return s;
+}
+
+static void
+s_service_drop_provider(brk_services_t *self, s_service_t *s, s_conn_t *p)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->providers[i] == p) {
+            s->providers[i] = s->providers[--s->n];
+            break;
+        }
+    }
+    if (s->n == 0) {
+        HASH_DEL(self->services, s);
+        free(s->providers);
+        free(s);
+    }
+}
+
+static int
+s_offer(brk_services_t *self, s_conn_t *conn, const char *name)
+{
+    for (size_t i = 0; i < conn->noffers; i++)
+        if (!strcmp(conn->offers[i]->name, name))
+            return 0; /* offered already: idempotent */
+    if (conn->noffers >= MAX_OFFERS_PER_CONN)
+        return AB_EINVAL;
+    size_t len = strlen(name);
+    s_service_t *s = s_service_find(self, name, len);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return AB_ENOMEM;
+        memcpy(s->name, name, len + 1);
+        HASH_ADD_KEYPTR(hh, self->services, s->name, len, s);
+    }
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 4;
+        s_conn_t **p = realloc(s->providers, cap * sizeof *p);
+        if (!p)
+            return AB_ENOMEM;
+        s->providers = p;
+        s->cap = cap;
+    }
+    s_service_t **o = realloc(conn->offers, (conn->noffers + 1) * sizeof *o);
+    if (!o)
+        return AB_ENOMEM;
+    conn->offers = o;
+    conn->offers[conn->noffers++] = s;
+    s->providers[s->n++] = conn;
+    return 0;
+}
+
+static int
+s_withdraw(brk_services_t *self, s_conn_t *conn, const char *name)
+{
+    for (size_t i = 0; i < conn->noffers; i++) {
+        if (!strcmp(conn->offers[i]->name, name)) {
+            s_service_drop_provider(self, conn->offers[i], conn);
+            conn->offers[i] = conn->offers[--conn->noffers];
+            return 0;
+        }
+    }
+    return AB_EINVAL;
+}
+
+/*
+ * Removes every offer of `conn` and fails every call in flight to it with PROVIDER_GONE.
+ * `why` completes "provider P ..." in the error text and the log.
+ */
+static void
+s_provider_gone(brk_services_t *self, s_conn_t *conn, const char *why)
+{
+    if (conn->noffers || conn->calls_in)
+        brk_log(BRK_LOG_WARN, "event=provider_gone participant=%s reason=\"%s\" calls_failed=%u",
+                conn->participant, why, conn->inflight);
+    while (conn->noffers > 0)
+        s_service_drop_provider(self, conn->offers[--conn->noffers], conn);
+    while (conn->calls_in) {
+        s_call_t *c = conn->calls_in;
+        self->st.provider_gone++;
+        s_call_fail(self, c, AB_EPROVIDER_GONE, "provider %s of %s %s with the call in flight",
+                    conn->participant, c->service, why);
+    }
+}
+
+/* Picks the provider with the fewest calls in flight, rotating among equals. */
+static s_conn_t *
+s_pick(s_service_t *s, s_conn_t *skip)
+{
+    s_conn_t *best = NULL;
+    for (size_t k = 0; k < s->n; k++) {
+        s_conn_t *p = s->providers[(s->rr + k) % s->n];
+        if (p == skip)
+            continue;
+        if (!best || p->inflight < best->inflight)
+            best = p;
+    }
+    s->rr++;
+    return best;
+}
+
+static s_service_t *
+s_lookup_for_call(brk_services_t *self, const char *method)
+{
+    size_t len = strlen(method);
+    s_service_t *s = s_service_find(self, method, len);
+    if (s && s->n)
+        return s;
+    const char *slash = strchr(method, '/');
+    if (!slash)
+        return NULL;
+    s = s_service_find(self, method, (size_t)(slash - method));
+    return s && s->n ? s : NULL;
+}
+
+static void
+s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, void *payload,
+              uint64_t now)
+{
+    self->st.calls++;
+    const uint8_t *corr = hdr->correlation_id.len ? hdr->correlation_id.data : hdr->message_id.data;
+    size_t corr_len = hdr->correlation_id.len ? hdr->correlation_id.len : hdr->message_id.len;
+    char why[AB_WHY_LEN];
+    if (ab_wire_check_service(hdr->service, 0, why) != 0) {
+        s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EINVAL, "%s", why);
+        return;
+    }
+    if (self->draining) {
+        self->st.unavailable++;
+        s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
+                     "the broker is shutting down; call to %s not accepted", hdr->service);
+        return;
+    }
+    if (HASH_COUNT(self->calls) >= self->cfg->max_calls_in_flight) {
+        self->st.unavailable++;
+        s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
+                     "the broker has %llu calls in flight (max_calls_in_flight); try again",
+                     (unsigned long long)self->cfg->max_calls_in_flight);
+        return;
+    }
+    uint64_t budget = hdr->deadline_ms ? hdr->deadline_ms : self->cfg->default_deadline_ms;
+    if (budget > self->cfg->max_deadline_ms)
+        budget = self->cfg->max_deadline_ms;
+
+    s_call_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
+                     "the broker is out of memory");
+        return;
+    }
+    c->token = ++self->next_token;
+    c->started = now;
+    c->deadline = now + budget;
+    c->caller = caller->peer;
+    c->corr_len = (uint8_t)corr_len;
+    memcpy(c->corr, corr, corr_len);
+    snprintf(c->service, sizeof c->service, "%s", hdr->service);
+
+    uint8_t token[8];
+    for (int i = 0; i < 8; i++)
+        token[i] = (uint8_t)(c->token >> (8 * i));
+    ab_header_t fwd = *hdr;
+    fwd.correlation_id.data = token;
+    fwd.correlation_id.len = sizeof token;
+    fwd.sender = caller->participant;
+    fwd.deadline_ms = (uint32_t)budget;
+    fwd.error = NULL;
+    fwd.heartbeat_ms = 0;
+
+    s_conn_t *skip = NULL;
+    for (int attempt = 0;; attempt++) {
+        s_service_t *s = s_lookup_for_call(self, hdr->service);
+        s_conn_t *p = s && attempt < 4 ? s_pick(s, skip) : NULL;
+        if (!p) {
+            if (skip) {
+                self->st.unavailable++;
+                s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
+                             "no provider of %s is keeping up (send queue full)", hdr->service);
+            } else {
+                self->st.unknown_service++;
+                s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNKNOWN_SERVICE,
+                             "no provider offers %s", hdr->service);
+            }
+            free(c);
+            return;
+        }
+        int rc = self->io->send(self->io->ctx, &p->peer, &fwd, payload);
+        if (rc == 0) {
+            c->provider = p;
+            break;
+        }
+        if (rc == AB_EPROVIDER_GONE)
+            s_provider_gone(self, p, "disconnected"); /* forget its offers, try another */
+        else
+            skip = p; /* queue full: try another */
+    }
+    if (s_heap_push(self, c) != 0) {
+        /* the provider has the call; without a deadline entry we cannot track it */
+        s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
+                     "the broker is out of memory");
+        free(c);
+        return;
+    }
+    HASH_ADD(hh, self->calls, token, sizeof c->token, c);
+    c->provider->inflight++;
+    c->next = c->provider->calls_in;
+    if (c->next)
+        c->next->prev = c;
+    c->provider->calls_in = c;
+    caller->calls_out++;
+}
+
+static void
+s_handle_answer(brk_services_t *self, s_conn_t *provider, const ab_header_t *hdr, void *payload)
+{
+    s_call_t *c = NULL;
+    if (hdr->correlation_id.len == 8) {
+        uint64_t token = 0;
+        for (int i = 0; i < 8; i++)
+            token |= (uint64_t)hdr->correlation_id.data[i] << (8 * i);
+        HASH_FIND(hh, self->calls, &token, sizeof token, c);
+    }
+    if (!c || c->provider != provider) {
+        self->st.late_replies++;
+        if (brk_log_enabled(BRK_LOG_DEBUG))
+            brk_log(BRK_LOG_DEBUG, "event=late_reply participant=%s", provider->participant);
+        return;
+    }
+    ab_header_t out = AMTSBOTE__V1__HEADER__INIT;
+    Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
+    out.version = AB_PROTOCOL_VERSION;
+    out.kind = hdr->kind;
+    out.message_id = hdr->message_id;
+    out.correlation_id.data = c->corr;
+    out.correlation_id.len = c->corr_len;
+    out.service = c->service;
+    out.sender = provider->participant;
+    out.schema = hdr->schema;
+    out.headers = hdr->headers;
+    out.n_headers = hdr->n_headers;
+    out.trace = hdr->trace;
+    if (hdr->kind == AMTSBOTE__V1__KIND__KIND_ERROR) {
+        /* a provider may say INVALID_ARGUMENT; anything else it says is its own error */
+        e.code = hdr->error && hdr->error->code == AMTSBOTE__V1__ERROR_CODE__INVALID_ARGUMENT
+                     ? AMTSBOTE__V1__ERROR_CODE__INVALID_ARGUMENT
+                     : AMTSBOTE__V1__ERROR_CODE__PROVIDER_ERROR;
+        e.text = hdr->error && hdr->error->text ? hdr->error->text : "";
+        e.field = hdr->error ? hdr->error->field : NULL;
+        out.error = &e;
+        payload = NULL;
+    }
+    int rc = self->io->send(self->io->ctx, &c->caller, &out, payload);
+    if (rc == 0)
+        self->st.replies++;
+    else
+        self->st.lost_replies++;
+    s_call_free(self, c);
+}
+
+void
+brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *participant,
+                    const ab_header_t *hdr, void *payload, uint64_t now)
+{
+    s_conn_t *conn = s_conn_get(self, from, participant, now);
+    if (!conn)
+        return; /* out of memory: the sender will time out */
+    char why[AB_WHY_LEN];
+    const uint8_t *corr = hdr->correlation_id.len ? hdr->correlation_id.data : hdr->message_id.data;
+    size_t corr_len = hdr->correlation_id.len ? hdr->correlation_id.len : hdr->message_id.len;
+
+    switch (hdr->kind) {
+    case AMTSBOTE__V1__KIND__KIND_CALL:
+        s_handle_call(self, conn, hdr, payload, now);
+        return;
+    case AMTSBOTE__V1__KIND__KIND_REPLY:
+    case AMTSBOTE__V1__KIND__KIND_ERROR:
+        s_handle_answer(self, conn, hdr, payload);
+        return;
+    case AMTSBOTE__V1__KIND__KIND_HEARTBEAT:
+        return;
+    case AMTSBOTE__V1__KIND__KIND_HELLO: {
+        ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+        h.version = AB_PROTOCOL_VERSION;
+        h.kind = AMTSBOTE__V1__KIND__KIND_HELLO;
+        h.correlation_id.data = (uint8_t *)corr;
+        h.correlation_id.len = corr_len;
+        h.sender = conn->participant;
+        h.heartbeat_ms = (uint32_t)self->cfg->heartbeat_ms;
+        self->io->send(self->io->ctx, from, &h, NULL);
+        return;
+    }
+    case AMTSBOTE__V1__KIND__KIND_OFFER: {
+        if (ab_wire_check_service(hdr->service, 1, why) != 0) {
+            s_send_error(self, from, corr, corr_len, hdr->service, AB_EINVAL, "%s", why);
+            return;
+        }
+        if (self->draining) {
+            s_send_error(self, from, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
+                         "the broker is shutting down; offer of %s not accepted", hdr->service);
+            return;
+        }
+        int rc = s_offer(self, conn, hdr->service);
+        if (rc != 0) {
+            s_send_error(self, from, corr, corr_len, hdr->service, rc,
+                         rc == AB_EINVAL ? "a connection may make at most %d offers"
+                                         : "out of memory (%d)",
+                         MAX_OFFERS_PER_CONN);
+            return;
+        }
+        brk_log(BRK_LOG_INFO, "event=offer participant=%s service=%s providers=%zu",
+                conn->participant, hdr->service,
+                s_service_find(self, hdr->service, strlen(hdr->service))->n);
+        s_send_ack(self, from, hdr);
+        return;
+    }
+    case AMTSBOTE__V1__KIND__KIND_WITHDRAW:
+        if (s_withdraw(self, conn, hdr->service) != 0) {
+            s_send_error(self, from, corr, corr_len, hdr->service, AB_EINVAL,
+                         "%s is not offered on this connection", hdr->service);
+            return;
+        }
+        brk_log(BRK_LOG_INFO, "event=withdraw participant=%s service=%s", conn->participant,
+                hdr->service);
+        s_send_ack(self, from, hdr);
+        return;
+    default:
+        s_send_error(self, from, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
+                     "message kind %s is not served by this broker version",
+                     ab_kind_name(hdr->kind));
+        return;
+    }
+}
+
+uint64_t
+brk_services_tick(brk_services_t *self, uint64_t now)
+{
+    while (self->heap_n > 0 && self->heap[0]->deadline <= now) {
+        s_call_t *c = self->heap[0];
+        self->st.deadline_exceeded++;
+        s_call_fail(self, c, AB_EDEADLINE,
+                    "call to %s exceeded its deadline of %llu ms (provider %s did not answer)",
+                    c->service, (unsigned long long)(c->deadline - c->started),
+                    c->provider ? c->provider->participant : "-");
+    }
+    if (now >= self->next_sweep) {
+        self->next_sweep = now + self->cfg->heartbeat_ms / 2;
+        s_conn_t *conn, *tmp;
+        HASH_ITER(hh, self->conns, conn, tmp)
+        {
+            uint64_t silent = now - conn->last_seen;
+            if ((conn->noffers || conn->calls_in) && silent > self->cfg->heartbeat_timeout_ms) {
+                char why[96];
+                snprintf(why, sizeof why, "missed heartbeats (silent for %llu ms)",
+                         (unsigned long long)silent);
+                s_provider_gone(self, conn, why);
+            }
+            if (!conn->noffers && !conn->calls_in && !conn->calls_out &&
+                silent > IDLE_CONN_FACTOR * self->cfg->heartbeat_timeout_ms) {
+                HASH_DEL(self->conns, conn);
+                free(conn->offers);
+                free(conn);
+            }
+        }
+    }
+    uint64_t next = self->next_sweep;
+    if (self->heap_n > 0 && self->heap[0]->deadline < next)
+        next = self->heap[0]->deadline;
+    return next > now ? next - now : 0;
+}
+
+brk_services_t *
+brk_services_new(const brk_config_t *cfg, const brk_services_io_t *io)
+{
+    brk_services_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->cfg = cfg;
+    self->io = io;
+    return self;
+}
+
+void
+brk_services_drain(brk_services_t *self)
+{
+    self->draining = 1;
+}
+
+void
+brk_services_fail_all(brk_services_t *self, int err, const char *text)
+{
+    while (self->heap_n > 0) {
+        if (err == AB_EUNAVAILABLE)
+            self->st.unavailable++;
+        s_call_fail(self, self->heap[0], err, "%s (call to %s)", text, self->heap[0]->service);
+    }
+}
+
+size_t
+brk_services_in_flight(const brk_services_t *self)
+{
+    return self->heap_n;
+}
+
+void
+brk_services_stats(const brk_services_t *self, brk_services_stats_t *out)
+{
+    *out = self->st;
+    out->in_flight = self->heap_n;
+    out->connections = HASH_COUNT(self->conns);
+    size_t providers = 0;
+    for (s_conn_t *c = self->conns; c; c = c->hh.next)
+        providers += c->noffers > 0;
+    out->providers = providers;
+}
+
+void
+brk_services_destroy(brk_services_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    brk_services_t *self = *self_p;
+    *self_p = NULL;
+    s_call_t *c, *ct;
+    HASH_ITER(hh, self->calls, c, ct)
+    {
+        HASH_DEL(self->calls, c);
+        free(c);
+    }
+    s_service_t *s, *st;
+    HASH_ITER(hh, self->services, s, st)
+    {
+        HASH_DEL(self->services, s);
+        free(s->providers);
+        free(s);
+    }
+    s_conn_t *k, *kt;
+    HASH_ITER(hh, self->conns, k, kt)
+    {
+        HASH_DEL(self->conns, k);
+        free(k->offers);
+        free(k);
+    }
+    free(self->heap);
+    free(self);
+}

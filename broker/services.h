@@ -1,0 +1,80 @@
+/*
+ * services.h - providers, load balancing, calls in flight, deadlines, heartbeats.
+ *
+ * Owns every connection the broker has heard from (by ZeroMQ routing id), the offers they
+ * made, and every call in flight. It does no I/O itself: it decides, and sends through the
+ * `brk_services_io_t` it is given, so that tests can drive it with a fake clock and a fake
+ * sender. Deadlines live in one min-heap; the caller runs brk_services_tick() when the time it
+ * returns has come.
+ */
+#ifndef BRK_SERVICES_H
+#define BRK_SERVICES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "wire.h"
+
+/* A connection's ZeroMQ routing id. */
+typedef struct brk_peer {
+    uint8_t len;
+    uint8_t id[255];
+} brk_peer_t;
+
+typedef struct brk_services_io {
+    /*
+     * Sends `hdr`, and `payload` when not NULL (borrowed: the sender copies it), to `to`.
+     * Returns 0, AB_EPROVIDER_GONE when that connection no longer exists, or AB_EUNAVAILABLE
+     * when its queue is full.
+     */
+    int (*send)(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload);
+    void *ctx;
+} brk_services_io_t;
+
+typedef struct brk_services_stats {
+    uint64_t calls;   /* CALLs received */
+    uint64_t replies; /* answers routed back to callers */
+    uint64_t unknown_service;
+    uint64_t deadline_exceeded;
+    uint64_t provider_gone;
+    uint64_t unavailable;
+    uint64_t late_replies; /* answers for calls no longer pending, dropped */
+    uint64_t lost_replies; /* answers whose caller had gone, dropped */
+    size_t in_flight;
+    size_t connections;
+    size_t providers;
+} brk_services_stats_t;
+
+typedef struct brk_services brk_services_t;
+
+/* Returns NULL when out of memory. `cfg` and `io` are borrowed and must outlive the result. */
+brk_services_t *brk_services_new(const brk_config_t *cfg, const brk_services_io_t *io);
+
+/* Frees everything without sending anything. Accepts NULL; nulls *self_p. */
+void brk_services_destroy(brk_services_t **self_p);
+
+/*
+ * Handles one decoded message from connection `from`, authenticated as `participant`.
+ * `payload` (borrowed, may be NULL) is handed to io->send when forwarded. `now` is in ms.
+ */
+void brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *participant,
+                         const ab_header_t *hdr, void *payload, uint64_t now);
+
+/*
+ * Expires deadlines and removes silent providers. Returns the milliseconds until it must run
+ * again.
+ */
+uint64_t brk_services_tick(brk_services_t *self, uint64_t now);
+
+/* From now on new calls and offers get UNAVAILABLE; calls in flight may still finish. */
+void brk_services_drain(brk_services_t *self);
+
+/* Answers every call in flight with `err` and `text`, and forgets them. */
+void brk_services_fail_all(brk_services_t *self, int err, const char *text);
+
+size_t brk_services_in_flight(const brk_services_t *self);
+
+void brk_services_stats(const brk_services_t *self, brk_services_stats_t *out);
+
+#endif

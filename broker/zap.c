@@ -1,0 +1,166 @@
+/*
+ * zap.c - ZAP requests answered on the loop.
+ */
+#include "zap.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "log.h"
+#include "loop_zmq.h"
+#include "wire.h"
+
+#define ZAP_MAX_FRAMES 8
+
+struct brk_zap {
+    void *sock;
+    brk_zsock_t *zs;
+    const brk_config_t *cfg;
+    uint64_t accepted, refused;
+};
+
+static void
+s_reply(brk_zap_t *self, zmq_msg_t *reqid, const char *status, const char *text, const char *user)
+{
+    zmq_send(self->sock, "1.0", 3, ZMQ_SNDMORE);
+    zmq_msg_send(reqid, self->sock, ZMQ_SNDMORE);
+    zmq_send(self->sock, status, strlen(status), ZMQ_SNDMORE);
+    zmq_send(self->sock, text, strlen(text), ZMQ_SNDMORE);
+    zmq_send(self->sock, user, strlen(user), ZMQ_SNDMORE);
+    zmq_send(self->sock, "", 0, 0);
+    brk_zsock_kick(self->zs);
+}
+
+/* Copies frame `m` into `out` as a string (cut at `cap`). */
+static void
+s_str(zmq_msg_t *m, char *out, size_t cap)
+{
+    size_t n = zmq_msg_size(m);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, zmq_msg_data(m), n);
+    out[n] = '\0';
+}
+
+static int
+s_read(void *sock, void *arg)
+{
+    brk_zap_t *self = arg;
+    zmq_msg_t f[ZAP_MAX_FRAMES];
+    int n = 0;
+    for (;;) {
+        zmq_msg_init(&f[n]);
+        if (zmq_msg_recv(&f[n], sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&f[n]);
+            if (n == 0)
+                return -1;
+            break;
+        }
+        int more = zmq_msg_more(&f[n]);
+        n++;
+        if (!more)
+            break;
+        if (n == ZAP_MAX_FRAMES) { /* more than we need: drain the rest */
+            zmq_msg_t x;
+            zmq_msg_init(&x);
+            while (zmq_msg_recv(&x, sock, ZMQ_DONTWAIT) >= 0 && zmq_msg_more(&x))
+                ;
+            zmq_msg_close(&x);
+            break;
+        }
+    }
+    /* version, request id, domain, address, identity, mechanism, credentials... */
+    char domain[64] = "", address[64] = "", mech[16] = "", user[AB_MAX_NAME + 2] = "";
+    if (n >= 6) {
+        s_str(&f[2], domain, sizeof domain);
+        s_str(&f[3], address, sizeof address);
+        s_str(&f[5], mech, sizeof mech);
+    }
+    if (n >= 7)
+        s_str(&f[6], user, sizeof user);
+    const char *status = "400", *text = "refused";
+    char reason[AB_WHY_LEN + 64] = "";
+    if (n < 6) {
+        snprintf(reason, sizeof reason, "malformed ZAP request");
+    } else if (strcmp(domain, BRK_ZAP_DOMAIN) != 0) {
+        snprintf(reason, sizeof reason, "unknown ZAP domain");
+    } else if (strcmp(mech, "PLAIN") != 0) {
+        snprintf(reason, sizeof reason, "mechanism %s is not accepted", mech);
+    } else if (!self->cfg->insecure_plain_identities) {
+        snprintf(reason, sizeof reason,
+                 "plain identities are not accepted (the broker runs without "
+                 "--insecure-plain-identities)");
+        text = "plain identities are not accepted by this broker";
+    } else {
+        char why[AB_WHY_LEN];
+        if (ab_wire_check_participant(user, why) != 0) {
+            snprintf(reason, sizeof reason, "%s", why);
+            text = "not a valid participant address";
+        } else {
+            status = "200";
+            text = "OK";
+        }
+    }
+    if (n >= 2) {
+        if (status[0] == '2') {
+            self->accepted++;
+            brk_log(BRK_LOG_INFO, "event=connect participant=%s peer=%s mechanism=PLAIN", user,
+                    address);
+            s_reply(self, &f[1], status, text, user);
+        } else {
+            self->refused++;
+            brk_log(BRK_LOG_WARN, "event=connect_refused peer=%s reason=\"%s\"", address, reason);
+            s_reply(self, &f[1], status, text, "");
+        }
+    }
+    for (int i = 0; i < n; i++)
+        zmq_msg_close(&f[i]);
+    return 0;
+}
+
+brk_zap_t *
+brk_zap_new(uv_loop_t *loop, void *zctx, const brk_config_t *cfg)
+{
+    brk_zap_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->cfg = cfg;
+    self->sock = zmq_socket(zctx, ZMQ_REP);
+    int linger = 0;
+    if (!self->sock || zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_bind(self->sock, "inproc://zeromq.zap.01") != 0) {
+        brk_log(BRK_LOG_ERROR, "event=zap_bind_failed error=\"%s\"", zmq_strerror(zmq_errno()));
+        if (self->sock)
+            zmq_close(self->sock);
+        free(self);
+        return NULL;
+    }
+    self->zs = brk_zsock_new(loop, self->sock, 64, s_read, NULL, self);
+    if (!self->zs) {
+        zmq_close(self->sock);
+        free(self);
+        return NULL;
+    }
+    return self;
+}
+
+void
+brk_zap_counts(const brk_zap_t *self, uint64_t *accepted, uint64_t *refused)
+{
+    *accepted = self->accepted;
+    *refused = self->refused;
+}
+
+void
+brk_zap_destroy(brk_zap_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    brk_zap_t *self = *self_p;
+    *self_p = NULL;
+    brk_zsock_destroy(&self->zs);
+    zmq_close(self->sock);
+    free(self);
+}
