@@ -145,7 +145,7 @@ s_load_file(brk_config_t *cfg, const char *path, FILE *err)
         return -1;
     }
     yaml_parser_set_input_file(&parser, f);
-    int rc = -1, depth = 0, in_seq = 0, listen_from_file = 0;
+    int rc = -1, depth = 0, in_seq = 0;
     const s_setting_t *key = NULL;
     char where[600];
     for (;;) {
@@ -170,6 +170,10 @@ s_load_file(brk_config_t *cfg, const char *path, FILE *err)
         } else if (t == YAML_MAPPING_END_EVENT) {
             depth--;
         } else if (t == YAML_SEQUENCE_START_EVENT) {
+            if (depth != 1) {
+                fprintf(err, "%s: the config file must be a mapping of setting: value\n", where);
+                goto bad;
+            }
             if (!key || key->type != T_LIST || in_seq) {
                 fprintf(err, "%s: only 'listen' takes a list\n", where);
                 goto bad;
@@ -191,9 +195,6 @@ s_load_file(brk_config_t *cfg, const char *path, FILE *err)
                     goto bad;
                 }
             } else {
-                if (key->type == T_LIST && !listen_from_file) {
-                    listen_from_file = 1;
-                }
                 if (s_set(cfg, key, v, where, err) < 0)
                     goto bad;
                 if (!in_seq)

@@ -18,7 +18,7 @@
  * The worst case is a frame of empty map entries (2 wire bytes -> one entry struct and one
  * pointer), hence the factor.
  */
-#define ARENA_BYTES (AB_MAX_HEADER_BYTES * 40)
+#define ARENA_BYTES (AB_MAX_HEADER_BYTES * 64)
 
 struct ab_wire_decoder {
     ProtobufCAllocator alloc;
