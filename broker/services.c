@@ -327,34 +327,44 @@ s_provider_gone(brk_services_t *self, s_conn_t *conn, const char *why)
     }
 }
 
-/* Picks the provider with the fewest calls in flight, rotating among equals. */
-static s_conn_t *
-s_pick(s_service_t *s, s_conn_t *skip)
+/*
+ * The offers that can take a call to `method`: the method's own, and its service's as a whole.
+ * Returns how many of the two exist (with providers).
+ */
+static int
+s_lookup_for_call(brk_services_t *self, const char *method, s_service_t *out[2])
 {
-    s_conn_t *best = NULL;
-    for (size_t k = 0; k < s->n; k++) {
-        s_conn_t *p = s->providers[(s->rr + k) % s->n];
-        if (p == skip)
-            continue;
-        if (!best || p->inflight < best->inflight)
-            best = p;
-    }
-    s->rr++;
-    return best;
-}
-
-static s_service_t *
-s_lookup_for_call(brk_services_t *self, const char *method)
-{
+    int n = 0;
     size_t len = strlen(method);
     s_service_t *s = s_service_find(self, method, len);
     if (s && s->n)
-        return s;
+        out[n++] = s;
     const char *slash = strchr(method, '/');
-    if (!slash)
-        return NULL;
-    s = s_service_find(self, method, (size_t)(slash - method));
-    return s && s->n ? s : NULL;
+    if (slash) {
+        s = s_service_find(self, method, (size_t)(slash - method));
+        if (s && s->n)
+            out[n++] = s;
+    }
+    return n;
+}
+
+/* Picks the provider with the fewest calls in flight among both offers, rotating among equals. */
+static s_conn_t *
+s_pick(s_service_t *const svc[2], int nsvc, s_conn_t *skip)
+{
+    s_conn_t *best = NULL;
+    for (int i = 0; i < nsvc; i++) {
+        s_service_t *s = svc[i];
+        for (size_t k = 0; k < s->n; k++) {
+            s_conn_t *p = s->providers[(s->rr + k) % s->n];
+            if (p == skip)
+                continue;
+            if (!best || p->inflight < best->inflight)
+                best = p;
+        }
+        s->rr++;
+    }
+    return best;
 }
 
 static void
@@ -413,8 +423,9 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
 
     s_conn_t *skip = NULL;
     for (int attempt = 0;; attempt++) {
-        s_service_t *s = s_lookup_for_call(self, hdr->service);
-        s_conn_t *p = s && attempt < 4 ? s_pick(s, skip) : NULL;
+        s_service_t *svc[2];
+        int nsvc = s_lookup_for_call(self, hdr->service, svc);
+        s_conn_t *p = attempt < 4 ? s_pick(svc, nsvc, skip) : NULL;
         if (!p) {
             if (skip) {
                 self->st.unavailable++;

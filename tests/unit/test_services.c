@@ -216,6 +216,27 @@ test_balances_fewest_in_flight(void **state)
 }
 
 static void
+test_whole_service_and_method_offers_share(void **state)
+{
+    brk_services_t *s = *state;
+    offer(s, "kommune.whole", "x.v1.S", 0);
+    offer(s, "kommune.method", "x.v1.S/M", 0);
+    int whole = 0, method = 0;
+    for (int i = 0; i < 6; i++) {
+        call(s, "bund.bmi", "x.v1.S/M", "c", 0, 0);
+        if (last()->to.len == strlen("kommune.whole"))
+            whole++;
+        else
+            method++;
+    }
+    assert_int_equal(whole, 3);
+    assert_int_equal(method, 3);
+    /* another method of the service goes to the whole-service provider only */
+    call(s, "bund.bmi", "x.v1.S/Other", "c", 0, 0);
+    assert_memory_equal(last()->to.id, "kommune.whole", 13);
+}
+
+static void
 test_prefers_idle_provider(void **state)
 {
     brk_services_t *s = *state;
@@ -465,6 +486,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_provider_error_is_provider_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_balances_fewest_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prefers_idle_provider, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_whole_service_and_method_offers_share, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_unknown_service, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_service_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline, setup, teardown),

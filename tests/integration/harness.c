@@ -1,0 +1,195 @@
+/*
+ * harness.c - real broker processes for the integration tests.
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+long long
+h_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+pid_t
+h_spawn(const char *const *argv, int *out_fd, const char *errfile)
+{
+    int p[2] = {-1, -1};
+    if (out_fd && pipe(p) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        if (out_fd) {
+            dup2(p[1], 1);
+            close(p[0]);
+            close(p[1]);
+        }
+        if (errfile) {
+            int fd = open(errfile, O_WRONLY | O_CREAT | O_APPEND, 0600);
+            if (fd >= 0) {
+                dup2(fd, 2);
+                close(fd);
+            }
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    if (out_fd) {
+        close(p[1]);
+        *out_fd = p[0];
+    }
+    return pid;
+}
+
+/* Reads one line (without the newline) byte by byte so nothing past it is consumed. */
+static int
+s_read_line(int fd, char *line, size_t cap, long long deadline)
+{
+    size_t n = 0;
+    for (;;) {
+        long long left = deadline - h_now_ms();
+        if (left <= 0)
+            return -1;
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, (int)left) <= 0)
+            continue;
+        char c;
+        ssize_t r = read(fd, &c, 1);
+        if (r <= 0)
+            return -1;
+        if (c == '\n') {
+            line[n] = '\0';
+            return 0;
+        }
+        if (n + 1 < cap)
+            line[n++] = c;
+    }
+}
+
+int
+h_wait_line(int fd, const char *prefix, int timeout_ms)
+{
+    long long deadline = h_now_ms() + timeout_ms;
+    char line[512];
+    while (s_read_line(fd, line, sizeof line, deadline) == 0)
+        if (!strncmp(line, prefix, strlen(prefix)))
+            return 0;
+    return -1;
+}
+
+int
+h_wait_pid(pid_t pid, int timeout_ms)
+{
+    long long deadline = h_now_ms() + timeout_ms;
+    for (;;) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (r < 0 || h_now_ms() >= deadline)
+            return -1;
+        usleep(5000);
+    }
+}
+
+int
+h_broker_start(h_broker_t *b, int secure, const char *const *extra)
+{
+    memset(b, 0, sizeof *b);
+    snprintf(b->dir, sizeof b->dir, "/tmp/amtsbote-test-XXXXXX");
+    if (!mkdtemp(b->dir))
+        return -1;
+    char data[192], log[192];
+    snprintf(data, sizeof data, "%s/data", b->dir);
+    snprintf(log, sizeof log, "%s/broker.log", b->dir);
+    snprintf(b->ipc, sizeof b->ipc, "ipc://%s/broker.sock", b->dir);
+    const char *argv[48];
+    int n = 0;
+    argv[n++] = H_BROKER_BIN;
+    argv[n++] = "--listen";
+    argv[n++] = "tcp://127.0.0.1:*";
+    argv[n++] = "--listen";
+    argv[n++] = b->ipc;
+    argv[n++] = "--data";
+    argv[n++] = data;
+    argv[n++] = "--log-level";
+    argv[n++] = "debug";
+    if (!secure)
+        argv[n++] = "--insecure-plain-identities";
+    for (; extra && *extra && n < 46; extra++)
+        argv[n++] = *extra;
+    argv[n] = NULL;
+    b->pid = h_spawn(argv, &b->out_fd, log);
+    if (b->pid < 0)
+        return -1;
+    long long deadline = h_now_ms() + 10000;
+    char line[512];
+    while (s_read_line(b->out_fd, line, sizeof line, deadline) == 0) {
+        if (!strncmp(line, "listening on tcp://", 19))
+            snprintf(b->tcp, sizeof b->tcp, "%.120s", line + 13);
+        if (!strcmp(line, "ready"))
+            return b->tcp[0] ? 0 : -1;
+    }
+    kill(b->pid, SIGKILL);
+    h_wait_pid(b->pid, 2000);
+    return -1;
+}
+
+int
+h_broker_stop(h_broker_t *b, int sig, int timeout_ms)
+{
+    if (b->pid <= 0)
+        return -1;
+    kill(b->pid, sig);
+    int st = h_wait_pid(b->pid, timeout_ms);
+    if (st < 0) {
+        kill(b->pid, SIGKILL);
+        h_wait_pid(b->pid, 2000);
+    }
+    b->pid = 0;
+    if (b->out_fd > 0)
+        close(b->out_fd);
+    return st;
+}
+
+int
+h_broker_log_has(const h_broker_t *b, const char *needle)
+{
+    char path[192];
+    snprintf(path, sizeof path, "%s/broker.log", b->dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+ab_client_t *
+h_client(const char *uri, const char *participant)
+{
+    ab_client_t *c = ab_client_new();
+    if (!c)
+        return NULL;
+    if (ab_client_set_participant(c, participant) != 0 || ab_client_connect(c, uri, 5000) != 0) {
+        fprintf(stderr, "h_client %s as %s: %s\n", uri, participant, ab_client_last_error(c));
+        ab_client_destroy(&c);
+    }
+    return c;
+}
