@@ -2,8 +2,9 @@
  * main.c - amtsbote-broker: flags and config, start and stop order, signals.
  *
  * Start: config -> data directory lock -> ZeroMQ context -> ZAP handler (before any listener)
- * -> ROUTER with PLAIN + ZAP -> listeners -> "ready" on stdout. Stop (SIGINT/SIGTERM): unbind
- * the listeners, refuse new calls, let calls in flight finish for shutdown_grace_ms, answer the
+ * -> ROUTER with PLAIN + ZAP -> listeners -> "ready" on stdout. Stop (SIGINT/SIGTERM): refuse
+ * new connections in the ZAP handler (zmq_unbind would drop the connected ones too), refuse
+ * new calls, let calls in flight finish for shutdown_grace_ms, answer the
  * rest UNAVAILABLE, flush, exit 0. A second signal skips the grace period.
  */
 #include <errno.h>
@@ -159,8 +160,7 @@ s_on_signal(uv_signal_t *h, int signum)
     }
     b->stopping = 1;
     b->stop_started = ab_now_ms();
-    for (size_t i = 0; i < b->nendpoints; i++)
-        zmq_unbind(b->router, b->endpoints[i]);
+    brk_zap_refuse_all(b->zap);
     brk_services_drain(b->svc);
     brk_log(BRK_LOG_INFO, "event=shutdown signal=%d in_flight=%zu grace_ms=%llu", signum,
             brk_services_in_flight(b->svc), (unsigned long long)b->cfg.shutdown_grace_ms);

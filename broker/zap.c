@@ -19,6 +19,7 @@ struct brk_zap {
     brk_zsock_t *zs;
     const brk_config_t *cfg;
     uint64_t accepted, refused;
+    int refuse_all;
 };
 
 static void
@@ -84,6 +85,9 @@ s_read(void *sock, void *arg)
     char reason[AB_WHY_LEN + 64] = "";
     if (n < 6) {
         snprintf(reason, sizeof reason, "malformed ZAP request");
+    } else if (self->refuse_all) {
+        snprintf(reason, sizeof reason, "the broker is shutting down");
+        text = "the broker is shutting down";
     } else if (strcmp(domain, BRK_ZAP_DOMAIN) != 0) {
         snprintf(reason, sizeof reason, "unknown ZAP domain");
     } else if (strcmp(mech, "PLAIN") != 0) {
@@ -144,6 +148,12 @@ brk_zap_new(uv_loop_t *loop, void *zctx, const brk_config_t *cfg)
         return NULL;
     }
     return self;
+}
+
+void
+brk_zap_refuse_all(brk_zap_t *self)
+{
+    self->refuse_all = 1;
 }
 
 void

@@ -25,6 +25,12 @@ typedef struct brk_zap brk_zap_t;
  */
 brk_zap_t *brk_zap_new(uv_loop_t *loop, void *zctx, const brk_config_t *cfg);
 
+/*
+ * From now on every new connection is refused (the broker is stopping). Connections made
+ * before stay: unbinding the listener instead would drop them with their calls in flight.
+ */
+void brk_zap_refuse_all(brk_zap_t *self);
+
 /* Counts of accepted and refused handshakes. */
 void brk_zap_counts(const brk_zap_t *self, uint64_t *accepted, uint64_t *refused);
 

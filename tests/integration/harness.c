@@ -193,3 +193,71 @@ h_client(const char *uri, const char *participant)
     }
     return c;
 }
+
+static void
+s_handler(ab_client_t *c, ab_request_t *req, void *arg)
+{
+    (void)c;
+    h_provider_t *p = arg;
+    snprintf(p->last_caller, sizeof p->last_caller, "%s", ab_request_caller(req));
+    snprintf(p->last_purpose, sizeof p->last_purpose, "%s", ab_request_purpose(req));
+    if (p->mode == 1 && p->nheld < 64) {
+        p->held[p->nheld++] = req; /* answered later (or never) */
+        return;
+    }
+    if (p->mode == 2)
+        usleep((useconds_t)(p->delay_ms ? p->delay_ms : 500) * 1000);
+    size_t len = 0;
+    const char *data = ab_request_payload(req, &len);
+    char out[4096];
+    int n = snprintf(out, sizeof out, "%s:", p->participant);
+    if (len > sizeof out - (size_t)n)
+        len = sizeof out - (size_t)n;
+    memcpy(out + n, data, len);
+    atomic_fetch_add(&p->served, 1);
+    ab_reply(&req, out, (size_t)n + len);
+}
+
+static void *
+s_provider_main(void *arg)
+{
+    h_provider_t *p = arg;
+    ab_client_t *c = h_client(p->uri, p->participant);
+    if (!c)
+        return NULL;
+    if (ab_offer(c, p->service, s_handler, p) != 0) {
+        fprintf(stderr, "offer failed: %s\n", ab_client_last_error(c));
+        ab_client_destroy(&c);
+        return NULL;
+    }
+    atomic_store(&p->ready, 1);
+    while (!atomic_load(&p->stop))
+        ab_client_run(c, 20);
+    for (int i = 0; i < p->nheld; i++)
+        ab_reply(&p->held[i], "late", 4);
+    ab_client_destroy(&c);
+    return NULL;
+}
+
+int
+h_provider_start(h_provider_t *p, const char *uri, const char *participant, const char *service,
+                 int mode)
+{
+    memset(p, 0, sizeof *p);
+    p->uri = uri;
+    p->participant = participant;
+    p->service = service;
+    p->mode = mode;
+    pthread_create(&p->thread, NULL, s_provider_main, p);
+    long long deadline = h_now_ms() + 10000;
+    while (!atomic_load(&p->ready) && h_now_ms() < deadline)
+        usleep(2000);
+    return atomic_load(&p->ready) ? 0 : -1;
+}
+
+void
+h_provider_stop(h_provider_t *p)
+{
+    atomic_store(&p->stop, 1);
+    pthread_join(p->thread, NULL);
+}

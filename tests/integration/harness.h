@@ -5,6 +5,8 @@
 #ifndef AB_HARNESS_H
 #define AB_HARNESS_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -12,10 +14,10 @@
 
 typedef struct {
     pid_t pid;
-    char dir[128];  /* temporary directory with data/ and broker.log */
-    char tcp[128];  /* tcp://127.0.0.1:PORT the broker listens on */
-    char ipc[256];  /* ipc://DIR/broker.sock */
-    int out_fd;     /* the broker's stdout */
+    char dir[128]; /* temporary directory with data/ and broker.log */
+    char tcp[128]; /* tcp://127.0.0.1:PORT the broker listens on */
+    char ipc[256]; /* ipc://DIR/broker.sock */
+    int out_fd;    /* the broker's stdout */
 } h_broker_t;
 
 /*
@@ -41,6 +43,32 @@ int h_wait_pid(pid_t pid, int timeout_ms);
 
 /* A client connected to `uri` as `participant`, or NULL (the test fails). */
 ab_client_t *h_client(const char *uri, const char *participant);
+
+/*
+ * A provider on a thread of its own with its own client. Modes: 0 answers "PARTICIPANT:request",
+ * 1 holds every request and answers "late" only when stopped, 2 answers after delay_ms.
+ */
+typedef struct {
+    const char *uri;
+    const char *participant;
+    const char *service;
+    int mode; /* 0 echo with a prefix, 1 never answer (hold), 2 answer after delay_ms */
+    int delay_ms;
+    atomic_int stop;
+    atomic_int ready;
+    atomic_int served;
+    pthread_t thread;
+    ab_request_t *held[64];
+    int nheld;
+    char last_caller[128];
+    char last_purpose[128];
+} h_provider_t;
+
+/* Starts a provider offering `service`; returns 0 once the offer is accepted, or -1. */
+int h_provider_start(h_provider_t *p, const char *uri, const char *participant, const char *service,
+                     int mode);
+/* Stops the provider's thread and destroys its client. */
+void h_provider_stop(h_provider_t *p);
 
 /* Milliseconds, monotonic. */
 long long h_now_ms(void);

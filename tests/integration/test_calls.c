@@ -25,100 +25,14 @@
 
 static h_broker_t B;
 
-/* ---- providers on threads, each with its own client ---------------------------------------- */
-
-typedef struct {
-    const char *uri;
-    const char *participant;
-    const char *service;
-    int mode; /* 0 echo with a prefix, 1 never answer (hold), 2 answer after delay_ms */
-    int delay_ms;
-    atomic_int stop;
-    atomic_int ready;
-    atomic_int served;
-    pthread_t thread;
-    ab_request_t *held[64];
-    int nheld;
-    char last_caller[128];
-    char last_purpose[128];
-} provider_t;
-
-static void
-s_handler(ab_client_t *c, ab_request_t *req, void *arg)
-{
-    (void)c;
-    provider_t *p = arg;
-    snprintf(p->last_caller, sizeof p->last_caller, "%s", ab_request_caller(req));
-    snprintf(p->last_purpose, sizeof p->last_purpose, "%s", ab_request_purpose(req));
-    if (p->mode == 1 && p->nheld < 64) {
-        p->held[p->nheld++] = req; /* answered later (or never) */
-        return;
-    }
-    if (p->mode == 2)
-        usleep((useconds_t)p->delay_ms * 1000);
-    size_t len = 0;
-    const char *data = ab_request_payload(req, &len);
-    char out[4096];
-    int n = snprintf(out, sizeof out, "%s:", p->participant);
-    if (len > sizeof out - (size_t)n)
-        len = sizeof out - (size_t)n;
-    memcpy(out + n, data, len);
-    atomic_fetch_add(&p->served, 1);
-    ab_reply(&req, out, (size_t)n + len);
-}
-
-static void *
-s_provider_main(void *arg)
-{
-    provider_t *p = arg;
-    ab_client_t *c = h_client(p->uri, p->participant);
-    if (!c)
-        return NULL;
-    if (ab_offer(c, p->service, s_handler, p) != 0) {
-        fprintf(stderr, "offer failed: %s\n", ab_client_last_error(c));
-        ab_client_destroy(&c);
-        return NULL;
-    }
-    atomic_store(&p->ready, 1);
-    while (!atomic_load(&p->stop))
-        ab_client_run(c, 20);
-    for (int i = 0; i < p->nheld; i++)
-        ab_reply(&p->held[i], "late", 4);
-    ab_client_destroy(&c);
-    return NULL;
-}
-
-static void
-provider_start(provider_t *p, const char *uri, const char *participant, const char *service,
-               int mode)
-{
-    memset(p, 0, sizeof *p);
-    p->uri = uri;
-    p->participant = participant;
-    p->service = service;
-    p->mode = mode;
-    pthread_create(&p->thread, NULL, s_provider_main, p);
-    long long deadline = h_now_ms() + 10000;
-    while (!atomic_load(&p->ready) && h_now_ms() < deadline)
-        usleep(2000);
-    assert_true(atomic_load(&p->ready));
-}
-
-static void
-provider_stop(provider_t *p)
-{
-    atomic_store(&p->stop, 1);
-    pthread_join(p->thread, NULL);
-}
-
 /* ---- fixtures ------------------------------------------------------------------------------- */
 
 static int
 group_setup(void **state)
 {
     (void)state;
-    const char *extra[] = {"--heartbeat-ms", "200", "--heartbeat-timeout-ms", "600",
-                           "--max-payload", "65536", NULL};
+    const char *extra[] = {
+        "--heartbeat-ms", "200", "--heartbeat-timeout-ms", "600", "--max-payload", "65536", NULL};
     return h_broker_start(&B, 0, extra);
 }
 
@@ -138,8 +52,8 @@ static void
 test_round_trip(void **state)
 {
     (void)state;
-    provider_t p;
-    provider_start(&p, B.tcp, "kommune.09162000.meldeamt", SERVICE, 0);
+    h_provider_t p;
+    assert_int_equal(h_provider_start(&p, B.tcp, "kommune.09162000.meldeamt", SERVICE, 0), 0);
     ab_client_t *c = h_client(B.tcp, "bund.bmi");
     assert_non_null(c);
     assert_string_equal(ab_client_participant(c), "bund.bmi");
@@ -165,7 +79,7 @@ test_round_trip(void **state)
     ab_free(reply);
     ab_client_destroy(&c2);
     ab_client_destroy(&c);
-    provider_stop(&p);
+    h_provider_stop(&p);
 }
 
 /* 10 callers on threads, each with 100 calls in flight at once, over 3 providers. */
@@ -239,10 +153,10 @@ static void
 test_thousand_in_flight(void **state)
 {
     (void)state;
-    provider_t p[3];
-    provider_start(&p[0], B.tcp, "kommune.p1", SERVICE, 0);
-    provider_start(&p[1], B.tcp, "kommune.p2", SERVICE, 0);
-    provider_start(&p[2], B.ipc, "kommune.p3", METHOD, 0);
+    h_provider_t p[3];
+    assert_int_equal(h_provider_start(&p[0], B.tcp, "kommune.p1", SERVICE, 0), 0);
+    assert_int_equal(h_provider_start(&p[1], B.tcp, "kommune.p2", SERVICE, 0), 0);
+    assert_int_equal(h_provider_start(&p[2], B.ipc, "kommune.p3", METHOD, 0), 0);
     caller_t k[CALLERS];
     pthread_t t[CALLERS];
     memset(k, 0, sizeof k);
@@ -263,7 +177,7 @@ test_thousand_in_flight(void **state)
     assert_int_equal(total, CALLERS * PER_CALLER);
     int served = 0;
     for (int i = 0; i < 3; i++) {
-        provider_stop(&p[i]);
+        h_provider_stop(&p[i]);
         assert_true(atomic_load(&p[i].served) > 0); /* every provider took a share */
         served += atomic_load(&p[i].served);
     }
@@ -289,8 +203,8 @@ static void
 test_deadline(void **state)
 {
     (void)state;
-    provider_t p;
-    provider_start(&p, B.tcp, "kommune.slow", "x.v1.Slow", 1);
+    h_provider_t p;
+    assert_int_equal(h_provider_start(&p, B.tcp, "kommune.slow", "x.v1.Slow", 1), 0);
     ab_client_t *c = h_client(B.tcp, "bund.bmi");
     void *reply = NULL;
     size_t len = 0;
@@ -299,7 +213,7 @@ test_deadline(void **state)
     long long took = h_now_ms() - t0;
     assert_non_null(strstr(ab_client_last_error(c), "deadline"));
     assert_true(took >= 290); /* not before the deadline */
-    provider_stop(&p);         /* it now answers late: dropped by the broker */
+    h_provider_stop(&p);      /* it now answers late: dropped by the broker */
     ab_client_destroy(&c);
     usleep(100000);
     assert_true(h_broker_log_has(&B, "event=late_reply"));
@@ -310,8 +224,8 @@ test_provider_killed(void **state)
 {
     (void)state;
     /* the provider is the CLI in its own process, running a command that never finishes */
-    const char *argv[] = {H_CLI_BIN, "--broker", B.tcp, "--as", "kommune.doomed", "serve",
-                          "x.v1.Doomed", "--exec", "sleep 30", NULL};
+    const char *argv[] = {H_CLI_BIN, "--broker",    B.tcp,    "--as",     "kommune.doomed",
+                          "serve",   "x.v1.Doomed", "--exec", "sleep 30", NULL};
     int out = -1;
     pid_t pid = h_spawn(argv, &out, NULL);
     assert_true(pid > 0);
@@ -401,8 +315,8 @@ static void
 test_bad_input(void **state)
 {
     (void)state;
-    provider_t p;
-    provider_start(&p, B.tcp, "kommune.good", SERVICE, 0);
+    h_provider_t p;
+    assert_int_equal(h_provider_start(&p, B.tcp, "kommune.good", SERVICE, 0), 0);
     ab_client_t *good = h_client(B.tcp, "bund.good");
     void *ctx = zmq_ctx_new();
     void *s = s_raw(ctx, "bund.mallory");
@@ -488,7 +402,7 @@ test_bad_input(void **state)
     zmq_close(s);
     zmq_ctx_term(ctx);
     ab_client_destroy(&good);
-    provider_stop(&p);
+    h_provider_stop(&p);
 }
 
 static void
@@ -518,9 +432,9 @@ main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),      cmocka_unit_test(test_thousand_in_flight),
-        cmocka_unit_test(test_unknown_service), cmocka_unit_test(test_deadline),
-        cmocka_unit_test(test_provider_killed), cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_round_trip),       cmocka_unit_test(test_thousand_in_flight),
+        cmocka_unit_test(test_unknown_service),  cmocka_unit_test(test_deadline),
+        cmocka_unit_test(test_provider_killed),  cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_identity_checked),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

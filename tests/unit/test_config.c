@@ -53,8 +53,13 @@ test_defaults_and_flags(void **state)
 {
     (void)state;
     brk_config_t c;
-    const char *a[] = {"--listen", "tcp://127.0.0.1:7450", "--insecure-plain-identities",
-                       "--heartbeat-ms=500", "--listen", "ipc:///tmp/x.sock", NULL};
+    const char *a[] = {"--listen",
+                       "tcp://127.0.0.1:7450",
+                       "--insecure-plain-identities",
+                       "--heartbeat-ms=500",
+                       "--listen",
+                       "ipc:///tmp/x.sock",
+                       NULL};
     assert_int_equal(load(&c, a), 0);
     assert_int_equal(c.nlisten, 2);
     assert_string_equal(c.listen[1], "ipc:///tmp/x.sock");
@@ -178,8 +183,10 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults_and_flags), cmocka_unit_test(test_file_then_flags),
-        cmocka_unit_test(test_bad_flags),          cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_defaults_and_flags),
+        cmocka_unit_test(test_file_then_flags),
+        cmocka_unit_test(test_bad_flags),
+        cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_help),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

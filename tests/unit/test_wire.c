@@ -197,13 +197,13 @@ test_service_names(void **state)
 {
     (void)state;
     char why[AB_WHY_LEN];
-    assert_int_equal(ab_wire_check_service("meldewesen.v1.Melderegister/Meldebescheinigung", 0, why),
-                     0);
+    assert_int_equal(
+        ab_wire_check_service("meldewesen.v1.Melderegister/Meldebescheinigung", 0, why), 0);
     assert_int_equal(ab_wire_check_service("meldewesen.v1.Melderegister", 1, why), 0);
     assert_int_equal(ab_wire_check_service("meldewesen.v1.Melderegister", 0, why), AB_EINVAL);
     assert_non_null(strstr(why, "names no method"));
-    const char *bad[] = {"", "Svc/M", "a..b/M", "a.b/", "a.b/M/N", ".a.b/M", "a.b/1M", "a b.c/M",
-                         "a.b/M x"};
+    const char *bad[] = {"",       "Svc/M",  "a..b/M",  "a.b/",   "a.b/M/N",
+                         ".a.b/M", "a.b/1M", "a b.c/M", "a.b/M x"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(ab_wire_check_service(bad[i], 1, why), AB_EINVAL);
 }
@@ -216,9 +216,9 @@ test_participants(void **state)
     const char *good[] = {"bund.bmi", "land.by.stmi", "kommune.09162000.meldeamt", "a.b-c_d"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         assert_int_equal(ab_wire_check_participant(good[i], why), 0);
-    const char *bad[] = {"",       "bund",      "Bund.bmi", "bund..bmi", ".bund.bmi",
-                         "bund.",  "bund.-x",   "bund.b*",  "a.b.c.d.e.f.g.h.i",
-                         "bund.ä", "bund.b mi"};
+    const char *bad[] = {"",         "bund",    "Bund.bmi", "bund..bmi",         ".bund.bmi",
+                         "bund.",    "bund.-x", "bund.b*",  "a.b.c.d.e.f.g.h.i", "bund.ä",
+                         "bund.b mi"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(ab_wire_check_participant(bad[i], why), AB_EINVAL);
         assert_non_null(strstr(why, "participant address"));
@@ -249,8 +249,8 @@ test_error_names(void **state)
     assert_string_equal(ab_err_name(0), "OK");
     assert_string_equal(ab_err_name(-999), "UNKNOWN_ERROR");
     assert_string_equal(ab_strerror(-999), "unknown error");
-    int codes[] = {AB_EUNKNOWN_SERVICE, AB_EDEADLINE, AB_EPROVIDER_GONE, AB_EMALFORMED,
-                   AB_ETOO_LARGE,       AB_EUNAVAILABLE, AB_EPROVIDER,   AB_EINVAL};
+    int codes[] = {AB_EUNKNOWN_SERVICE, AB_EDEADLINE,    AB_EPROVIDER_GONE, AB_EMALFORMED,
+                   AB_ETOO_LARGE,       AB_EUNAVAILABLE, AB_EPROVIDER,      AB_EINVAL};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         assert_int_equal(ab_err_from_wire(ab_err_to_wire(codes[i])), codes[i]);
     assert_string_equal(ab_kind_name(AMTSBOTE__V1__KIND__KIND_CALL), "CALL");
