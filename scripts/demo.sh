@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Amtsbote in one command: installs what is missing, builds, starts a broker with the embedded
+# development configuration below, lets a municipality (kommune.09162000.meldeamt) offer the
+# registration service and a ministry (bund.bmi) call it, prints the exchange and a short
+# throughput and latency measurement, and stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+ab_install_deps
+ab_build build
+
+work=$(mktemp -d /tmp/amtsbote-demo-XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The embedded default: a development broker on loopback. Participants name themselves
+# (plain identities); with mutual TLS they will be named by their certificates instead.
+cat >"$work/broker.yaml" <<YAML
+listen:
+  - tcp://127.0.0.1:*
+  - ipc://$work/broker.sock
+data: $work/data
+insecure_plain_identities: true
+log_level: info
+heartbeat_ms: 1000
+YAML
+
+echo "==> starting amtsbote-broker (config: $work/broker.yaml)"
+mkfifo "$work/broker.out"
+build/amtsbote-broker --config "$work/broker.yaml" >"$work/broker.out" 2>"$work/broker.log" &
+pids+=($!)
+exec 3<"$work/broker.out"
+uri=""
+while IFS= read -r -t 10 line <&3; do
+  case "$line" in
+    "listening on tcp://"*) uri=${line#listening on } ;;
+    ready) break ;;
+  esac
+done
+[ -n "$uri" ] || { echo "demo: the broker did not start; its log:" >&2; cat "$work/broker.log" >&2; exit 1; }
+echo "    broker ready on $uri"
+
+# The municipality's registration office: a legacy case system reached through a command.
+cat >"$work/meldeamt.sh" <<'SH'
+#!/bin/sh
+# Reads the request on stdin, answers on stdout; the broker says who asks and why.
+request=$(cat)
+echo "Meldebescheinigung for [$request], issued by kommune.09162000.meldeamt to $AMTSBOTE_CALLER (purpose: ${AMTSBOTE_PURPOSE:-none})"
+SH
+chmod +x "$work/meldeamt.sh"
+
+echo "==> kommune.09162000.meldeamt offers meldewesen.v1.Melderegister"
+mkfifo "$work/provider.out"
+build/amtsbote --broker "$uri" --as kommune.09162000.meldeamt \
+  serve meldewesen.v1.Melderegister --exec "$work/meldeamt.sh" >"$work/provider.out" 2>"$work/provider.log" &
+pids+=($!)
+exec 4<"$work/provider.out"
+read -r -t 10 ready <&4 || { echo "demo: the provider did not start:" >&2; cat "$work/provider.log" >&2; exit 1; }
+echo "    $ready"
+
+echo "==> bund.bmi calls meldewesen.v1.Melderegister/Meldebescheinigung"
+request="Familienname=Mustermann; Vorname=Erika; Geburtsdatum=1964-08-12"
+echo "    request: $request"
+reply=$(build/amtsbote --broker "$uri" --as bund.bmi call meldewesen.v1.Melderegister/Meldebescheinigung \
+  --purpose "BMG §34" --data "$request")
+echo "    reply:   $reply"
+
+echo "==> a service nobody offers gives a clear error"
+set +e
+build/amtsbote --broker "$uri" --as bund.bmi call personenstand.v1.Register/Geburtsurkunde --data x 2>"$work/err.txt"
+code=$?
+set -e
+echo "    exit code $code: $(cat "$work/err.txt")"
+
+if [ -x build/bench/bench_calls ]; then
+  echo "==> a short measurement through the broker (echo provider, 100 B payloads)"
+  build/bench/bench_calls --mode amtsbote --broker "$uri" --latency --size 100 --seconds 1 | sed 's/^/    /'
+  build/bench/bench_calls --mode amtsbote --broker "$uri" --inflight 100 --size 100 --seconds 1 | sed 's/^/    /'
+fi
+
+echo "==> what the broker logged (metadata only, never payloads)"
+grep -E 'event=(connect|offer|provider_gone)' "$work/broker.log" | sed 's/^/    /' | head -n 12
+echo "==> done; stopping everything the demo started"
