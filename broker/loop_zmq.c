@@ -1,5 +1,5 @@
 /*
- * loop_zmq.c - uv_poll on ZMQ_FD, drained by ZMQ_EVENTS with a budget and a uv_idle.
+ * loop_zmq.c - uv_poll on ZMQ_FD, drained to EAGAIN with a budget and a uv_idle.
  */
 #include "loop_zmq.h"
 
@@ -17,18 +17,9 @@ struct brk_zsock {
     brk_zsock_batch_fn *batch;
     void *arg;
     int idle_on;
+    int kicked;  /* a send happened since the last drain */
     int closing; /* handles still open */
 };
-
-static int
-s_readable(void *zsock)
-{
-    int events = 0;
-    size_t len = sizeof events;
-    if (zmq_getsockopt(zsock, ZMQ_EVENTS, &events, &len) != 0)
-        return 0;
-    return (events & ZMQ_POLLIN) != 0;
-}
 
 static void s_on_idle(uv_idle_t *h);
 
@@ -43,21 +34,30 @@ s_set_idle(brk_zsock_t *self, int on)
     }
 }
 
-/* Reads up to the budget; leaves the idle running when messages may remain. */
+/*
+ * Reads until the socket says EAGAIN or the budget is spent. A receive that returns EAGAIN has
+ * processed libzmq's pending commands exactly as a ZMQ_EVENTS query would, so it re-arms the
+ * edge without a further query (each query costs a poll() system call). After a full budget
+ * the idle handle looks again on the next loop turn.
+ */
 static void
 s_drain(brk_zsock_t *self)
 {
     unsigned n = 0;
-    while (n < self->budget && s_readable(self->zsock)) {
-        if (self->read(self->zsock, self->arg) < 0)
+    int again = 0;
+    while (n < self->budget) {
+        if (self->read(self->zsock, self->arg) < 0) {
+            again = 1;
             break;
+        }
         n++;
     }
+    if (again)
+        self->kicked = 0; /* the EAGAIN receive came after every send so far */
     if (n > 0 && self->batch)
         self->batch(self->arg);
-    /* Asking ZMQ_EVENTS again is what re-arms the edge; after a full budget ask on the next turn.
-     */
-    s_set_idle(self, n >= self->budget || s_readable(self->zsock));
+    /* A send after that receive may have consumed the edge: look again on the next turn. */
+    s_set_idle(self, !again || self->kicked);
 }
 
 static void
@@ -109,8 +109,10 @@ brk_zsock_new(uv_loop_t *loop, void *zsock, unsigned budget, brk_zsock_read_fn *
 void
 brk_zsock_kick(brk_zsock_t *self)
 {
-    if (self && !self->closing)
+    if (self && !self->closing) {
+        self->kicked = 1;
         s_set_idle(self, 1);
+    }
 }
 
 static void

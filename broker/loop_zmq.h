@@ -4,8 +4,9 @@
  * Owns one uv_poll on the socket's ZMQ_FD and one uv_idle. ZMQ_FD is edge-triggered and only
  * says "look at ZMQ_EVENTS": a wake-up that is not drained, or a zmq_send that consumes the
  * edge, would leave messages waiting with no further wake-up. So after every wake-up the
- * adapter reads while ZMQ_EVENTS has ZMQ_POLLIN, up to a budget per loop turn, and keeps a
- * uv_idle running while there may be more; brk_zsock_kick() after each send re-arms that check.
+ * adapter reads until the socket says EAGAIN (which re-arms the edge as a ZMQ_EVENTS query
+ * does), up to a budget per loop turn, and keeps a uv_idle running while there may be more;
+ * brk_zsock_kick() after each send makes it look again on the next turn.
  */
 #ifndef BRK_LOOP_ZMQ_H
 #define BRK_LOOP_ZMQ_H

@@ -57,7 +57,7 @@ s_on_tick(uv_timer_t *t)
     s_broker_t *b = t->data;
     if (b->stopping > 1)
         return;
-    uint64_t wait = brk_services_tick(b->svc, ab_now_ms());
+    uint64_t wait = brk_services_tick(b->svc, uv_now(b->loop));
     uv_timer_start(&b->tick, s_on_tick, wait, 0);
 }
 
@@ -72,7 +72,7 @@ s_read_router(void *sock, void *arg)
         return -1;
     if (rc == 1) {
         brk_services_handle(b->svc, &env.from, env.participant, env.hdr,
-                            env.has_payload ? &env.payload : NULL, ab_now_ms());
+                            env.has_payload ? &env.payload : NULL, uv_now(b->loop));
         brk_envelope_close(&env);
     }
     return 0;

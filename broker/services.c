@@ -45,12 +45,16 @@ struct s_call {
     size_t heap_idx;
     s_conn_t *provider;
     s_call_t *prev, *next; /* in provider->calls_in */
+    s_conn_t *caller_conn;   /* never freed while it has calls out */
     brk_peer_t caller;
     uint8_t corr[64];
     uint8_t corr_len;
     char service[AB_MAX_NAME + 1];
     UT_hash_handle hh;
 };
+
+/* Finished calls are kept for reuse: no malloc per call once the broker is warm. */
+#define CALL_FREELIST_MAX 4096
 
 struct brk_services {
     const brk_config_t *cfg;
@@ -63,8 +67,40 @@ struct brk_services {
     uint64_t next_token;
     uint64_t next_sweep;
     int draining;
+    s_call_t *freelist;
+    size_t nfree;
     brk_services_stats_t st;
 };
+
+static s_call_t *
+s_call_alloc(brk_services_t *self)
+{
+    s_call_t *c = self->freelist;
+    if (c) {
+        self->freelist = c->next;
+        self->nfree--;
+    } else {
+        c = malloc(sizeof *c);
+        if (!c)
+            return NULL;
+    }
+    c->provider = NULL;
+    c->caller_conn = NULL;
+    c->prev = c->next = NULL;
+    return c;
+}
+
+static void
+s_call_release(brk_services_t *self, s_call_t *c)
+{
+    if (self->nfree >= CALL_FREELIST_MAX) {
+        free(c);
+        return;
+    }
+    c->next = self->freelist;
+    self->freelist = c;
+    self->nfree++;
+}
 
 /* ---- deadline heap ---------------------------------------------------------------------- */
 
@@ -193,11 +229,9 @@ s_call_free(brk_services_t *self, s_call_t *c)
         if (c->next)
             c->next->prev = c->prev;
     }
-    s_conn_t *caller = NULL;
-    HASH_FIND(hh, self->conns, c->caller.id, c->caller.len, caller);
-    if (caller && caller->calls_out > 0)
-        caller->calls_out--;
-    free(c);
+    if (c->caller_conn)
+        c->caller_conn->calls_out--;
+    s_call_release(self, c);
 }
 
 /* Answers a call with an error and frees it. */
@@ -396,7 +430,7 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     if (budget > self->cfg->max_deadline_ms)
         budget = self->cfg->max_deadline_ms;
 
-    s_call_t *c = calloc(1, sizeof *c);
+    s_call_t *c = s_call_alloc(self);
     if (!c) {
         s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
                      "the broker is out of memory");
@@ -408,7 +442,8 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     c->caller = caller->peer;
     c->corr_len = (uint8_t)corr_len;
     memcpy(c->corr, corr, corr_len);
-    snprintf(c->service, sizeof c->service, "%s", hdr->service);
+    size_t slen = strlen(hdr->service); /* checked above: at most AB_MAX_NAME */
+    memcpy(c->service, hdr->service, slen + 1);
 
     uint8_t token[8];
     for (int i = 0; i < 8; i++)
@@ -436,7 +471,7 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
                 s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNKNOWN_SERVICE,
                              "no provider offers %s", hdr->service);
             }
-            free(c);
+            s_call_release(self, c);
             return;
         }
         int rc = self->io->send(self->io->ctx, &p->peer, &fwd, payload);
@@ -453,9 +488,10 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
         /* the provider has the call; without a deadline entry we cannot track it */
         s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
                      "the broker is out of memory");
-        free(c);
+        s_call_release(self, c);
         return;
     }
+    c->caller_conn = caller;
     HASH_ADD(hh, self->calls, token, sizeof c->token, c);
     c->provider->inflight++;
     c->next = c->provider->calls_in;
@@ -694,6 +730,11 @@ brk_services_destroy(brk_services_t **self_p)
         HASH_DEL(self->conns, k);
         free(k->offers);
         free(k);
+    }
+    while (self->freelist) {
+        c = self->freelist;
+        self->freelist = c->next;
+        free(c);
     }
     free(self->heap);
     free(self);

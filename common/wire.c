@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,25 +246,63 @@ bad:
     return AB_EINVAL;
 }
 
+/*
+ * Random bits for message ids come from getrandom() in blocks, one system call per few hundred
+ * ids instead of one per id. The block is per thread; a forked child throws its copy away so
+ * that parent and child never hand out the same bits.
+ */
+#define RANDOM_BLOCK 4096
+static _Thread_local uint8_t s_random[RANDOM_BLOCK];
+static _Thread_local size_t s_random_left;
+static pthread_once_t s_atfork_once = PTHREAD_ONCE_INIT;
+
+static void
+s_forget_random(void)
+{
+    s_random_left = 0;
+}
+
+static void
+s_register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, s_forget_random);
+}
+
+static void
+s_random_bytes(uint8_t *out, size_t n)
+{
+    if (s_random_left < n) {
+        pthread_once(&s_atfork_once, s_register_atfork);
+        size_t got = 0;
+        while (got < RANDOM_BLOCK) {
+            ssize_t r = getrandom(s_random + got, RANDOM_BLOCK - got, 0);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                /* no entropy source: the clock and a counter, still unique per process */
+                static _Thread_local uint64_t counter;
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ++counter;
+                for (size_t i = got; i < RANDOM_BLOCK; i++, x = x * 6364136223846793005u + 1)
+                    s_random[i] = (uint8_t)(x >> 56);
+                break;
+            }
+            got += (size_t)r;
+        }
+        s_random_left = RANDOM_BLOCK;
+    }
+    memcpy(out, s_random + RANDOM_BLOCK - s_random_left, n);
+    s_random_left -= n;
+}
+
 void
 ab_uuid7(uint8_t out[AB_MESSAGE_ID_LEN])
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-    size_t got = 0;
-    while (got < 10) {
-        ssize_t n = getrandom(out + 6 + got, 10 - got, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            /* no entropy source: fall back to the clock, still unique per process and ms */
-            uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)(uintptr_t)out << 17);
-            memcpy(out + 6 + got, &x, 10 - got > 8 ? 8 : 10 - got);
-            break;
-        }
-        got += (size_t)n;
-    }
+    s_random_bytes(out + 6, 10);
     for (int i = 0; i < 6; i++)
         out[i] = (uint8_t)(ms >> (40 - 8 * i));
     out[6] = (uint8_t)(0x70 | (out[6] & 0x0f)); /* version 7 */

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -242,6 +244,29 @@ test_uuid7(void **state)
 }
 
 static void
+test_uuid7_fork_does_not_repeat(void **state)
+{
+    (void)state;
+    uint8_t first[16], parent[16], child[16];
+    ab_uuid7(first); /* the parent now holds a block of random bits */
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        ab_uuid7(child);
+        ssize_t w = write(p[1], child, sizeof child);
+        _exit(w == (ssize_t)sizeof child ? 0 : 1);
+    }
+    ab_uuid7(parent);
+    assert_int_equal(read(p[0], child, sizeof child), (ssize_t)sizeof child);
+    int st;
+    waitpid(pid, &st, 0);
+    close(p[0]);
+    close(p[1]);
+    assert_memory_not_equal(parent + 6, child + 6, 10);
+}
+
+static void
 test_error_names(void **state)
 {
     (void)state;
@@ -272,6 +297,7 @@ main(void)
         cmocka_unit_test(test_service_names),
         cmocka_unit_test(test_participants),
         cmocka_unit_test(test_uuid7),
+        cmocka_unit_test(test_uuid7_fork_does_not_repeat),
         cmocka_unit_test(test_error_names),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
