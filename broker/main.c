@@ -282,6 +282,7 @@ main(int argc, char **argv)
         goto out;
     b.proto = brk_proto_new(b.router, &b.cfg);
     b.io.send = brk_proto_send;
+    b.io.send_bytes = brk_proto_send_bytes;
     b.io.ctx = b.proto;
     b.svc = brk_services_new(&b.cfg, &b.io);
     b.zs = brk_zsock_new(b.loop, b.router, ROUTER_BUDGET, s_read_router, s_after_batch, &b);

@@ -97,6 +97,19 @@ static void s_refuse(brk_proto_t *self, const brk_peer_t *to, const ab_header_t 
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Answers a refused message with `err`, carrying its correlation id when it had one. */
+int
+brk_proto_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const void *data,
+                     size_t len)
+{
+    zmq_msg_t m;
+    if (zmq_msg_init_size(&m, len) != 0)
+        return AB_EUNAVAILABLE;
+    memcpy(zmq_msg_data(&m), data, len);
+    int rc = brk_proto_send(ctx, to, hdr, &m);
+    zmq_msg_close(&m);
+    return rc;
+}
+
 static void
 s_refuse(brk_proto_t *self, const brk_peer_t *to, const ab_header_t *hdr, int err, const char *fmt,
          ...)

@@ -58,6 +58,10 @@ void brk_envelope_close(brk_envelope_t *env);
  */
 int brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload);
 
+/* As brk_proto_send(), with a payload of `len` bytes that the broker made itself. */
+int brk_proto_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const void *data,
+                         size_t len);
+
 void brk_proto_stats(const brk_proto_t *self, brk_proto_stats_t *out);
 
 #endif

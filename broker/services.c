@@ -45,7 +45,7 @@ struct s_call {
     size_t heap_idx;
     s_conn_t *provider;
     s_call_t *prev, *next; /* in provider->calls_in */
-    s_conn_t *caller_conn;   /* never freed while it has calls out */
+    s_conn_t *caller_conn; /* never freed while it has calls out */
     brk_peer_t caller;
     uint8_t corr[64];
     uint8_t corr_len;
@@ -401,6 +401,60 @@ s_pick(s_service_t *const svc[2], int nsvc, s_conn_t *skip)
     return best;
 }
 
+/* amtsbote.v1.Broker/ListServices: every offer with its providers and calls in flight. */
+static void
+s_list_services(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, const uint8_t *corr,
+                size_t corr_len)
+{
+    size_t n = HASH_COUNT(self->services), np = 0;
+    for (s_service_t *s = self->services; s; s = s->hh.next)
+        np += s->n;
+    Amtsbote__V1__ServiceInfo *infos = calloc(n ? n : 1, sizeof *infos);
+    Amtsbote__V1__ServiceInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    char **names = calloc(np ? np : 1, sizeof *names);
+    uint8_t *buf = NULL;
+    if (!infos || !ptrs || !names)
+        goto oom;
+    size_t i = 0, k = 0;
+    for (s_service_t *s = self->services; s; s = s->hh.next, i++) {
+        amtsbote__v1__service_info__init(&infos[i]);
+        infos[i].name = s->name;
+        infos[i].providers = names + k;
+        infos[i].n_providers = s->n;
+        for (size_t j = 0; j < s->n; j++) {
+            names[k++] = s->providers[j]->participant;
+            infos[i].in_flight += s->providers[j]->inflight;
+        }
+        ptrs[i] = &infos[i];
+    }
+    Amtsbote__V1__ServiceList list = AMTSBOTE__V1__SERVICE_LIST__INIT;
+    list.services = ptrs;
+    list.n_services = n;
+    size_t len = amtsbote__v1__service_list__get_packed_size(&list);
+    buf = malloc(len ? len : 1);
+    if (!buf)
+        goto oom;
+    amtsbote__v1__service_list__pack(&list, buf);
+    ab_header_t out = AMTSBOTE__V1__HEADER__INIT;
+    out.version = AB_PROTOCOL_VERSION;
+    out.kind = AMTSBOTE__V1__KIND__KIND_REPLY;
+    out.correlation_id.data = (uint8_t *)corr;
+    out.correlation_id.len = corr_len;
+    out.service = hdr->service;
+    out.schema = "amtsbote.v1.ServiceList";
+    self->io->send_bytes(self->io->ctx, &caller->peer, &out, buf, len);
+    self->st.replies++;
+    goto done;
+oom:
+    s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
+                 "the broker is out of memory");
+done:
+    free(buf);
+    free(names);
+    free(ptrs);
+    free(infos);
+}
+
 static void
 s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, void *payload,
               uint64_t now)
@@ -411,6 +465,17 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     char why[AB_WHY_LEN];
     if (ab_wire_check_service(hdr->service, 0, why) != 0) {
         s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EINVAL, "%s", why);
+        return;
+    }
+    if (!strncmp(hdr->service, BRK_SERVICE_BROKER "/", sizeof BRK_SERVICE_BROKER)) {
+        if (!strcmp(hdr->service, BRK_SERVICE_BROKER "/ListServices")) {
+            s_list_services(self, caller, hdr, corr, corr_len);
+        } else {
+            self->st.unknown_service++;
+            s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNKNOWN_SERVICE,
+                         "the broker offers %s/ListServices only, not %s", BRK_SERVICE_BROKER,
+                         hdr->service);
+        }
         return;
     }
     if (self->draining) {
@@ -588,6 +653,14 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
         if (self->draining) {
             s_send_error(self, from, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
                          "the broker is shutting down; offer of %s not accepted", hdr->service);
+            return;
+        }
+        size_t blen = sizeof BRK_SERVICE_BROKER - 1;
+        if (!strncmp(hdr->service, BRK_SERVICE_BROKER, blen) &&
+            (hdr->service[blen] == '\0' || hdr->service[blen] == '/')) {
+            s_send_error(self, from, corr, corr_len, hdr->service, AB_EINVAL,
+                         "%s is the broker's own service; nobody else may offer it",
+                         BRK_SERVICE_BROKER);
             return;
         }
         int rc = s_offer(self, conn, hdr->service);

@@ -2,7 +2,8 @@
  * services.h - providers, load balancing, calls in flight, deadlines, heartbeats.
  *
  * Owns every connection the broker has heard from (by ZeroMQ routing id), the offers they
- * made, and every call in flight. It does no I/O itself: it decides, and sends through the
+ * made, and every call in flight. It also answers the broker's own service,
+ * amtsbote.v1.Broker (ListServices). It does no I/O itself: it decides, and sends through the
  * `brk_services_io_t` it is given, so that tests can drive it with a fake clock and a fake
  * sender. Deadlines live in one min-heap; the caller runs brk_services_tick() when the time it
  * returns has come.
@@ -15,6 +16,9 @@
 
 #include "config.h"
 #include "wire.h"
+
+/* The broker's own service; nobody else may offer it. */
+#define BRK_SERVICE_BROKER "amtsbote.v1.Broker"
 
 /* A connection's ZeroMQ routing id. */
 typedef struct brk_peer {
@@ -29,6 +33,9 @@ typedef struct brk_services_io {
      * when its queue is full.
      */
     int (*send)(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload);
+    /* Sends `hdr` and a payload of `len` bytes made by the broker itself; returns as send. */
+    int (*send_bytes)(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const void *data,
+                      size_t len);
     void *ctx;
 } brk_services_io_t;
 

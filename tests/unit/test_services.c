@@ -62,8 +62,22 @@ fake_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload
     return 0;
 }
 
+static uint8_t last_bytes[65536];
+static size_t last_bytes_len;
+
+static int
+fake_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const void *data,
+                size_t len)
+{
+    assert_true(len <= sizeof last_bytes);
+    memcpy(last_bytes, data, len);
+    last_bytes_len = len;
+    int marker = 1;
+    return fake_send(ctx, to, hdr, &marker);
+}
+
 static brk_config_t C;
-static brk_services_io_t IO = {fake_send, &F};
+static brk_services_io_t IO = {fake_send, fake_send_bytes, &F};
 
 static brk_peer_t
 peer(const char *name)
@@ -478,6 +492,45 @@ test_unsupported_kind(void **state)
     assert_non_null(strstr(last()->err_text, "SEND"));
 }
 
+static void
+test_list_services(void **state)
+{
+    brk_services_t *s = *state;
+    offer(s, "kommune.a", "x.v1.S", 0);
+    offer(s, "kommune.b", "x.v1.S", 0);
+    offer(s, "kommune.b", "y.v1.T/M", 0);
+    call(s, "bund.bmi", "x.v1.S/M", "c1", 0, 0);
+    call(s, "bund.bmi", "amtsbote.v1.Broker/ListServices", "ls", 0, 0);
+    assert_int_equal(last()->kind, AMTSBOTE__V1__KIND__KIND_REPLY);
+    assert_memory_equal(last()->corr, "ls", 2);
+    Amtsbote__V1__ServiceList *l =
+        amtsbote__v1__service_list__unpack(NULL, last_bytes_len, last_bytes);
+    assert_non_null(l);
+    assert_int_equal(l->n_services, 2);
+    int seen = 0;
+    for (size_t i = 0; i < l->n_services; i++) {
+        if (!strcmp(l->services[i]->name, "x.v1.S")) {
+            assert_int_equal(l->services[i]->n_providers, 2);
+            assert_int_equal(l->services[i]->in_flight, 1);
+            seen++;
+        } else {
+            assert_string_equal(l->services[i]->name, "y.v1.T/M");
+            assert_string_equal(l->services[i]->providers[0], "kommune.b");
+            seen++;
+        }
+    }
+    assert_int_equal(seen, 2);
+    amtsbote__v1__service_list__free_unpacked(l, NULL);
+
+    call(s, "bund.bmi", "amtsbote.v1.Broker/Shutdown", "x", 0, 0);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__UNKNOWN_SERVICE);
+    brk_peer_t p = peer("kommune.evil");
+    ab_header_t h = hdr(AMTSBOTE__V1__KIND__KIND_OFFER, "amtsbote.v1.Broker", "o");
+    brk_services_handle(s, &p, "kommune.evil", &h, NULL, 0);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__INVALID_ARGUMENT);
+    assert_non_null(strstr(last()->err_text, "broker's own service"));
+}
+
 int
 main(void)
 {
@@ -501,6 +554,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_drain_and_fail_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsupported_kind, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_services, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
