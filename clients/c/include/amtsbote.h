@@ -95,6 +95,12 @@ void ab_client_destroy(ab_client_t **self_p);
 int ab_client_set_participant(ab_client_t *self, const char *participant);
 
 /*
+ * Sets the purpose (the legal basis, e.g. "BMG §34") sent with every later call; NULL or "" sends
+ * none. Returns AB_EINVAL for text longer than 255 bytes or not valid UTF-8.
+ */
+int ab_client_set_purpose(ab_client_t *self, const char *purpose);
+
+/*
  * Connects to the broker at `uri` (tcp://HOST:PORT or ipc://PATH) and waits up to `timeout_ms`
  * (0: 5000) for the broker's HELLO. Returns AB_EREFUSED when the broker refused the identity,
  * AB_ETIMEDOUT when it did not answer, AB_EINVAL for a URI it cannot use.

@@ -1,0 +1,1536 @@
+/*
+ * client.c - libamtsbote: one DEALER connection to a broker, the calls it has in flight, the
+ * services it offers and the requests it still has to answer.
+ *
+ * Everything runs on the caller's thread. Blocking functions (ab_client_connect, ab_call, ab_offer,
+ * ab_withdraw) are built on the same machinery as the asynchronous ones: they drive
+ * ab_client_process() until their own answer has arrived, so while they wait the client still
+ * serves calls to its own offers, runs callbacks and sends heartbeats. Handlers and callbacks may
+ * therefore run nested inside a blocking call; they may call the API themselves, but not
+ * ab_client_destroy().
+ *
+ * Requests, calls and control messages (OFFER, WITHDRAW) are matched by an 8-byte correlation id
+ * that counts up per client. Pending answers live in a hash table keyed by that counter and in a
+ * min-heap ordered by their expiry, so timeouts cost O(log n) however many calls are in flight.
+ *
+ * The library never logs; every failure leaves a sentence in last_error.
+ */
+#include "amtsbote.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+/* a failed allocation inside uthash must not exit() the application */
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(elt) ((elt)->oom = 1)
+#include <uthash.h>
+
+#define S_CONNECT_MS 5000    /* ab_client_connect() default */
+#define S_CALL_MS 30000      /* ab_call() default, the broker's default deadline too */
+#define S_CONTROL_MS 5000    /* OFFER and WITHDRAW wait this long for the broker */
+#define S_GRACE_MS 2000      /* the broker answers DEADLINE_EXCEEDED; we wait a little longer */
+#define S_HEARTBEAT_MS 1000  /* when the broker's HELLO names none */
+#define S_BUDGET 512         /* messages per ab_client_process() */
+#define S_LINGER_MS 1000     /* how long close waits for unsent messages */
+#define S_HWM 100000         /* queued messages per direction */
+#define S_RUN_SLICE_MS 500   /* ab_client_run() re-checks the stop flag at least this often */
+#define S_WAIT_SLICE_MS 1000 /* blocking calls wake at least this often */
+#define S_MONITOR_MS 100     /* how often the connection monitor is looked at */
+#define S_CORR_LEN 8         /* our correlation ids: a big-endian counter */
+#define S_MAX_CORR 64        /* the protocol's limit for a correlation id */
+#define S_ERRLEN (AB_MAX_ERROR_TEXT + 256)
+#define S_MONITOR_EP "inproc://amtsbote-client-monitor"
+
+/* Where a blocking caller waits for its answer; lives on that caller's stack. */
+typedef struct {
+    int done;
+    int status;
+    void *reply; /* malloc'd copy of the payload, only for ab_call() */
+    size_t reply_len;
+    int want_reply;
+    char errtext[S_ERRLEN];
+} s_sync_t;
+
+/* An answer we are waiting for: an async call (cb) or a blocking call or control message (sync). */
+typedef struct s_pending {
+    uint64_t seq;
+    uint64_t expires_at;
+    size_t heap_idx;
+    ab_call_cb *cb;
+    void *arg;
+    s_sync_t *sync;
+    uint32_t wait_ms; /* for the timeout's text */
+    int kind;         /* the Kind we sent */
+    int oom;
+    UT_hash_handle hh;
+    char service[]; /* for error texts */
+} s_pending_t;
+
+typedef struct s_offer {
+    struct s_offer *next;
+    ab_handler_fn *handler;
+    void *arg;
+    size_t len;
+    char service[AB_MAX_NAME + 1];
+} s_offer_t;
+
+struct ab_request {
+    ab_client_t *client; /* NULL once the client is gone */
+    ab_request_t *prev, *next;
+    uint64_t deadline_at;
+    zmq_msg_t payload;
+    size_t corr_len;
+    uint8_t corr[S_MAX_CORR];
+    char message_id[2 * AB_MESSAGE_ID_LEN + 1];
+    char caller[AB_MAX_NAME + 1];
+    char purpose[AB_MAX_NAME + 1];
+    char method[AB_MAX_NAME + 1];
+};
+
+struct ab_client {
+    void *ctx;
+    void *sock;
+    void *mon; /* PAIR receiving the DEALER's monitor events, to notice reconnects */
+    int fd;
+    int connected; /* the broker's HELLO has arrived */
+    int closing;   /* inside ab_client_destroy() */
+    ab_wire_decoder_t *dec;
+    char participant[AB_MAX_NAME + 1];
+    char purpose[AB_MAX_NAME + 1];
+    uint32_t heartbeat_ms;
+    uint64_t last_send_ms;
+    uint64_t next_monitor_ms; /* the monitor is looked at every S_MONITOR_MS, not per process */
+    int unsettled;            /* a send since the last receive that said EAGAIN */
+    uint64_t next_seq;
+    /* the HELLO exchange during ab_client_connect() */
+    uint8_t hello_id[AB_MESSAGE_ID_LEN];
+    int hello_waiting;
+    int hello_status;     /* 1: HELLO arrived, < 0: the broker answered with an error */
+    s_pending_t *pending; /* uthash head */
+    s_pending_t **heap;
+    size_t heap_len, heap_cap;
+    size_t n_async;
+    s_offer_t *offers;
+    ab_request_t *requests;
+    volatile sig_atomic_t stop;
+    char last_error[S_ERRLEN];
+    uint8_t buf[AB_MAX_HEADER_BYTES];
+};
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void
+s_seterr(ab_client_t *self, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(self->last_error, sizeof self->last_error, fmt, ap);
+    va_end(ap);
+}
+
+/* Sets last_error and returns `rc`, so that failures read `return s_fail(...)`. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static int
+s_fail(ab_client_t *self, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(self->last_error, sizeof self->last_error, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static void
+s_put_be64(uint8_t out[8], uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        out[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static uint64_t
+s_get_be64(const uint8_t in[8])
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | in[i];
+    return v;
+}
+
+static void
+s_copy_str(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+/* Length of the valid UTF-8 sequence at s (at most `avail` bytes), or 0 when it is not valid. */
+static size_t
+s_utf8_seq(const unsigned char *s, size_t avail)
+{
+    unsigned char c = s[0];
+    size_t n;
+    uint32_t cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (avail < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return n;
+}
+
+static int
+s_utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s);
+    for (size_t i = 0; i < len;) {
+        size_t n = s_utf8_seq(p + i, len - i);
+        if (n == 0)
+            return 0;
+        i += n;
+    }
+    return 1;
+}
+
+/*
+ * Copies `src` into `dst` (cap > 0 bytes incl. NUL) as valid UTF-8 without control characters:
+ * invalid bytes become '?', control characters a space, and a sequence is never cut in half.
+ */
+static void
+s_utf8_sanitize(char *dst, size_t cap, const char *src)
+{
+    const unsigned char *p = (const unsigned char *)(src ? src : "");
+    size_t len = strlen((const char *)p), o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = s_utf8_seq(p + i, len - i);
+        if (n == 0) {
+            if (o + 1 >= cap)
+                break;
+            dst[o++] = '?';
+            i++;
+            continue;
+        }
+        if (o + n >= cap)
+            break;
+        if (n == 1 && (p[i] < 0x20 || p[i] == 0x7f))
+            dst[o++] = ' ';
+        else
+            memcpy(dst + o, p + i, n), o += n;
+        i += n;
+    }
+    dst[o] = '\0';
+}
+
+/* ---- the pending answers: a hash by seq and a min-heap by expiry -------------------------- */
+
+static void
+s_heap_swap(ab_client_t *self, size_t a, size_t b)
+{
+    s_pending_t *t = self->heap[a];
+    self->heap[a] = self->heap[b];
+    self->heap[b] = t;
+    self->heap[a]->heap_idx = a;
+    self->heap[b]->heap_idx = b;
+}
+
+static void
+s_heap_up(ab_client_t *self, size_t i)
+{
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (self->heap[parent]->expires_at <= self->heap[i]->expires_at)
+            break;
+        s_heap_swap(self, i, parent);
+        i = parent;
+    }
+}
+
+static void
+s_heap_down(ab_client_t *self, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < self->heap_len && self->heap[l]->expires_at < self->heap[m]->expires_at)
+            m = l;
+        if (r < self->heap_len && self->heap[r]->expires_at < self->heap[m]->expires_at)
+            m = r;
+        if (m == i)
+            return;
+        s_heap_swap(self, i, m);
+        i = m;
+    }
+}
+
+/* Adds `p` to hash and heap. Returns 0 or AB_ENOMEM (and then `p` is in neither). */
+static int
+s_pending_add(ab_client_t *self, s_pending_t *p)
+{
+    if (self->heap_len == self->heap_cap) {
+        size_t cap = self->heap_cap ? self->heap_cap * 2 : 64;
+        s_pending_t **heap = realloc(self->heap, cap * sizeof *heap);
+        if (!heap)
+            return AB_ENOMEM;
+        self->heap = heap;
+        self->heap_cap = cap;
+    }
+    p->oom = 0;
+    HASH_ADD(hh, self->pending, seq, sizeof p->seq, p);
+    if (p->oom)
+        return AB_ENOMEM;
+    p->heap_idx = self->heap_len;
+    self->heap[self->heap_len++] = p;
+    s_heap_up(self, p->heap_idx);
+    if (p->cb)
+        self->n_async++;
+    return 0;
+}
+
+/* Takes `p` out of hash and heap; the caller then owns it. */
+static void
+s_pending_remove(ab_client_t *self, s_pending_t *p)
+{
+    HASH_DEL(self->pending, p);
+    size_t i = p->heap_idx;
+    self->heap_len--;
+    if (i != self->heap_len) {
+        self->heap[i] = self->heap[self->heap_len];
+        self->heap[i]->heap_idx = i;
+        s_heap_down(self, i);
+        s_heap_up(self, i);
+    }
+    if (p->cb)
+        self->n_async--;
+}
+
+/*
+ * Completes a pending answer that is already out of hash and heap, and frees it. `data` is the
+ * reply payload (status 0) or ignored; `text` the error text (status < 0).
+ */
+static void
+s_complete(ab_client_t *self, s_pending_t *p, int status, const void *data, size_t len,
+           const char *text)
+{
+    if (p->sync) {
+        s_sync_t *sync = p->sync;
+        sync->status = status;
+        if (status == 0 && sync->want_reply) {
+            sync->reply = malloc(len ? len : 1);
+            if (sync->reply) {
+                if (len)
+                    memcpy(sync->reply, data, len);
+                sync->reply_len = len;
+            } else {
+                sync->status = AB_ENOMEM;
+                snprintf(sync->errtext, sizeof sync->errtext,
+                         "no memory for a reply of %zu bytes from '%s'", len, p->service);
+            }
+        } else if (status != 0) {
+            snprintf(sync->errtext, sizeof sync->errtext, "%s", text ? text : "");
+        }
+        sync->done = 1;
+        free(p);
+        return;
+    }
+    ab_call_cb *cb = p->cb;
+    void *arg = p->arg;
+    free(p);
+    if (status == 0)
+        cb(self, 0, len ? data : "", len, "", arg);
+    else
+        cb(self, status, NULL, 0, text ? text : "", arg);
+}
+
+/* ---- sending ------------------------------------------------------------------------------ */
+
+static int
+s_zmq_fail(ab_client_t *self, const char *what)
+{
+    int e = errno;
+    if (e == EAGAIN)
+        return s_fail(self, AB_EUNAVAILABLE,
+                      "cannot %s: the connection to the broker is down, or %d messages are "
+                      "already queued for it",
+                      what, S_HWM);
+    if (e == ETERM || e == ENOTSOCK)
+        return s_fail(self, AB_ESTATE, "cannot %s: the client is closed", what);
+    return s_fail(self, AB_EIO, "cannot %s: %s", what, zmq_strerror(e));
+}
+
+/*
+ * Sends `hdr` (version and, when unset, message_id filled in) and, when `payload` or `data` is
+ * given, one payload frame: `payload` is sent without copying (and emptied), else `len` bytes
+ * of `data`. Returns 0 or an AB_E* code with last_error set.
+ */
+static int
+s_send(ab_client_t *self, ab_header_t *hdr, int with_payload, const void *data, size_t len,
+       zmq_msg_t *payload)
+{
+    uint8_t msgid[AB_MESSAGE_ID_LEN];
+    char what[64];
+    if (!self->sock)
+        return s_fail(self, AB_ESTATE, "not connected to a broker");
+    hdr->version = AB_PROTOCOL_VERSION;
+    if (hdr->message_id.len == 0) {
+        ab_uuid7(msgid);
+        hdr->message_id.data = msgid;
+        hdr->message_id.len = sizeof msgid;
+    }
+    int n = ab_wire_encode(hdr, self->buf, sizeof self->buf);
+    if (n < 0)
+        return s_fail(self, AB_ETOO_LARGE, "send %s: the header does not fit in %d bytes",
+                      ab_kind_name((int)hdr->kind), AB_MAX_HEADER_BYTES);
+    self->unsettled = 1;
+    if (zmq_send(self->sock, self->buf, (size_t)n,
+                 ZMQ_DONTWAIT | (with_payload ? ZMQ_SNDMORE : 0)) < 0)
+        goto fail;
+    if (with_payload) {
+        /* the first frame was accepted, so ZeroMQ accepts the rest of the message */
+        int rc = payload ? zmq_msg_send(payload, self->sock, ZMQ_DONTWAIT)
+                         : zmq_send(self->sock, data, len, ZMQ_DONTWAIT);
+        if (rc < 0)
+            goto fail;
+    }
+    self->last_send_ms = ab_now_ms();
+    return 0;
+fail:
+    snprintf(what, sizeof what, "send %s", ab_kind_name((int)hdr->kind));
+    return s_zmq_fail(self, what);
+}
+
+/* Answers a broker's CALL (correlation `corr`) with ERROR `code` and `text`. */
+static int
+s_send_error(ab_client_t *self, const uint8_t *corr, size_t corr_len, int code, const char *text)
+{
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    Amtsbote__V1__Error err = AMTSBOTE__V1__ERROR__INIT;
+    char clean[AB_MAX_ERROR_TEXT + 1];
+    s_utf8_sanitize(clean, sizeof clean, text);
+    err.code = (Amtsbote__V1__ErrorCode)code;
+    err.text = clean;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
+    hdr.correlation_id.data = (uint8_t *)corr;
+    hdr.correlation_id.len = corr_len;
+    hdr.error = &err;
+    return s_send(self, &hdr, 0, NULL, 0, NULL);
+}
+
+/*
+ * Registers an answer to wait for and sends `kind` for `service` (with the payload for CALL).
+ * Exactly one of `cb` and `sync` is set. Returns 0, or an error with nothing registered.
+ */
+static int
+s_start(ab_client_t *self, int kind, const char *service, const void *req, size_t req_len,
+        uint32_t deadline_ms, uint32_t wait_ms, ab_call_cb *cb, void *arg, s_sync_t *sync,
+        uint64_t *seq_out)
+{
+    size_t slen = strlen(service);
+    s_pending_t *p = calloc(1, sizeof *p + slen + 1);
+    if (!p)
+        return s_fail(self, AB_ENOMEM, "no memory for a call to '%s'", service);
+    memcpy(p->service, service, slen + 1);
+    p->seq = self->next_seq++;
+    p->cb = cb;
+    p->arg = arg;
+    p->sync = sync;
+    p->kind = kind;
+    p->wait_ms = wait_ms;
+    p->expires_at = ab_now_ms() + wait_ms;
+    if (s_pending_add(self, p) != 0) {
+        free(p);
+        return s_fail(self, AB_ENOMEM, "no memory for a call to '%s'", service);
+    }
+    uint8_t corr[S_CORR_LEN];
+    s_put_be64(corr, p->seq);
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = (Amtsbote__V1__Kind)kind;
+    hdr.correlation_id.data = corr;
+    hdr.correlation_id.len = sizeof corr;
+    hdr.service = (char *)service;
+    int is_call = kind == AMTSBOTE__V1__KIND__KIND_CALL;
+    if (is_call) {
+        hdr.deadline_ms = deadline_ms;
+        if (self->purpose[0])
+            hdr.purpose = self->purpose;
+    }
+    int rc = s_send(self, &hdr, is_call, req, req_len, NULL);
+    if (rc != 0) {
+        s_pending_remove(self, p);
+        free(p);
+        return rc;
+    }
+    if (seq_out)
+        *seq_out = p->seq;
+    return 0;
+}
+
+/* ---- receiving ---------------------------------------------------------------------------- */
+
+static s_offer_t *
+s_offer_match(ab_client_t *self, const char *method)
+{
+    s_offer_t *whole = NULL;
+    for (s_offer_t *o = self->offers; o; o = o->next) {
+        if (strcmp(o->service, method) == 0)
+            return o;
+        if (!whole && strncmp(o->service, method, o->len) == 0 && method[o->len] == '/' &&
+            !strchr(o->service, '/'))
+            whole = o;
+    }
+    return whole;
+}
+
+static void
+s_request_unlink(ab_request_t *req)
+{
+    ab_client_t *self = req->client;
+    if (!self)
+        return;
+    if (req->prev)
+        req->prev->next = req->next;
+    else
+        self->requests = req->next;
+    if (req->next)
+        req->next->prev = req->prev;
+    req->prev = req->next = NULL;
+}
+
+static void
+s_request_free(ab_request_t *req)
+{
+    s_request_unlink(req);
+    zmq_msg_close(&req->payload);
+    free(req);
+}
+
+/* A CALL from the broker for one of our offers. */
+static void
+s_on_call(ab_client_t *self, const ab_header_t *hdr, zmq_msg_t *body)
+{
+    const char *method = hdr->service ? hdr->service : "";
+    if (hdr->correlation_id.len == 0)
+        return; /* cannot be answered; the broker never sends this */
+    s_offer_t *o = s_offer_match(self, method);
+    if (!o) {
+        char text[AB_MAX_ERROR_TEXT];
+        snprintf(text, sizeof text, "participant '%s' does not offer '%.255s' (any more)",
+                 self->participant, method);
+        s_send_error(self, hdr->correlation_id.data, hdr->correlation_id.len,
+                     AMTSBOTE__V1__ERROR_CODE__UNKNOWN_SERVICE, text);
+        return;
+    }
+    ab_request_t *req = calloc(1, sizeof *req);
+    if (!req) {
+        s_send_error(self, hdr->correlation_id.data, hdr->correlation_id.len,
+                     AMTSBOTE__V1__ERROR_CODE__INTERNAL, "provider is out of memory");
+        return;
+    }
+    req->client = self;
+    req->corr_len = hdr->correlation_id.len;
+    memcpy(req->corr, hdr->correlation_id.data, req->corr_len);
+    if (hdr->message_id.len == AB_MESSAGE_ID_LEN)
+        ab_hex(hdr->message_id.data, AB_MESSAGE_ID_LEN, req->message_id);
+    s_copy_str(req->caller, sizeof req->caller, hdr->sender);
+    s_copy_str(req->purpose, sizeof req->purpose, hdr->purpose);
+    s_copy_str(req->method, sizeof req->method, method);
+    /* 0 would mean no time left; the broker then does not forward, so read it as its default */
+    req->deadline_at = ab_now_ms() + (hdr->deadline_ms ? hdr->deadline_ms : S_CALL_MS);
+    zmq_msg_init(&req->payload);
+    if (body)
+        zmq_msg_move(&req->payload, body);
+    req->next = self->requests;
+    if (req->next)
+        req->next->prev = req;
+    self->requests = req;
+    /* the header is not touched after this: the handler may decode other frames */
+    o->handler(self, req, o->arg);
+}
+
+/* A REPLY or ERROR: the answer to a CALL, OFFER or WITHDRAW of ours. */
+static void
+s_on_answer(ab_client_t *self, const ab_header_t *hdr, zmq_msg_t *body)
+{
+    int is_error = hdr->kind == AMTSBOTE__V1__KIND__KIND_ERROR;
+    if (self->hello_waiting && is_error && hdr->correlation_id.len == AB_MESSAGE_ID_LEN &&
+        memcmp(hdr->correlation_id.data, self->hello_id, AB_MESSAGE_ID_LEN) == 0) {
+        int code = hdr->error ? ab_err_from_wire(hdr->error->code) : AB_EINTERNAL;
+        s_seterr(self, "the broker answered HELLO with %s: %s", ab_err_name(code),
+                 hdr->error && hdr->error->text ? hdr->error->text : "");
+        self->hello_status = code;
+        self->hello_waiting = 0;
+        return;
+    }
+    if (hdr->correlation_id.len != S_CORR_LEN)
+        return; /* not an answer to anything of ours */
+    uint64_t seq = s_get_be64(hdr->correlation_id.data);
+    s_pending_t *p = NULL;
+    HASH_FIND(hh, self->pending, &seq, sizeof seq, p);
+    if (!p)
+        return; /* late, after our own timeout */
+    s_pending_remove(self, p);
+    if (is_error) {
+        char text[S_ERRLEN];
+        int status = hdr->error ? ab_err_from_wire(hdr->error->code) : AB_EINTERNAL;
+        if (status == 0)
+            status = AB_EINTERNAL;
+        if (hdr->error && hdr->error->text && hdr->error->text[0])
+            snprintf(text, sizeof text, "%s", hdr->error->text);
+        else
+            snprintf(text, sizeof text, "%s for '%s' without an error text", ab_err_name(status),
+                     p->service);
+        s_complete(self, p, status, NULL, 0, text);
+        return;
+    }
+    const void *data = body ? zmq_msg_data(body) : "";
+    size_t len = body ? zmq_msg_size(body) : 0;
+    s_complete(self, p, 0, data, len, NULL);
+}
+
+/* The broker's HELLO during ab_client_connect(). */
+static void
+s_on_hello(ab_client_t *self, const ab_header_t *hdr)
+{
+    if (!self->hello_waiting || hdr->correlation_id.len != AB_MESSAGE_ID_LEN ||
+        memcmp(hdr->correlation_id.data, self->hello_id, AB_MESSAGE_ID_LEN) != 0)
+        return;
+    if (hdr->sender && hdr->sender[0])
+        s_copy_str(self->participant, sizeof self->participant, hdr->sender);
+    self->heartbeat_ms = hdr->heartbeat_ms ? hdr->heartbeat_ms : S_HEARTBEAT_MS;
+    self->hello_status = 1;
+    self->hello_waiting = 0;
+}
+
+/*
+ * Receives and handles one message. Returns 1 when one was handled (or dropped), 0 when none was
+ * waiting, or an AB_E* code when the socket failed.
+ */
+static int
+s_recv_one(ab_client_t *self)
+{
+    zmq_msg_t head, body;
+    zmq_msg_init(&head);
+    if (zmq_msg_recv(&head, self->sock, ZMQ_DONTWAIT) < 0) {
+        int e = errno;
+        zmq_msg_close(&head);
+        if (e == EAGAIN)
+            self->unsettled = 0; /* this receive re-armed the fd after every earlier send */
+        if (e == EAGAIN || e == EINTR)
+            return 0;
+        errno = e;
+        return s_zmq_fail(self, "receive");
+    }
+    int have_body = 0, frames = 1;
+    zmq_msg_init(&body);
+    if (zmq_msg_more(&head)) {
+        /* the rest of a multipart message is there once its first frame is */
+        if (zmq_msg_recv(&body, self->sock, ZMQ_DONTWAIT) >= 0) {
+            have_body = 1;
+            frames++;
+        }
+        while (have_body && zmq_msg_more(&body) && frames < 64) {
+            zmq_msg_t extra;
+            zmq_msg_init(&extra);
+            int rc = zmq_msg_recv(&extra, self->sock, ZMQ_DONTWAIT);
+            int more = rc >= 0 && zmq_msg_more(&extra);
+            zmq_msg_close(&extra);
+            frames++;
+            if (!more)
+                break;
+        }
+    }
+    ab_header_t *hdr = NULL;
+    char why[AB_WHY_LEN];
+    if (frames <= 2 &&
+        ab_wire_decode(self->dec, zmq_msg_data(&head), zmq_msg_size(&head), &hdr, why) == 0) {
+        switch (hdr->kind) {
+        case AMTSBOTE__V1__KIND__KIND_HELLO:
+            s_on_hello(self, hdr);
+            break;
+        case AMTSBOTE__V1__KIND__KIND_REPLY:
+        case AMTSBOTE__V1__KIND__KIND_ERROR:
+            s_on_answer(self, hdr, have_body ? &body : NULL);
+            break;
+        case AMTSBOTE__V1__KIND__KIND_CALL:
+            s_on_call(self, hdr, have_body ? &body : NULL);
+            break;
+        default:
+            break; /* HEARTBEAT and kinds this version does not use */
+        }
+    }
+    /* a frame the broker should never send is dropped: the library does not log */
+    zmq_msg_close(&body);
+    zmq_msg_close(&head);
+    return 1;
+}
+
+/* ---- timers ------------------------------------------------------------------------------- */
+
+static void
+s_expire(ab_client_t *self)
+{
+    uint64_t now = ab_now_ms();
+    /* bounded: every round removes one entry, and entries added meanwhile expire later */
+    size_t rounds = self->heap_len;
+    while (rounds-- > 0 && self->heap_len > 0 && self->heap[0]->expires_at <= now) {
+        s_pending_t *p = self->heap[0];
+        s_pending_remove(self, p);
+        char text[S_ERRLEN];
+        if (p->kind == AMTSBOTE__V1__KIND__KIND_CALL)
+            snprintf(text, sizeof text,
+                     "no answer from the broker for the call to '%s' within %u ms (its deadline "
+                     "and %d ms grace)",
+                     p->service, p->wait_ms, S_GRACE_MS);
+        else
+            snprintf(text, sizeof text, "no answer from the broker to %s '%s' within %u ms",
+                     ab_kind_name(p->kind), p->service, p->wait_ms);
+        s_complete(self, p, AB_ETIMEDOUT, NULL, 0, text);
+    }
+}
+
+static void
+s_heartbeat(ab_client_t *self)
+{
+    if (!self->offers || !self->connected)
+        return;
+    if (ab_now_ms() - self->last_send_ms < self->heartbeat_ms)
+        return;
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_HEARTBEAT;
+    /*
+     * When the connection is down the send fails; try again one interval later rather than at
+     * once (which would spin), and keep last_error for the application's own failures.
+     */
+    char saved[S_ERRLEN];
+    memcpy(saved, self->last_error, sizeof saved);
+    if (s_send(self, &hdr, 0, NULL, 0, NULL) != 0) {
+        memcpy(self->last_error, saved, sizeof saved);
+        self->last_send_ms = ab_now_ms();
+    }
+}
+
+/* Waits until `sync` is done: drives the client and polls its fd. Bounded by the entry's expiry. */
+static int
+s_wait(ab_client_t *self, uint64_t seq, s_sync_t *sync)
+{
+    while (!sync->done) {
+        int rc = ab_client_process(self);
+        if (rc < 0 || self->closing) {
+            s_pending_t *p = NULL;
+            HASH_FIND(hh, self->pending, &seq, sizeof seq, p);
+            if (p) {
+                s_pending_remove(self, p);
+                free(p);
+            }
+            return rc < 0 ? rc : s_fail(self, AB_EUNAVAILABLE, "the client is closing");
+        }
+        if (sync->done || rc == 1)
+            continue;
+        int t = ab_client_next_timeout(self);
+        if (t < 0 || t > S_WAIT_SLICE_MS)
+            t = S_WAIT_SLICE_MS;
+        struct pollfd pfd = {.fd = self->fd, .events = POLLIN, .revents = 0};
+        if (poll(&pfd, 1, t) < 0 && errno != EINTR)
+            return s_fail(self, AB_EIO, "poll: %s", strerror(errno));
+    }
+    return 0;
+}
+
+/* ---- life cycle --------------------------------------------------------------------------- */
+
+ab_client_t *
+ab_client_new(void)
+{
+    ab_client_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->dec = ab_wire_decoder_new();
+    if (!self->dec) {
+        free(self);
+        return NULL;
+    }
+    self->fd = -1;
+    self->next_seq = 1;
+    self->heartbeat_ms = S_HEARTBEAT_MS;
+    return self;
+}
+
+static void
+s_close_sockets(ab_client_t *self, void *mon, int linger)
+{
+    if (mon) {
+        zmq_socket_monitor(self->sock, NULL, 0);
+        zmq_close(mon);
+    }
+    if (self->sock) {
+        zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(self->sock);
+        self->sock = NULL;
+    }
+    if (self->ctx) {
+        while (zmq_ctx_term(self->ctx) != 0 && errno == EINTR)
+            ;
+        self->ctx = NULL;
+    }
+    self->fd = -1;
+    self->connected = 0;
+}
+
+void
+ab_client_destroy(ab_client_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    ab_client_t *self = *self_p;
+    *self_p = NULL;
+    self->closing = 1;
+    if (self->connected) {
+        /* best effort: the broker learns at once instead of after the heartbeat timeout */
+        for (s_offer_t *o = self->offers; o; o = o->next) {
+            uint8_t corr[S_CORR_LEN];
+            s_put_be64(corr, self->next_seq++);
+            ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+            hdr.kind = AMTSBOTE__V1__KIND__KIND_WITHDRAW;
+            hdr.correlation_id.data = corr;
+            hdr.correlation_id.len = sizeof corr;
+            hdr.service = o->service;
+            s_send(self, &hdr, 0, NULL, 0, NULL);
+        }
+        /* requests nobody can answer any more: tell their callers now, not at the deadline */
+        for (ab_request_t *req = self->requests; req; req = req->next)
+            s_send_error(self, req->corr, req->corr_len, AMTSBOTE__V1__ERROR_CODE__PROVIDER_ERROR,
+                         "the provider closed its connection before answering");
+    }
+    while (self->requests) {
+        ab_request_t *req = self->requests;
+        self->requests = req->next;
+        req->client = NULL;
+        req->prev = req->next = NULL;
+    }
+    /* bounded: nothing new can be added while closing */
+    while (self->heap_len > 0) {
+        s_pending_t *p = self->heap[self->heap_len - 1];
+        s_pending_remove(self, p);
+        char text[S_ERRLEN];
+        snprintf(text, sizeof text, "the client was closed with the call to '%s' in flight",
+                 p->service);
+        s_complete(self, p, AB_EUNAVAILABLE, NULL, 0, text);
+    }
+    while (self->offers) {
+        s_offer_t *o = self->offers;
+        self->offers = o->next;
+        free(o);
+    }
+    s_close_sockets(self, self->mon, S_LINGER_MS);
+    self->mon = NULL;
+    ab_wire_decoder_destroy(&self->dec);
+    free(self->heap);
+    free(self);
+}
+
+int
+ab_client_set_participant(ab_client_t *self, const char *participant)
+{
+    char why[AB_WHY_LEN];
+    if (!self)
+        return AB_EINVAL;
+    if (self->sock)
+        return s_fail(self, AB_ESTATE, "the participant must be set before connecting");
+    if (ab_wire_check_participant(participant, why) != 0)
+        return s_fail(self, AB_EINVAL, "%s", why);
+    s_copy_str(self->participant, sizeof self->participant, participant);
+    return 0;
+}
+
+int
+ab_client_set_purpose(ab_client_t *self, const char *purpose)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (!purpose)
+        purpose = "";
+    if (strlen(purpose) > AB_MAX_NAME)
+        return s_fail(self, AB_EINVAL, "purpose is longer than %d bytes", AB_MAX_NAME);
+    if (!s_utf8_valid(purpose))
+        return s_fail(self, AB_EINVAL, "purpose is not valid UTF-8");
+    s_copy_str(self->purpose, sizeof self->purpose, purpose);
+    return 0;
+}
+
+static int
+s_setopt_int(void *sock, int opt, int value)
+{
+    return zmq_setsockopt(sock, opt, &value, sizeof value);
+}
+
+/*
+ * Reads one event from the monitor socket. Returns 1 and sets *event and *value, or 0 when none
+ * was waiting.
+ */
+static int
+s_monitor_event(void *mon, uint16_t *event, uint32_t *value)
+{
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, mon, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&msg);
+        return 0;
+    }
+    int ok = zmq_msg_size(&msg) >= 6;
+    if (ok) {
+        const uint8_t *d = zmq_msg_data(&msg);
+        memcpy(event, d, sizeof *event);
+        memcpy(value, d + 2, sizeof *value);
+    }
+    int more = zmq_msg_more(&msg);
+    zmq_msg_close(&msg);
+    for (int i = 0; more && i < 4; i++) { /* the endpoint frame */
+        zmq_msg_init(&msg);
+        more = zmq_msg_recv(&msg, mon, ZMQ_DONTWAIT) >= 0 && zmq_msg_more(&msg);
+        zmq_msg_close(&msg);
+    }
+    return ok;
+}
+
+static const char *
+s_protocol_error(uint32_t value, int has_participant)
+{
+    if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+        return has_participant
+                   ? "the security mechanisms do not match: this listener does not take plain "
+                     "identities (use a plain listener of a broker run with "
+                     "--insecure-plain-identities, or mutual TLS)"
+                   : "the security mechanisms do not match: this client named no participant, "
+                     "and the listener wants an identity";
+    if (value >= ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED && value <= 0x2fffffff)
+        return "the broker's authentication handler failed";
+    return "the security handshake failed";
+}
+
+int
+ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (self->sock)
+        return s_fail(self, AB_ESTATE, "already connected");
+    if (!uri || (strncmp(uri, "tcp://", 6) != 0 && strncmp(uri, "ipc://", 6) != 0) || !uri[6])
+        return s_fail(self, AB_EINVAL,
+                      "broker address '%.200s' is not tcp://HOST:PORT or ipc://PATH",
+                      uri ? uri : "");
+    if (timeout_ms < 0)
+        return s_fail(self, AB_EINVAL, "connect timeout %d ms is negative", timeout_ms);
+    if (timeout_ms == 0)
+        timeout_ms = S_CONNECT_MS;
+
+    self->ctx = zmq_ctx_new();
+    if (!self->ctx)
+        return s_fail(self, AB_ENOMEM, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
+    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
+    if (!self->sock) {
+        int e = errno;
+        s_close_sockets(self, NULL, 0);
+        return s_fail(self, AB_ENOMEM, "cannot create a ZeroMQ socket: %s", zmq_strerror(e));
+    }
+    void *mon = NULL;
+    int rc = 0;
+    if (s_setopt_int(self->sock, ZMQ_LINGER, S_LINGER_MS) != 0 ||
+        s_setopt_int(self->sock, ZMQ_RCVHWM, S_HWM) != 0 ||
+        s_setopt_int(self->sock, ZMQ_SNDHWM, S_HWM) != 0 ||
+        s_setopt_int(self->sock, ZMQ_HEARTBEAT_IVL, 1000) != 0 ||
+        s_setopt_int(self->sock, ZMQ_HEARTBEAT_TIMEOUT, 3000) != 0) {
+        rc = s_fail(self, AB_EIO, "cannot set socket options: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    /*
+     * PLAIN with an empty password. The username alone selects PLAIN and leaves the password
+     * empty; libzmq refuses a zero-length ZMQ_PLAIN_PASSWORD (and NULL would reset to NULL).
+     */
+    if (self->participant[0] && zmq_setsockopt(self->sock, ZMQ_PLAIN_USERNAME, self->participant,
+                                               strlen(self->participant)) != 0) {
+        rc = s_fail(self, AB_EIO, "cannot set the participant: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    /* the only way ZeroMQ tells a client that the broker refused its identity */
+    if (zmq_socket_monitor(self->sock, S_MONITOR_EP,
+                           ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                               ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_CONNECTED |
+                               ZMQ_EVENT_CONNECT_RETRIED) == 0) {
+        mon = zmq_socket(self->ctx, ZMQ_PAIR);
+        if (mon && zmq_connect(mon, S_MONITOR_EP) != 0) {
+            zmq_close(mon);
+            mon = NULL;
+        }
+        if (!mon)
+            zmq_socket_monitor(self->sock, NULL, 0);
+    }
+    if (zmq_connect(self->sock, uri) != 0) {
+        int e = errno;
+        if (e == EINVAL || e == EPROTONOSUPPORT || e == ENOCOMPATPROTO)
+            rc = s_fail(self, AB_EINVAL, "cannot use broker address '%.200s': %s", uri,
+                        zmq_strerror(e));
+        else
+            rc = s_fail(self, AB_ECONNECT, "cannot connect to '%.200s': %s", uri, zmq_strerror(e));
+        goto fail;
+    }
+
+    ab_uuid7(self->hello_id);
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_HELLO;
+    hdr.message_id.data = self->hello_id;
+    hdr.message_id.len = AB_MESSAGE_ID_LEN;
+    if ((rc = s_send(self, &hdr, 0, NULL, 0, NULL)) != 0)
+        goto fail;
+
+    self->hello_waiting = 1;
+    self->hello_status = 0;
+    uint64_t deadline = ab_now_ms() + (uint64_t)timeout_ms;
+    int tcp_connected = 0, retried = 0, handshake_ok = 0;
+    while (self->hello_status == 0) {
+        uint64_t now = ab_now_ms();
+        if (now >= deadline)
+            break;
+        zmq_pollitem_t items[2] = {{self->sock, 0, ZMQ_POLLIN, 0}, {mon, 0, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(items, mon ? 2 : 1, (long)(deadline - now));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = s_fail(self, AB_EIO, "zmq_poll: %s", zmq_strerror(errno));
+            goto fail;
+        }
+        if (mon && (items[1].revents & ZMQ_POLLIN)) {
+            uint16_t ev = 0;
+            uint32_t value = 0;
+            for (int i = 0; i < 16 && s_monitor_event(mon, &ev, &value); i++) {
+                if (ev == ZMQ_EVENT_CONNECTED)
+                    tcp_connected = 1;
+                else if (ev == ZMQ_EVENT_CONNECT_RETRIED)
+                    retried = 1;
+                else if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+                    handshake_ok = 1;
+                else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+                    rc = s_fail(self, AB_EREFUSED,
+                                "the broker at %.200s refused the identity '%s' (ZAP status "
+                                "%u); it takes plain identities only when run with "
+                                "--insecure-plain-identities",
+                                uri, self->participant[0] ? self->participant : "(none)", value);
+                    goto fail;
+                } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+                    rc = s_fail(self, AB_EREFUSED,
+                                "the broker at %.200s refused the connection: %s (ZMTP error "
+                                "0x%08x)",
+                                uri, s_protocol_error(value, self->participant[0] != 0), value);
+                    goto fail;
+                }
+            }
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            for (int i = 0; i < S_BUDGET && self->hello_status == 0; i++) {
+                int got = s_recv_one(self);
+                if (got < 0) {
+                    rc = got;
+                    goto fail;
+                }
+                if (got == 0)
+                    break;
+            }
+        }
+    }
+    self->hello_waiting = 0;
+    if (self->hello_status < 0) {
+        rc = self->hello_status; /* last_error set from the broker's ERROR */
+        goto fail;
+    }
+    if (self->hello_status == 0) {
+        if (!tcp_connected)
+            rc = s_fail(self, AB_ETIMEDOUT, "no connection to the broker at %.200s within %d ms%s",
+                        uri, timeout_ms,
+                        retried ? " (connection refused; is the broker running there?)" : "");
+        else if (!handshake_ok && mon)
+            rc = s_fail(self, AB_ETIMEDOUT,
+                        "connected to %.200s, but the security handshake did not complete within "
+                        "%d ms (is this a broker listener, and does it use the same mechanism?)",
+                        uri, timeout_ms);
+        else
+            rc = s_fail(self, AB_ETIMEDOUT,
+                        "the broker at %.200s did not answer HELLO within %d ms", uri, timeout_ms);
+        goto fail;
+    }
+    /* the first handshake is not a reconnect: consume its event (later ones are benign) */
+    uint16_t ev = 0;
+    uint32_t value = 0;
+    for (int i = 0; mon && !handshake_ok && i < 64 && s_monitor_event(mon, &ev, &value); i++)
+        handshake_ok = ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+    self->mon = mon;
+    size_t fdlen = sizeof self->fd;
+    if (zmq_getsockopt(self->sock, ZMQ_FD, &self->fd, &fdlen) != 0) {
+        rc = s_fail(self, AB_EIO, "cannot get the socket's file descriptor: %s",
+                    zmq_strerror(errno));
+        s_close_sockets(self, self->mon, 0);
+        self->mon = NULL;
+        return rc;
+    }
+    self->connected = 1;
+    self->last_send_ms = ab_now_ms();
+    return 0;
+
+fail:
+    self->hello_waiting = 0;
+    s_close_sockets(self, mon, 0);
+    return rc;
+}
+
+const char *
+ab_client_last_error(const ab_client_t *self)
+{
+    return self ? self->last_error : "";
+}
+
+const char *
+ab_client_participant(const ab_client_t *self)
+{
+    return self ? self->participant : "";
+}
+
+/* ---- calls -------------------------------------------------------------------------------- */
+
+static int
+s_check_call(ab_client_t *self, const char *service, const void *req, size_t req_len,
+             int timeout_ms)
+{
+    char why[AB_WHY_LEN];
+    if (self->closing)
+        return s_fail(self, AB_ESTATE, "the client is closing");
+    if (!self->connected)
+        return s_fail(self, AB_ESTATE, "not connected to a broker (call ab_client_connect first)");
+    if (ab_wire_check_service(service, 0, why) != 0)
+        return s_fail(self, AB_EINVAL, "%s", why);
+    if (!req && req_len)
+        return s_fail(self, AB_EINVAL, "request is NULL but its length is %zu", req_len);
+    if (timeout_ms < 0)
+        return s_fail(self, AB_EINVAL, "timeout %d ms is negative", timeout_ms);
+    return 0;
+}
+
+int
+ab_call(ab_client_t *self, const char *service, const void *req, size_t req_len, int timeout_ms,
+        void **reply, size_t *reply_len)
+{
+    if (reply)
+        *reply = NULL;
+    if (reply_len)
+        *reply_len = 0;
+    if (!self)
+        return AB_EINVAL;
+    if (!reply || !reply_len)
+        return s_fail(self, AB_EINVAL, "reply and reply_len must not be NULL");
+    int rc = s_check_call(self, service, req, req_len, timeout_ms);
+    if (rc != 0)
+        return rc;
+    uint32_t deadline = timeout_ms ? (uint32_t)timeout_ms : S_CALL_MS;
+    s_sync_t sync;
+    memset(&sync, 0, sizeof sync);
+    sync.want_reply = 1;
+    uint64_t seq = 0;
+    rc = s_start(self, AMTSBOTE__V1__KIND__KIND_CALL, service, req, req_len, deadline,
+                 deadline + S_GRACE_MS, NULL, NULL, &sync, &seq);
+    if (rc != 0)
+        return rc;
+    rc = s_wait(self, seq, &sync);
+    if (rc != 0)
+        return rc;
+    if (sync.status != 0)
+        return s_fail(self, sync.status, "%s", sync.errtext);
+    *reply = sync.reply;
+    *reply_len = sync.reply_len;
+    return 0;
+}
+
+int
+ab_call_async(ab_client_t *self, const char *service, const void *req, size_t req_len,
+              int timeout_ms, ab_call_cb *cb, void *arg)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (!cb)
+        return s_fail(self, AB_EINVAL, "callback must not be NULL");
+    int rc = s_check_call(self, service, req, req_len, timeout_ms);
+    if (rc != 0)
+        return rc;
+    uint32_t deadline = timeout_ms ? (uint32_t)timeout_ms : S_CALL_MS;
+    return s_start(self, AMTSBOTE__V1__KIND__KIND_CALL, service, req, req_len, deadline,
+                   deadline + S_GRACE_MS, cb, arg, NULL, NULL);
+}
+
+size_t
+ab_client_in_flight(const ab_client_t *self)
+{
+    return self ? self->n_async : 0;
+}
+
+/* ---- offers ------------------------------------------------------------------------------- */
+
+/* Sends OFFER or WITHDRAW for `service` and waits for the broker's answer. */
+static int
+s_control(ab_client_t *self, int kind, const char *service, int *sent)
+{
+    s_sync_t sync;
+    memset(&sync, 0, sizeof sync);
+    uint64_t seq = 0;
+    *sent = 0;
+    int rc = s_start(self, kind, service, NULL, 0, 0, S_CONTROL_MS, NULL, NULL, &sync, &seq);
+    if (rc != 0)
+        return rc;
+    *sent = 1;
+    rc = s_wait(self, seq, &sync);
+    if (rc != 0)
+        return rc;
+    if (sync.status != 0)
+        return s_fail(self, sync.status, "%s", sync.errtext);
+    return 0;
+}
+
+int
+ab_offer(ab_client_t *self, const char *service, ab_handler_fn *handler, void *arg)
+{
+    char why[AB_WHY_LEN];
+    if (!self)
+        return AB_EINVAL;
+    if (self->closing)
+        return s_fail(self, AB_ESTATE, "the client is closing");
+    if (!self->connected)
+        return s_fail(self, AB_ESTATE, "not connected to a broker (call ab_client_connect first)");
+    if (!handler)
+        return s_fail(self, AB_EINVAL, "handler must not be NULL");
+    if (ab_wire_check_service(service, 1, why) != 0)
+        return s_fail(self, AB_EINVAL, "%s", why);
+    for (s_offer_t *o = self->offers; o; o = o->next)
+        if (strcmp(o->service, service) == 0)
+            return s_fail(self, AB_ESTATE, "this client already offers '%s'", service);
+    s_offer_t *o = calloc(1, sizeof *o);
+    if (!o)
+        return s_fail(self, AB_ENOMEM, "no memory to offer '%s'", service);
+    s_copy_str(o->service, sizeof o->service, service);
+    o->len = strlen(o->service);
+    o->handler = handler;
+    o->arg = arg;
+    /* registered before the broker confirms: a CALL may overtake the REPLY */
+    o->next = self->offers;
+    self->offers = o;
+    int sent;
+    int rc = s_control(self, AMTSBOTE__V1__KIND__KIND_OFFER, service, &sent);
+    if (rc != 0) {
+        for (s_offer_t **pp = &self->offers; *pp; pp = &(*pp)->next) {
+            if (*pp == o) {
+                *pp = o->next;
+                free(o);
+                break;
+            }
+        }
+    }
+    return rc;
+}
+
+int
+ab_withdraw(ab_client_t *self, const char *service)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (!self->connected || self->closing)
+        return s_fail(self, AB_ESTATE, "not connected to a broker");
+    s_offer_t *o = NULL;
+    for (o = self->offers; o; o = o->next)
+        if (service && strcmp(o->service, service) == 0)
+            break;
+    if (!o)
+        return s_fail(self, AB_EINVAL, "this client does not offer '%.255s'",
+                      service ? service : "");
+    /* kept until the broker confirms, so calls that overtake the WITHDRAW are still served */
+    int sent;
+    int rc = s_control(self, AMTSBOTE__V1__KIND__KIND_WITHDRAW, o->service, &sent);
+    if (!sent)
+        return rc; /* the offer stands */
+    for (s_offer_t **pp = &self->offers; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->service, service) == 0) {
+            s_offer_t *dead = *pp;
+            *pp = dead->next;
+            free(dead);
+            break;
+        }
+    }
+    return rc;
+}
+
+/* ---- requests ----------------------------------------------------------------------------- */
+
+const void *
+ab_request_payload(const ab_request_t *req, size_t *len)
+{
+    if (!req) {
+        if (len)
+            *len = 0;
+        return NULL;
+    }
+    /* zmq_msg_data/size take a non-const message but do not change it */
+    zmq_msg_t *msg = (zmq_msg_t *)&req->payload;
+    if (len)
+        *len = zmq_msg_size(msg);
+    return zmq_msg_size(msg) ? zmq_msg_data(msg) : "";
+}
+
+const char *
+ab_request_method(const ab_request_t *req)
+{
+    return req ? req->method : "";
+}
+
+const char *
+ab_request_caller(const ab_request_t *req)
+{
+    return req ? req->caller : "";
+}
+
+const char *
+ab_request_purpose(const ab_request_t *req)
+{
+    return req ? req->purpose : "";
+}
+
+const char *
+ab_request_message_id(const ab_request_t *req)
+{
+    return req ? req->message_id : "";
+}
+
+int
+ab_request_remaining_ms(const ab_request_t *req)
+{
+    if (!req)
+        return 0;
+    uint64_t now = ab_now_ms();
+    if (now >= req->deadline_at)
+        return 0;
+    uint64_t left = req->deadline_at - now;
+    return left > INT_MAX ? INT_MAX : (int)left;
+}
+
+int
+ab_reply(ab_request_t **req_p, const void *data, size_t len)
+{
+    if (!req_p || !*req_p)
+        return AB_EINVAL;
+    ab_request_t *req = *req_p;
+    *req_p = NULL;
+    ab_client_t *self = req->client;
+    if (!self) {
+        s_request_free(req);
+        return AB_ESTATE;
+    }
+    if (!data && len) {
+        s_request_free(req);
+        return s_fail(self, AB_EINVAL, "reply data is NULL but its length is %zu", len);
+    }
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_REPLY;
+    hdr.correlation_id.data = req->corr;
+    hdr.correlation_id.len = req->corr_len;
+    int rc;
+    if (len && data == zmq_msg_data(&req->payload) && len == zmq_msg_size(&req->payload))
+        rc = s_send(self, &hdr, 1, NULL, 0, &req->payload); /* an echo: no copy */
+    else
+        rc = s_send(self, &hdr, 1, data, len, NULL);
+    s_request_free(req);
+    return rc;
+}
+
+int
+ab_reply_error(ab_request_t **req_p, const char *text)
+{
+    if (!req_p || !*req_p)
+        return AB_EINVAL;
+    ab_request_t *req = *req_p;
+    *req_p = NULL;
+    ab_client_t *self = req->client;
+    if (!self) {
+        s_request_free(req);
+        return AB_ESTATE;
+    }
+    int rc = s_send_error(self, req->corr, req->corr_len, AMTSBOTE__V1__ERROR_CODE__PROVIDER_ERROR,
+                          text && *text ? text : "the provider failed without saying why");
+    s_request_free(req);
+    return rc;
+}
+
+/* ---- driving ------------------------------------------------------------------------------ */
+
+int
+ab_client_fd(const ab_client_t *self)
+{
+    return self && self->connected ? self->fd : -1;
+}
+
+/*
+ * After ZeroMQ reconnected (a broker restart, a network failure) the broker knows neither this
+ * connection nor its offers; the protocol has no message that would tell us. So on every new
+ * handshake after the first: HELLO again and repeat every OFFER. Their answers are matched to
+ * nothing and dropped; a refused offer shows as UNKNOWN_SERVICE at the callers.
+ */
+static void
+s_check_reconnect(ab_client_t *self)
+{
+    uint16_t ev = 0;
+    uint32_t value = 0;
+    int reconnected = 0;
+    /* each look costs system calls; a reconnect noticed within S_MONITOR_MS is soon enough */
+    uint64_t now = ab_now_ms();
+    if (now < self->next_monitor_ms)
+        return;
+    self->next_monitor_ms = now + S_MONITOR_MS;
+    for (int i = 0; self->mon && i < 256 && s_monitor_event(self->mon, &ev, &value); i++)
+        if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+            reconnected = 1;
+    if (!reconnected)
+        return;
+    char saved[S_ERRLEN];
+    memcpy(saved, self->last_error, sizeof saved);
+    ab_uuid7(self->hello_id);
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_HELLO;
+    hdr.message_id.data = self->hello_id;
+    hdr.message_id.len = AB_MESSAGE_ID_LEN;
+    if (s_send(self, &hdr, 0, NULL, 0, NULL) == 0)
+        self->hello_waiting = 1;
+    for (s_offer_t *o = self->offers; o; o = o->next) {
+        uint8_t corr[S_CORR_LEN];
+        s_put_be64(corr, self->next_seq++);
+        ab_header_t offer = AMTSBOTE__V1__HEADER__INIT;
+        offer.kind = AMTSBOTE__V1__KIND__KIND_OFFER;
+        offer.correlation_id.data = corr;
+        offer.correlation_id.len = sizeof corr;
+        offer.service = o->service;
+        s_send(self, &offer, 0, NULL, 0, NULL);
+    }
+    memcpy(self->last_error, saved, sizeof saved);
+}
+
+int
+ab_client_process(ab_client_t *self)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (!self->connected)
+        return s_fail(self, AB_ESTATE, "not connected to a broker");
+    s_expire(self);
+    s_check_reconnect(self);
+    s_heartbeat(self);
+    /*
+     * ZMQ_FD is edge-triggered: stop only when a receive says nothing is left, which also
+     * re-arms the fd after the sends done by handlers and heartbeats.
+     */
+    for (int i = 0; i < S_BUDGET; i++) {
+        int rc = s_recv_one(self);
+        if (rc < 0)
+            return rc;
+        if (rc == 0 || !self->connected)
+            return 0;
+    }
+    return 1;
+}
+
+int
+ab_client_next_timeout(const ab_client_t *self)
+{
+    if (!self || !self->connected)
+        return -1;
+    /*
+     * A send since the last receive that said EAGAIN may have swallowed the fd's edge: then
+     * ab_client_process() must run before anyone waits on the fd.
+     */
+    if (self->unsettled)
+        return 0;
+    uint64_t now = ab_now_ms();
+    int64_t best = -1;
+    if (self->heap_len > 0) {
+        uint64_t at = self->heap[0]->expires_at;
+        best = at > now ? (int64_t)(at - now) : 0;
+    }
+    if (self->offers) {
+        uint64_t at = self->last_send_ms + self->heartbeat_ms;
+        int64_t t = at > now ? (int64_t)(at - now) : 0;
+        if (best < 0 || t < best)
+            best = t;
+    }
+    return best > INT_MAX ? INT_MAX : (int)best;
+}
+
+int
+ab_client_run(ab_client_t *self, int timeout_ms)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (!self->connected)
+        return s_fail(self, AB_ESTATE, "not connected to a broker");
+    uint64_t end = timeout_ms >= 0 ? ab_now_ms() + (uint64_t)timeout_ms : 0;
+    int rc = 0;
+    while (!self->stop) {
+        rc = ab_client_process(self);
+        if (rc < 0)
+            break;
+        rc = 0;
+        uint64_t now = ab_now_ms();
+        if (timeout_ms >= 0 && now >= end)
+            break;
+        if (self->stop)
+            break;
+        int t = ab_client_next_timeout(self);
+        /* a stop from a signal handler may land just before poll(): never sleep long */
+        if (t < 0 || t > S_RUN_SLICE_MS)
+            t = S_RUN_SLICE_MS;
+        if (timeout_ms >= 0 && (uint64_t)t > end - now)
+            t = (int)(end - now);
+        struct pollfd pfd = {.fd = self->fd, .events = POLLIN, .revents = 0};
+        if (poll(&pfd, 1, t) < 0 && errno != EINTR) {
+            rc = s_fail(self, AB_EIO, "poll: %s", strerror(errno));
+            break;
+        }
+    }
+    self->stop = 0;
+    return rc;
+}
+
+void
+ab_client_stop(ab_client_t *self)
+{
+    if (self)
+        self->stop = 1;
+}

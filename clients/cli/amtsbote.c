@@ -1,0 +1,1157 @@
+/*
+ * amtsbote.c - the `amtsbote` command: call a service from the shell, or serve one from a shell
+ * command, through an Amtsbote broker.
+ *
+ * `serve --exec` runs one `/bin/sh -c CMD` per call. Children run asynchronously: their pipes are
+ * non-blocking and driven from the same poll() loop as the client's fd, so heartbeats and other
+ * calls continue while a command runs, and a command that outlives its call's deadline is killed
+ * with its whole process group.
+ */
+#include "amtsbote.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+enum {
+    EXIT_OK = 0,
+    EXIT_OTHER = 1,
+    EXIT_USAGE = 2,
+    EXIT_UNAVAILABLE = 3,
+    EXIT_UNKNOWN_SERVICE = 4,
+    EXIT_DEADLINE = 5,
+    EXIT_PROVIDER_GONE = 6,
+    EXIT_PROVIDER_ERROR = 7,
+    EXIT_MALFORMED = 8,
+    EXIT_FORBIDDEN = 9,
+};
+
+#define AB_CLI_MAX_INPUT (64u * 1024u * 1024u)  /* request read from --file or stdin */
+#define AB_CLI_MAX_OUTPUT (64u * 1024u * 1024u) /* a command's reply on stdout */
+#define MAX_ERRLINE 500                         /* first line of a failed command's stderr */
+#define MAX_QUEUE 10000                         /* calls waiting for a free --concurrency slot */
+#define MAX_CONCURRENCY 1024
+#define DEFAULT_CONCURRENCY 4
+#define CONNECT_MS 5000
+#define DRAIN_MS 5000     /* on SIGINT/SIGTERM, running commands get this long to finish */
+#define KILL_WAIT_MS 1000 /* after SIGKILL, wait this long for the pipes to close */
+
+typedef struct {
+    const char *broker;
+    const char *as;
+    int timeout_ms;
+    int verbose;
+} opts_t;
+
+static const char *s_usage =
+    "Usage: amtsbote [GLOBAL OPTIONS] COMMAND [ARGS]\n"
+    "\n"
+    "Talks to an Amtsbote broker: calls services that other participants offer, or offers one\n"
+    "of your own from a shell command.\n"
+    "\n"
+    "Global options (before the command):\n"
+    "  --broker URI       broker address, tcp://HOST:PORT or ipc://PATH\n"
+    "                     (default: $AMTSBOTE_BROKER)\n"
+    "  --as PARTICIPANT   your participant address, level.org[.unit], e.g. bund.bmi or\n"
+    "                     kommune.09162000.meldeamt (default: $AMTSBOTE_AS). Only for plain\n"
+    "                     listeners of a broker run with --insecure-plain-identities\n"
+    "                     (development and tests).\n"
+    "  --timeout MS       call deadline in milliseconds (default 30000); also bounds the wait\n"
+    "                     for the broker when connecting (at most 5000)\n"
+    "  --verbose          serve: log one line per call to stderr (never payload contents)\n"
+    "  --cert, --key, --ca  mutual TLS: not available in this build yet\n"
+    "  --help             this text\n"
+    "  --version          print the version\n"
+    "\n"
+    "Commands:\n"
+    "  call SERVICE/METHOD [--data STRING | --file FILE] [--purpose TEXT] [--raw]\n"
+    "      Calls one method and writes the reply bytes, unchanged, to stdout. The request is\n"
+    "      STRING, the contents of FILE ('-' for stdin), or stdin when neither is given.\n"
+    "      --purpose names the legal basis of the call, e.g. 'BMG §34'. --raw sends and prints\n"
+    "      bytes as they are (the only mode for now).\n"
+    "      Example:\n"
+    "        amtsbote --broker tcp://127.0.0.1:7450 --as bund.bmi \\\n"
+    "          call meldewesen.v1.Melderegister/Meldebescheinigung \\\n"
+    "          --purpose 'BMG §34' --file anfrage.bin > antwort.bin\n"
+    "\n"
+    "  serve SERVICE (--exec CMD | --echo) [--concurrency N] [--verbose]\n"
+    "      Offers SERVICE (package.Service for every method, or package.Service/Method) until\n"
+    "      SIGINT or SIGTERM, then withdraws it, lets running commands finish (up to 5 s) and\n"
+    "      exits 0. Prints 'ready: serving SERVICE as PARTICIPANT' once the broker accepted it.\n"
+    "      --exec CMD  runs '/bin/sh -c CMD' per call: the request on its stdin, the reply from\n"
+    "                  its stdout. Environment: AMTSBOTE_METHOD, AMTSBOTE_CALLER,\n"
+    "                  AMTSBOTE_PURPOSE, AMTSBOTE_MESSAGE_ID, AMTSBOTE_REMAINING_MS. A non-zero\n"
+    "                  exit answers PROVIDER_ERROR with the first line of its stderr (keep\n"
+    "                  personal data out of it). A command still running at the call's deadline\n"
+    "                  is killed.\n"
+    "      --echo      answers every call with its request (for tests).\n"
+    "      --concurrency N  commands run at once (default 4); further calls wait their turn.\n"
+    "      Example:\n"
+    "        amtsbote --broker tcp://127.0.0.1:7450 --as kommune.09162000.meldeamt \\\n"
+    "          serve meldewesen.v1.Melderegister --exec ./meldebescheinigung.sh\n"
+    "\n"
+    "  services\n"
+    "      Lists offered services: not available yet.\n"
+    "\n"
+    "Errors are printed as 'amtsbote: ERROR_NAME: text'. Exit codes:\n"
+    "  0 success\n"
+    "  1 other error (e.g. a file that cannot be read)\n"
+    "  2 usage error\n"
+    "  3 broker unavailable, refused this identity, timed out, or cannot be connected to\n"
+    "  4 UNKNOWN_SERVICE: nobody offers the service\n"
+    "  5 DEADLINE_EXCEEDED\n"
+    "  6 PROVIDER_GONE: the provider went away with the call in flight\n"
+    "  7 PROVIDER_ERROR: the provider answered with an error\n"
+    "  8 MALFORMED, TOO_LARGE or INVALID_ARGUMENT (e.g. a bad service name)\n"
+    "  9 FORBIDDEN or SCHEMA_INVALID\n";
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
+static int
+s_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("amtsbote: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nTry 'amtsbote --help'.\n", stderr);
+    return EXIT_USAGE;
+}
+
+static int
+s_exit_code(int err)
+{
+    switch (err) {
+    case AB_OK:
+        return EXIT_OK;
+    case AB_EUNAVAILABLE:
+    case AB_EREFUSED:
+    case AB_ETIMEDOUT:
+    case AB_ECONNECT:
+        return EXIT_UNAVAILABLE;
+    case AB_EUNKNOWN_SERVICE:
+        return EXIT_UNKNOWN_SERVICE;
+    case AB_EDEADLINE:
+        return EXIT_DEADLINE;
+    case AB_EPROVIDER_GONE:
+        return EXIT_PROVIDER_GONE;
+    case AB_EPROVIDER:
+        return EXIT_PROVIDER_ERROR;
+    case AB_EMALFORMED:
+    case AB_ETOO_LARGE:
+    case AB_EINVAL:
+        return EXIT_MALFORMED;
+    case AB_EFORBIDDEN:
+    case AB_ESCHEMA_INVALID:
+        return EXIT_FORBIDDEN;
+    default:
+        return EXIT_OTHER;
+    }
+}
+
+/* Prints `amtsbote: NAME: text` and returns the exit code for `err`. */
+static int
+s_report(const ab_client_t *client, int err)
+{
+    const char *text = client ? ab_client_last_error(client) : "";
+    fprintf(stderr, "amtsbote: %s: %s\n", ab_err_name(err),
+            text && *text ? text : ab_strerror(err));
+    return s_exit_code(err);
+}
+
+static uint64_t
+s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Parses a non-negative decimal int. Returns 0 or -1. */
+static int
+s_parse_int(const char *s, int *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < 0 || v > INT_MAX)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/*
+ * Matches option `name` at argv[*i], as "--name VALUE" or "--name=VALUE". Returns 1 and sets
+ * *val (advancing *i past a separate value), 0 when argv[*i] is another option, -1 when the value
+ * is missing.
+ */
+static int
+s_opt(int argc, char **argv, int *i, const char *name, const char **val)
+{
+    size_t n = strlen(name);
+    const char *a = argv[*i];
+    if (strncmp(a, name, n) != 0)
+        return 0;
+    if (a[n] == '=') {
+        *val = a + n + 1;
+        return 1;
+    }
+    if (a[n] != '\0')
+        return 0;
+    if (*i + 1 >= argc)
+        return -1;
+    *val = argv[++*i];
+    return 1;
+}
+
+/* Reads all of `fd` (at most AB_CLI_MAX_INPUT bytes). Returns 0, or -1 with errno (EFBIG: too
+ * large). */
+static int
+s_read_all(int fd, uint8_t **data, size_t *len)
+{
+    size_t cap = 65536, n = 0;
+    uint8_t *buf = malloc(cap);
+    if (!buf)
+        return -1;
+    for (;;) {
+        if (n == cap) {
+            if (cap >= AB_CLI_MAX_INPUT) {
+                free(buf);
+                errno = EFBIG;
+                return -1;
+            }
+            cap *= 2;
+            uint8_t *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                errno = ENOMEM;
+                return -1;
+            }
+            buf = nb;
+        }
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            free(buf);
+            errno = e;
+            return -1;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+/* Creates and connects a client as `opts` say. Returns 0 or an exit code (error printed). */
+static int
+s_connect(const opts_t *opts, ab_client_t **client_p)
+{
+    if (!opts->broker || !*opts->broker)
+        return s_usage_error("no broker given: use --broker URI or set AMTSBOTE_BROKER");
+    ab_client_t *client = ab_client_new();
+    if (!client) {
+        fprintf(stderr, "amtsbote: NO_MEMORY: cannot create a client\n");
+        return EXIT_OTHER;
+    }
+    int rc = 0;
+    if (opts->as && *opts->as && (rc = ab_client_set_participant(client, opts->as)) != 0) {
+        fprintf(stderr, "amtsbote: %s: --as: %s\n", ab_err_name(rc), ab_client_last_error(client));
+        ab_client_destroy(&client);
+        return s_exit_code(rc);
+    }
+    int connect_ms =
+        opts->timeout_ms > 0 && opts->timeout_ms < CONNECT_MS ? opts->timeout_ms : CONNECT_MS;
+    rc = ab_client_connect(client, opts->broker, connect_ms);
+    if (rc != 0) {
+        int code = s_report(client, rc);
+        if (rc == AB_EREFUSED && !(opts->as && *opts->as))
+            fprintf(stderr, "amtsbote: hint: name yourself with --as PARTICIPANT or "
+                            "AMTSBOTE_AS\n");
+        ab_client_destroy(&client);
+        return code;
+    }
+    *client_p = client;
+    return 0;
+}
+
+/* ---- call --------------------------------------------------------------------------------- */
+
+static int
+s_cmd_call(const opts_t *opts, int argc, char **argv)
+{
+    const char *service = NULL, *data = NULL, *file = NULL, *purpose = NULL, *val = NULL;
+    for (int i = 0; i < argc; i++) {
+        int m;
+        if (strcmp(argv[i], "--raw") == 0)
+            continue;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(s_usage, stdout);
+            return EXIT_OK;
+        }
+        if ((m = s_opt(argc, argv, &i, "--data", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("call: --data needs a value");
+            data = val;
+        } else if ((m = s_opt(argc, argv, &i, "--file", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("call: --file needs a file name");
+            file = val;
+        } else if ((m = s_opt(argc, argv, &i, "--purpose", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("call: --purpose needs a text");
+            purpose = val;
+        } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+            return s_usage_error("call: unknown option '%s'", argv[i]);
+        } else if (!service) {
+            service = argv[i];
+        } else {
+            return s_usage_error("call: unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!service)
+        return s_usage_error("call: which SERVICE/METHOD? e.g. call "
+                             "meldewesen.v1.Melderegister/Meldebescheinigung");
+    if (data && file)
+        return s_usage_error("call: give either --data or --file, not both");
+
+    uint8_t *owned = NULL;
+    const void *req = data;
+    size_t req_len = data ? strlen(data) : 0;
+    if (!data) {
+        int fd = 0;
+        const char *name = "stdin";
+        if (file && strcmp(file, "-") != 0) {
+            name = file;
+            fd = open(file, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) {
+                fprintf(stderr, "amtsbote: IO_ERROR: cannot open '%s': %s\n", file,
+                        strerror(errno));
+                return EXIT_OTHER;
+            }
+        }
+        int rc = s_read_all(fd, &owned, &req_len);
+        int e = errno;
+        if (fd != 0)
+            close(fd);
+        if (rc != 0) {
+            if (e == EFBIG) {
+                fprintf(stderr, "amtsbote: TOO_LARGE: the request in %s is larger than %u MiB\n",
+                        name, AB_CLI_MAX_INPUT >> 20);
+                return EXIT_MALFORMED;
+            }
+            fprintf(stderr, "amtsbote: IO_ERROR: cannot read %s: %s\n", name, strerror(e));
+            return EXIT_OTHER;
+        }
+        req = owned;
+    }
+
+    ab_client_t *client = NULL;
+    int code = s_connect(opts, &client);
+    if (code != 0) {
+        free(owned);
+        return code;
+    }
+    int rc = ab_client_set_purpose(client, purpose);
+    if (rc != 0) {
+        code = s_report(client, rc);
+        goto done;
+    }
+    void *reply = NULL;
+    size_t reply_len = 0;
+    rc = ab_call(client, service, req, req_len, opts->timeout_ms, &reply, &reply_len);
+    if (rc != 0) {
+        code = s_report(client, rc);
+        goto done;
+    }
+    if ((reply_len && fwrite(reply, 1, reply_len, stdout) != reply_len) || fflush(stdout) != 0) {
+        fprintf(stderr, "amtsbote: IO_ERROR: cannot write the reply to stdout: %s\n",
+                strerror(errno));
+        code = EXIT_OTHER;
+    }
+    ab_free(reply);
+done:
+    ab_client_destroy(&client);
+    free(owned);
+    return code;
+}
+
+/* ---- serve -------------------------------------------------------------------------------- */
+
+typedef struct job {
+    struct job *next;
+    ab_request_t *req;
+    pid_t pid;
+    int in_fd, out_fd, err_fd; /* -1 once closed */
+    const uint8_t *in;         /* the request payload, borrowed from req */
+    size_t in_len, in_off;
+    uint8_t *out;
+    size_t out_len, out_cap;
+    char errline[MAX_ERRLINE + 1];
+    size_t errline_len;
+    int errline_done;
+    int exited, wstatus;
+    uint64_t exited_at;
+    int killed;       /* 0, or why: KILL_* */
+    uint64_t kill_at; /* when SIGKILL was sent */
+    uint64_t started;
+} job_t;
+
+enum { KILL_DEADLINE = 1, KILL_SHUTDOWN, KILL_TOO_LARGE };
+
+typedef struct qnode {
+    struct qnode *next;
+    ab_request_t *req;
+} qnode_t;
+
+typedef struct {
+    ab_client_t *client;
+    const char *service;
+    const char *exec; /* NULL: --echo */
+    int concurrency;
+    int verbose;
+    int stopping;
+    uint64_t drain_until;
+    job_t *jobs;
+    int running;
+    qnode_t *qhead, *qtail;
+    size_t queued;
+} serve_t;
+
+/* The self-pipe that turns SIGINT, SIGTERM and SIGCHLD into poll() events. */
+static int s_sigpipe[2] = {-1, -1};
+
+static void
+s_on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char c = (unsigned char)sig;
+    if (write(s_sigpipe[1], &c, 1) < 0) {
+        /* the pipe is full: a wake-up is pending anyway */
+    }
+    errno = saved;
+}
+
+static void
+s_log_call(const serve_t *srv, ab_request_t *req, size_t in, size_t out, uint64_t started,
+           const char *result)
+{
+    if (!srv->verbose)
+        return;
+    fprintf(stderr,
+            "amtsbote: call method=%s caller=%s message_id=%s bytes_in=%zu bytes_out=%zu ms=%llu "
+            "result=%s\n",
+            ab_request_method(req), ab_request_caller(req), ab_request_message_id(req), in, out,
+            (unsigned long long)(s_now_ms() - started), result);
+}
+
+static void
+s_answer_error(serve_t *srv, ab_request_t **req_p, const char *text, uint64_t started,
+               const char *result)
+{
+    size_t in = 0;
+    ab_request_payload(*req_p, &in);
+    s_log_call(srv, *req_p, in, 0, started, result);
+    ab_reply_error(req_p, text);
+}
+
+/* Builds the child's environment: ours without stale AMTSBOTE_* call variables, plus the call's. */
+static char **
+s_child_env(ab_request_t *req)
+{
+    static const char *names[] = {"AMTSBOTE_METHOD", "AMTSBOTE_CALLER", "AMTSBOTE_PURPOSE",
+                                  "AMTSBOTE_MESSAGE_ID", "AMTSBOTE_REMAINING_MS"};
+    enum { N = sizeof names / sizeof names[0] };
+    char remaining[16];
+    snprintf(remaining, sizeof remaining, "%d", ab_request_remaining_ms(req));
+    const char *values[N] = {ab_request_method(req), ab_request_caller(req),
+                             ab_request_purpose(req), ab_request_message_id(req), remaining};
+    size_t n = 0;
+    while (environ && environ[n])
+        n++;
+    char **env = calloc(n + N + 1, sizeof *env);
+    if (!env)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int ours = 0;
+        for (size_t k = 0; k < N && !ours; k++) {
+            size_t l = strlen(names[k]);
+            ours = strncmp(environ[i], names[k], l) == 0 && environ[i][l] == '=';
+        }
+        if (!ours)
+            env[o++] = environ[i];
+    }
+    for (size_t k = 0; k < N; k++) {
+        size_t l = strlen(names[k]) + strlen(values[k]) + 2;
+        char *s = malloc(l);
+        if (!s) {
+            for (size_t j = 0; j < k; j++)
+                free(env[o - 1 - j]);
+            free(env);
+            return NULL;
+        }
+        snprintf(s, l, "%s=%s", names[k], values[k]);
+        env[o++] = s;
+    }
+    env[o] = NULL;
+    return env;
+}
+
+static void
+s_free_env(char **env)
+{
+    if (!env)
+        return;
+    size_t n = 0;
+    while (env[n])
+        n++;
+    /* the call's variables are the last five, the rest are borrowed from environ */
+    for (size_t i = n >= 5 ? n - 5 : 0; i < n; i++)
+        free(env[i]);
+    free(env);
+}
+
+static void
+s_close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+/* Starts CMD for `req`; answers the request itself when that fails. */
+static void
+s_job_start(serve_t *srv, ab_request_t *req)
+{
+    uint64_t started = s_now_ms();
+    if (ab_request_remaining_ms(req) == 0) {
+        s_answer_error(srv, &req, "the call's deadline passed before the command could start",
+                       started, "deadline");
+        return;
+    }
+    job_t *job = calloc(1, sizeof *job);
+    char **env = s_child_env(req);
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+    if (!job || !env || pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 ||
+        pipe2(err, O_CLOEXEC) != 0)
+        goto fail;
+    pid_t pid = fork();
+    if (pid < 0)
+        goto fail;
+    if (pid == 0) {
+        /* child: only async-signal-safe calls from here on (the parent has ZeroMQ's threads) */
+        setpgid(0, 0);
+#ifdef __linux__
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* should we be killed, the command dies too */
+#endif
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        sigaction(SIGPIPE, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGCHLD, &sa, NULL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
+            _exit(126);
+        char *const args[] = {"sh", "-c", (char *)srv->exec, NULL};
+        execve("/bin/sh", args, env);
+        _exit(127);
+    }
+    setpgid(pid, pid); /* also here, so that a kill right away reaches the group */
+    s_free_env(env);
+    close(in[0]);
+    close(out[1]);
+    close(err[1]);
+    job->req = req;
+    job->pid = pid;
+    job->in_fd = in[1];
+    job->out_fd = out[0];
+    job->err_fd = err[0];
+    job->in = ab_request_payload(req, &job->in_len);
+    job->started = started;
+    fcntl(job->in_fd, F_SETFL, fcntl(job->in_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(job->out_fd, F_SETFL, fcntl(job->out_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(job->err_fd, F_SETFL, fcntl(job->err_fd, F_GETFL) | O_NONBLOCK);
+    if (job->in_len == 0)
+        s_close_fd(&job->in_fd);
+    job->next = srv->jobs;
+    srv->jobs = job;
+    srv->running++;
+    return;
+fail:;
+    char text[128];
+    snprintf(text, sizeof text, "the provider cannot start its command: %s", strerror(errno));
+    for (int i = 0; i < 2; i++) {
+        s_close_fd(&in[i]);
+        s_close_fd(&out[i]);
+        s_close_fd(&err[i]);
+    }
+    s_free_env(env);
+    free(job);
+    s_answer_error(srv, &req, text, started, "error");
+}
+
+/* Answers the job's request from its exit status and output, and frees it. */
+static void
+s_job_finish(serve_t *srv, job_t *job)
+{
+    char text[MAX_ERRLINE + 128];
+    const char *result = "error";
+    text[0] = '\0';
+    if (job->killed == KILL_DEADLINE) {
+        snprintf(text, sizeof text, "the command was killed at the call's deadline");
+        result = "deadline";
+    } else if (job->killed == KILL_TOO_LARGE) {
+        snprintf(text, sizeof text, "the command's output is larger than %u MiB",
+                 AB_CLI_MAX_OUTPUT >> 20);
+    } else if (job->killed == KILL_SHUTDOWN) {
+        snprintf(text, sizeof text, "the provider shut down while the command was running");
+    } else if (!job->exited) {
+        snprintf(text, sizeof text, "the command's exit status is unknown");
+    } else if (WIFEXITED(job->wstatus) && WEXITSTATUS(job->wstatus) == 0) {
+        s_log_call(srv, job->req, job->in_len, job->out_len, job->started, "ok");
+        ab_reply(&job->req, job->out, job->out_len);
+    } else if (job->errline_len > 0) {
+        snprintf(text, sizeof text, "%s", job->errline);
+    } else if (WIFEXITED(job->wstatus)) {
+        snprintf(text, sizeof text, "the command exited with status %d", WEXITSTATUS(job->wstatus));
+    } else {
+        snprintf(text, sizeof text, "the command was killed by signal %d",
+                 WIFSIGNALED(job->wstatus) ? WTERMSIG(job->wstatus) : 0);
+    }
+    if (job->req) {
+        s_log_call(srv, job->req, job->in_len, 0, job->started, result);
+        ab_reply_error(&job->req, text);
+    }
+    s_close_fd(&job->in_fd);
+    s_close_fd(&job->out_fd);
+    s_close_fd(&job->err_fd);
+    free(job->out);
+    free(job);
+    srv->running--;
+}
+
+static void
+s_job_kill(job_t *job, int why)
+{
+    if (job->killed)
+        return;
+    job->killed = why;
+    job->kill_at = s_now_ms();
+    kill(-job->pid, SIGKILL); /* the group: sh and whatever it started */
+}
+
+static void
+s_job_write(job_t *job)
+{
+    /* bounded: each round writes something or stops */
+    while (job->in_fd >= 0 && job->in_off < job->in_len) {
+        size_t chunk = job->in_len - job->in_off;
+        if (chunk > 65536)
+            chunk = 65536;
+        ssize_t w = write(job->in_fd, job->in + job->in_off, chunk);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                s_close_fd(&job->in_fd); /* EPIPE: the command does not read its stdin */
+            return;
+        }
+        job->in_off += (size_t)w;
+    }
+    if (job->in_off >= job->in_len)
+        s_close_fd(&job->in_fd);
+}
+
+static void
+s_job_read_out(job_t *job)
+{
+    for (int round = 0; round < 64 && job->out_fd >= 0; round++) {
+        if (job->out_cap - job->out_len < 4096) {
+            size_t cap = job->out_cap ? job->out_cap * 2 : 65536;
+            if (cap > AB_CLI_MAX_OUTPUT + 4096u) {
+                s_close_fd(&job->out_fd);
+                s_job_kill(job, KILL_TOO_LARGE);
+                return;
+            }
+            uint8_t *nb = realloc(job->out, cap);
+            if (!nb) {
+                s_close_fd(&job->out_fd);
+                s_job_kill(job, KILL_TOO_LARGE);
+                return;
+            }
+            job->out = nb;
+            job->out_cap = cap;
+        }
+        ssize_t r = read(job->out_fd, job->out + job->out_len, job->out_cap - job->out_len);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                s_close_fd(&job->out_fd);
+            return;
+        }
+        if (r == 0) {
+            s_close_fd(&job->out_fd);
+            return;
+        }
+        job->out_len += (size_t)r;
+        if (job->out_len > AB_CLI_MAX_OUTPUT) {
+            s_close_fd(&job->out_fd);
+            s_job_kill(job, KILL_TOO_LARGE);
+            return;
+        }
+    }
+}
+
+static void
+s_job_read_err(job_t *job)
+{
+    char buf[4096];
+    for (int round = 0; round < 64 && job->err_fd >= 0; round++) {
+        ssize_t r = read(job->err_fd, buf, sizeof buf);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                s_close_fd(&job->err_fd);
+            return;
+        }
+        if (r == 0) {
+            s_close_fd(&job->err_fd);
+            return;
+        }
+        /* keep the first line only; the rest is read and dropped so the command never blocks */
+        for (ssize_t i = 0; i < r && !job->errline_done; i++) {
+            if (buf[i] == '\n' || buf[i] == '\r') {
+                if (job->errline_len > 0)
+                    job->errline_done = 1;
+                continue;
+            }
+            if (job->errline_len < MAX_ERRLINE)
+                job->errline[job->errline_len++] = buf[i];
+            else
+                job->errline_done = 1;
+        }
+        job->errline[job->errline_len] = '\0';
+    }
+}
+
+static void
+s_queue_push(serve_t *srv, ab_request_t *req)
+{
+    qnode_t *q = calloc(1, sizeof *q);
+    if (!q) {
+        s_answer_error(srv, &req, "the provider is out of memory", s_now_ms(), "error");
+        return;
+    }
+    q->req = req;
+    if (srv->qtail)
+        srv->qtail->next = q;
+    else
+        srv->qhead = q;
+    srv->qtail = q;
+    srv->queued++;
+}
+
+static ab_request_t *
+s_queue_pop(serve_t *srv)
+{
+    qnode_t *q = srv->qhead;
+    if (!q)
+        return NULL;
+    srv->qhead = q->next;
+    if (!srv->qhead)
+        srv->qtail = NULL;
+    srv->queued--;
+    ab_request_t *req = q->req;
+    free(q);
+    return req;
+}
+
+static void
+s_on_request(ab_client_t *client, ab_request_t *req, void *arg)
+{
+    (void)client;
+    serve_t *srv = arg;
+    uint64_t started = s_now_ms();
+    if (srv->stopping) {
+        s_answer_error(srv, &req, "the provider is shutting down", started, "shutdown");
+        return;
+    }
+    if (!srv->exec) {
+        size_t len = 0;
+        const void *data = ab_request_payload(req, &len);
+        s_log_call(srv, req, len, len, started, "ok");
+        ab_reply(&req, data, len);
+        return;
+    }
+    if (srv->running < srv->concurrency && !srv->qhead) {
+        s_job_start(srv, req);
+        return;
+    }
+    if (srv->queued >= MAX_QUEUE) {
+        char text[128];
+        snprintf(text, sizeof text, "the provider is busy: %zu calls are waiting", srv->queued);
+        s_answer_error(srv, &req, text, started, "busy");
+        return;
+    }
+    s_queue_push(srv, req);
+}
+
+static void
+s_begin_shutdown(serve_t *srv)
+{
+    if (srv->stopping) {
+        srv->drain_until = s_now_ms(); /* a second signal: stop waiting for commands */
+        return;
+    }
+    srv->stopping = 1;
+    srv->drain_until = s_now_ms() + DRAIN_MS;
+    /* so that the broker sends new calls elsewhere; failures only mean it already forgot us */
+    ab_withdraw(srv->client, srv->service);
+    ab_request_t *req;
+    while ((req = s_queue_pop(srv)) != NULL)
+        s_answer_error(srv, &req, "the provider is shutting down", s_now_ms(), "shutdown");
+}
+
+static int
+s_install_signals(void)
+{
+    if (pipe2(s_sigpipe, O_CLOEXEC | O_NONBLOCK) != 0)
+        return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0 ||
+        sigaction(SIGCHLD, &sa, NULL) != 0)
+        return -1;
+    return 0;
+}
+
+/* One pass over the jobs: reap, kill at deadlines, finish those that are done. */
+static void
+s_jobs_tick(serve_t *srv)
+{
+    int st;
+    pid_t pid;
+    /* bounded by the number of exited children */
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        for (job_t *j = srv->jobs; j; j = j->next) {
+            if (j->pid == pid) {
+                j->exited = 1;
+                j->wstatus = st;
+                j->exited_at = s_now_ms();
+                break;
+            }
+        }
+    }
+    uint64_t now = s_now_ms();
+    for (job_t **jp = &srv->jobs; *jp;) {
+        job_t *j = *jp;
+        if (!j->killed && ab_request_remaining_ms(j->req) == 0)
+            s_job_kill(j, KILL_DEADLINE);
+        else if (!j->killed && srv->stopping && now >= srv->drain_until)
+            s_job_kill(j, KILL_SHUTDOWN);
+        int pipes_done = j->out_fd < 0 && j->err_fd < 0;
+        /* a command's background children may hold the pipes: do not wait for them forever */
+        if (j->killed && now >= j->kill_at + KILL_WAIT_MS)
+            pipes_done = 1;
+        if (!pipes_done && !j->killed && j->exited && now >= j->exited_at + KILL_WAIT_MS) {
+            kill(-j->pid, SIGKILL);
+            pipes_done = 1;
+        }
+        if ((j->exited || j->killed) && pipes_done &&
+            (j->exited || now >= j->kill_at + KILL_WAIT_MS)) {
+            *jp = j->next;
+            s_job_finish(srv, j);
+            continue;
+        }
+        jp = &j->next;
+    }
+    while (!srv->stopping && srv->running < srv->concurrency && srv->qhead)
+        s_job_start(srv, s_queue_pop(srv));
+}
+
+static int
+s_serve_loop(serve_t *srv)
+{
+    size_t cap = 0;
+    struct pollfd *pfds = NULL;
+    job_t **owners = NULL;
+    int rc = 0;
+    for (;;) {
+        if (srv->stopping && !srv->jobs)
+            break;
+        size_t need = 2 + 3 * (size_t)srv->running;
+        if (need > cap) {
+            struct pollfd *np = realloc(pfds, need * sizeof *np);
+            job_t **no = np ? realloc(owners, need * sizeof *no) : NULL;
+            if (np)
+                pfds = np;
+            if (!np || !no) {
+                rc = AB_ENOMEM;
+                break;
+            }
+            owners = no;
+            cap = need;
+        }
+        size_t n = 0;
+        pfds[n++] = (struct pollfd){.fd = s_sigpipe[0], .events = POLLIN};
+        pfds[n++] = (struct pollfd){.fd = ab_client_fd(srv->client), .events = POLLIN};
+        int timeout = ab_client_next_timeout(srv->client);
+        uint64_t now = s_now_ms();
+        for (job_t *j = srv->jobs; j; j = j->next) {
+            if (j->in_fd >= 0) {
+                owners[n] = j;
+                pfds[n++] = (struct pollfd){.fd = j->in_fd, .events = POLLOUT};
+            }
+            if (j->out_fd >= 0) {
+                owners[n] = j;
+                pfds[n++] = (struct pollfd){.fd = j->out_fd, .events = POLLIN};
+            }
+            if (j->err_fd >= 0) {
+                owners[n] = j;
+                pfds[n++] = (struct pollfd){.fd = j->err_fd, .events = POLLIN};
+            }
+            int t;
+            if (j->killed)
+                t = (int)(j->kill_at + KILL_WAIT_MS > now ? j->kill_at + KILL_WAIT_MS - now : 0);
+            else if (j->exited)
+                t = (int)(j->exited_at + KILL_WAIT_MS > now ? j->exited_at + KILL_WAIT_MS - now
+                                                            : 0);
+            else
+                t = ab_request_remaining_ms(j->req);
+            if (!j->killed && srv->stopping) {
+                int d = srv->drain_until > now ? (int)(srv->drain_until - now) : 0;
+                if (d < t)
+                    t = d;
+            }
+            if (timeout < 0 || t < timeout)
+                timeout = t;
+        }
+        if (poll(pfds, n, timeout) < 0 && errno != EINTR) {
+            fprintf(stderr, "amtsbote: IO_ERROR: poll: %s\n", strerror(errno));
+            rc = AB_EIO;
+            break;
+        }
+        if (pfds[0].revents & POLLIN) {
+            unsigned char sigs[64];
+            ssize_t r = read(s_sigpipe[0], sigs, sizeof sigs);
+            for (ssize_t i = 0; i < r; i++)
+                if (sigs[i] == SIGINT || sigs[i] == SIGTERM)
+                    s_begin_shutdown(srv);
+        }
+        for (size_t i = 2; i < n; i++) {
+            if (!pfds[i].revents)
+                continue;
+            job_t *j = owners[i];
+            if (pfds[i].fd == j->in_fd)
+                s_job_write(j);
+            else if (pfds[i].fd == j->out_fd)
+                s_job_read_out(j);
+            else if (pfds[i].fd == j->err_fd)
+                s_job_read_err(j);
+        }
+        s_jobs_tick(srv);
+        /* bounded: the library stops after a budget, and we come back through poll() */
+        for (int round = 0; round < 8; round++) {
+            rc = ab_client_process(srv->client);
+            if (rc != 1)
+                break;
+        }
+        if (rc < 0)
+            break;
+        rc = 0;
+    }
+    free(pfds);
+    free(owners);
+    return rc;
+}
+
+static int
+s_cmd_serve(const opts_t *opts, int argc, char **argv)
+{
+    serve_t srv;
+    memset(&srv, 0, sizeof srv);
+    srv.concurrency = DEFAULT_CONCURRENCY;
+    srv.verbose = opts->verbose;
+    int echo = 0;
+    const char *val = NULL;
+    for (int i = 0; i < argc; i++) {
+        int m;
+        if (strcmp(argv[i], "--echo") == 0) {
+            echo = 1;
+        } else if (strcmp(argv[i], "--verbose") == 0 || strcmp(argv[i], "-v") == 0) {
+            srv.verbose = 1;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(s_usage, stdout);
+            return EXIT_OK;
+        } else if ((m = s_opt(argc, argv, &i, "--exec", &val)) != 0) {
+            if (m < 0 || !*val)
+                return s_usage_error("serve: --exec needs a command");
+            srv.exec = val;
+        } else if ((m = s_opt(argc, argv, &i, "--concurrency", &val)) != 0) {
+            if (m < 0 || s_parse_int(val, &srv.concurrency) != 0 || srv.concurrency < 1 ||
+                srv.concurrency > MAX_CONCURRENCY)
+                return s_usage_error("serve: --concurrency needs a number from 1 to %d",
+                                     MAX_CONCURRENCY);
+        } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+            return s_usage_error("serve: unknown option '%s'", argv[i]);
+        } else if (!srv.service) {
+            srv.service = argv[i];
+        } else {
+            return s_usage_error("serve: unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!srv.service)
+        return s_usage_error("serve: which SERVICE? e.g. serve meldewesen.v1.Melderegister");
+    if (echo == !!srv.exec)
+        return s_usage_error("serve: give exactly one of --exec CMD and --echo");
+
+    if (s_install_signals() != 0) {
+        fprintf(stderr, "amtsbote: IO_ERROR: cannot install signal handlers: %s\n",
+                strerror(errno));
+        return EXIT_OTHER;
+    }
+    int code = s_connect(opts, &srv.client);
+    if (code != 0)
+        return code;
+    int rc = ab_offer(srv.client, srv.service, s_on_request, &srv);
+    if (rc != 0) {
+        code = s_report(srv.client, rc);
+        ab_client_destroy(&srv.client);
+        return code;
+    }
+    printf("ready: serving %s as %s\n", srv.service, ab_client_participant(srv.client));
+    fflush(stdout);
+
+    rc = s_serve_loop(&srv);
+    if (rc != 0) {
+        code = s_report(srv.client, rc);
+        /* answer what is left so nobody waits for a deadline */
+        for (job_t *j = srv.jobs; j;) {
+            job_t *next = j->next;
+            s_job_kill(j, KILL_SHUTDOWN);
+            s_job_finish(&srv, j);
+            j = next;
+        }
+        srv.jobs = NULL;
+        ab_request_t *req;
+        while ((req = s_queue_pop(&srv)) != NULL)
+            ab_reply_error(&req, "the provider is shutting down");
+    }
+    ab_client_destroy(&srv.client);
+    return code;
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+/* Makes sure fds 0-2 are open, so that pipes never take their numbers. */
+static void
+s_std_fds(void)
+{
+    for (int fd = 0; fd < 3; fd++) {
+        if (fcntl(fd, F_GETFD) < 0) {
+            int nfd = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+            if (nfd >= 0 && nfd != fd) {
+                dup2(nfd, fd);
+                close(nfd);
+            }
+        }
+    }
+}
+
+int
+main(int argc, char **argv)
+{
+    opts_t opts = {.broker = getenv("AMTSBOTE_BROKER"), .as = getenv("AMTSBOTE_AS")};
+    const char *val = NULL;
+    int i = 1;
+    s_std_fds();
+    signal(SIGPIPE, SIG_IGN);
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        int m;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(s_usage, stdout);
+            return EXIT_OK;
+        }
+        if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+            printf("amtsbote %d.%d.%d (protocol %d)\n", AB_VERSION_MAJOR, AB_VERSION_MINOR,
+                   AB_VERSION_PATCH, AB_PROTOCOL_VERSION);
+            return EXIT_OK;
+        }
+        if (strcmp(argv[i], "--verbose") == 0 || strcmp(argv[i], "-v") == 0) {
+            opts.verbose = 1;
+        } else if ((m = s_opt(argc, argv, &i, "--broker", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("--broker needs a URI, e.g. tcp://127.0.0.1:7450");
+            opts.broker = val;
+        } else if ((m = s_opt(argc, argv, &i, "--as", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("--as needs a participant address, e.g. bund.bmi");
+            opts.as = val;
+        } else if ((m = s_opt(argc, argv, &i, "--timeout", &val)) != 0) {
+            if (m < 0 || s_parse_int(val, &opts.timeout_ms) != 0)
+                return s_usage_error("--timeout needs milliseconds (0 or more)");
+        } else if (s_opt(argc, argv, &i, "--cert", &val) != 0 ||
+                   s_opt(argc, argv, &i, "--key", &val) != 0 ||
+                   s_opt(argc, argv, &i, "--ca", &val) != 0) {
+            fprintf(stderr, "amtsbote: mutual TLS is not available in this build yet; use a "
+                            "plain listener with --as for now\n");
+            return EXIT_USAGE;
+        } else {
+            return s_usage_error("unknown option '%s'", argv[i]);
+        }
+    }
+    if (i >= argc)
+        return s_usage_error("which command? call, serve or services");
+    const char *cmd = argv[i++];
+    if (strcmp(cmd, "call") == 0)
+        return s_cmd_call(&opts, argc - i, argv + i);
+    if (strcmp(cmd, "serve") == 0)
+        return s_cmd_serve(&opts, argc - i, argv + i);
+    if (strcmp(cmd, "services") == 0) {
+        fprintf(stderr, "amtsbote: services: listing services is not available yet\n");
+        return EXIT_OTHER;
+    }
+    if (strcmp(cmd, "help") == 0) {
+        fputs(s_usage, stdout);
+        return EXIT_OK;
+    }
+    return s_usage_error("unknown command '%s'; commands are call, serve and services", cmd);
+}
