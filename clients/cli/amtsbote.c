@@ -8,6 +8,7 @@
  * with its whole process group.
  */
 #include "amtsbote.h"
+#include "amtsbote/v1/amtsbote.pb-c.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -108,7 +109,10 @@ static const char *s_usage =
     "          serve meldewesen.v1.Melderegister --exec ./meldebescheinigung.sh\n"
     "\n"
     "  services\n"
-    "      Lists offered services: not available yet.\n"
+    "      Lists the services offered at the broker now: each offer, the participants\n"
+    "      that provide it and the calls in flight to them.\n"
+    "      Example:\n"
+    "        amtsbote --broker tcp://127.0.0.1:7450 --as bund.bmi services\n"
     "\n"
     "Errors are printed as 'amtsbote: ERROR_NAME: text'. Exit codes:\n"
     "  0 success\n"
@@ -401,6 +405,54 @@ done:
     ab_client_destroy(&client);
     free(owned);
     return code;
+}
+
+/* ---- services ----------------------------------------------------------------------------- */
+
+/* Asks the broker's own service for the offers and prints one line per offer. */
+static int
+s_cmd_services(const opts_t *opts, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(s_usage, stdout);
+            return EXIT_OK;
+        }
+        return s_usage_error("services: unexpected argument '%s'", argv[i]);
+    }
+    ab_client_t *client = NULL;
+    int code = s_connect(opts, &client);
+    if (code != 0)
+        return code;
+    void *reply = NULL;
+    size_t len = 0;
+    int timeout = opts->timeout_ms > 0 ? opts->timeout_ms : 10000;
+    int rc = ab_call(client, "amtsbote.v1.Broker/ListServices", "", 0, timeout, &reply, &len);
+    if (rc != 0) {
+        code = s_report(client, rc);
+        ab_client_destroy(&client);
+        return code;
+    }
+    Amtsbote__V1__ServiceList *list = amtsbote__v1__service_list__unpack(NULL, len, reply);
+    ab_free(reply);
+    ab_client_destroy(&client);
+    if (!list) {
+        fprintf(stderr, "amtsbote: MALFORMED: the broker's service list could not be decoded\n");
+        return EXIT_OTHER;
+    }
+    if (list->n_services == 0)
+        printf("no service is offered at this broker\n");
+    else
+        printf("%-52s %9s %9s  %s\n", "SERVICE", "PROVIDERS", "IN FLIGHT", "PARTICIPANTS");
+    for (size_t i = 0; i < list->n_services; i++) {
+        const Amtsbote__V1__ServiceInfo *s = list->services[i];
+        printf("%-52s %9zu %9u  ", s->name, s->n_providers, s->in_flight);
+        for (size_t k = 0; k < s->n_providers; k++)
+            printf("%s%s", k ? "," : "", s->providers[k]);
+        putchar('\n');
+    }
+    amtsbote__v1__service_list__free_unpacked(list, NULL);
+    return EXIT_OK;
 }
 
 /* ---- serve -------------------------------------------------------------------------------- */
@@ -1145,10 +1197,8 @@ main(int argc, char **argv)
         return s_cmd_call(&opts, argc - i, argv + i);
     if (strcmp(cmd, "serve") == 0)
         return s_cmd_serve(&opts, argc - i, argv + i);
-    if (strcmp(cmd, "services") == 0) {
-        fprintf(stderr, "amtsbote: services: listing services is not available yet\n");
-        return EXIT_OTHER;
-    }
+    if (strcmp(cmd, "services") == 0)
+        return s_cmd_services(&opts, argc - i, argv + i);
     if (strcmp(cmd, "help") == 0) {
         fputs(s_usage, stdout);
         return EXIT_OK;

@@ -113,6 +113,12 @@ expect "no broker there" 3 $? "$work/err" "amtsbote: "
 call call x.v1.Echo/Echo --file /nonexistent/request.bin >"$work/out" 2>"$work/err"
 expect "unreadable request file" 1 $? "$work/err" "/nonexistent/request.bin"
 
+# --- what is offered
+call services >"$work/out" 2>"$work/err"
+expect "services lists the offers" 0 $? "$work/out" "meldewesen.v1.Melderegister"
+grep -E "^x\.v1\.Echo +1 +0  kommune\.echo$" "$work/out" >/dev/null && ok "services line for x.v1.Echo" || bad "services output: $(cat "$work/out")"
+call services extra >"$work/out" 2>&1; expect "services takes no argument" 2 $?
+
 # --- a provider killed with a call in flight
 serve kommune.doomed x.v1.Doomed --exec 'sleep 30' || exit 1
 doomed=${pids[-1]}
