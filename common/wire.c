@@ -70,6 +70,82 @@ ab_wire_decoder_destroy(ab_wire_decoder_t **self_p)
     *self_p = NULL;
 }
 
+/* Length of the valid UTF-8 sequence at s (at most `avail` bytes), or 0 when it is not valid. */
+static size_t
+s_utf8_seq(const unsigned char *s, size_t avail)
+{
+    unsigned char c = s[0];
+    size_t n;
+    uint32_t cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (avail < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return n;
+}
+
+int
+ab_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < len;) {
+        if (p[i] < 0x80) { /* the common case: ASCII */
+            i++;
+            continue;
+        }
+        size_t n = s_utf8_seq(p + i, len - i);
+        if (n == 0)
+            return 0;
+        i += n;
+    }
+    return 1;
+}
+
+void
+ab_utf8_sanitize(char *dst, size_t cap, const char *src)
+{
+    const unsigned char *p = (const unsigned char *)(src ? src : "");
+    size_t len = strlen((const char *)p), o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = s_utf8_seq(p + i, len - i);
+        if (n == 0) {
+            if (o + 1 >= cap)
+                break;
+            dst[o++] = '?';
+            i++;
+            continue;
+        }
+        if (o + n >= cap)
+            break;
+        if (n == 1 && (p[i] < 0x20 || p[i] == 0x7f))
+            dst[o++] = ' ';
+        else
+            memcpy(dst + o, p + i, n), o += n;
+        i += n;
+    }
+    dst[o] = '\0';
+}
+
 static int
 s_check_string(const char *s, const char *field, size_t max, char why[AB_WHY_LEN])
 {
@@ -78,6 +154,11 @@ s_check_string(const char *s, const char *field, size_t max, char why[AB_WHY_LEN
     size_t n = strnlen(s, max + 1);
     if (n > max) {
         snprintf(why, AB_WHY_LEN, "header field '%s' is longer than %zu bytes", field, max);
+        return AB_EMALFORMED;
+    }
+    /* proto3 strings are UTF-8; other clients would refuse what we forward otherwise */
+    if (!ab_utf8_valid(s, n)) {
+        snprintf(why, AB_WHY_LEN, "header field '%s' is not valid UTF-8", field);
         return AB_EMALFORMED;
     }
     return 0;
@@ -135,7 +216,16 @@ ab_wire_decode(ab_wire_decoder_t *self, const void *data, size_t len, ab_header_
         (rc = s_check_string(h->purpose, "purpose", AB_MAX_NAME, why)) ||
         (rc = s_check_string(h->sender, "sender", AB_MAX_NAME, why)))
         return rc;
-    if (h->error && (rc = s_check_string(h->error->text, "error.text", AB_MAX_ERROR_TEXT, why)))
+    if (h->error && ((rc = s_check_string(h->error->text, "error.text", AB_MAX_ERROR_TEXT, why)) ||
+                     (rc = s_check_string(h->error->field, "error.field", AB_MAX_NAME, why))))
+        return rc;
+    for (size_t i = 0; i < h->n_headers; i++)
+        if ((rc = s_check_string(h->headers[i]->key, "headers (key)", AB_MAX_NAME, why)) ||
+            (rc = s_check_string(h->headers[i]->value, "headers (value)", AB_MAX_ERROR_TEXT, why)))
+            return rc;
+    if (h->trace &&
+        ((rc = s_check_string(h->trace->traceparent, "trace.traceparent", AB_MAX_NAME, why)) ||
+         (rc = s_check_string(h->trace->tracestate, "trace.tracestate", AB_MAX_ERROR_TEXT, why))))
         return rc;
     *hdr = h;
     return 0;

@@ -59,6 +59,15 @@ int ab_wire_check_service(const char *name, int allow_whole, char why[AB_WHY_LEN
  */
 int ab_wire_check_participant(const char *addr, char why[AB_WHY_LEN]);
 
+/* Non-zero when the `len` bytes at `s` are valid UTF-8 (no overlong forms, no surrogates). */
+int ab_utf8_valid(const char *s, size_t len);
+
+/*
+ * Copies `src` into `dst` (cap > 0 bytes incl. NUL) as valid UTF-8 without control characters:
+ * invalid bytes become '?', control characters a space, and a sequence is never cut in half.
+ */
+void ab_utf8_sanitize(char *dst, size_t cap, const char *src);
+
 /* Fills `out` with a new UUIDv7 (milliseconds since the epoch, then random bits). */
 void ab_uuid7(uint8_t out[AB_MESSAGE_ID_LEN]);
 

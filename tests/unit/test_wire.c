@@ -174,6 +174,38 @@ test_bad_fields(void **state)
 }
 
 static void
+test_utf8(void **state)
+{
+    (void)state;
+    assert_true(ab_utf8_valid("BMG §34 – Übermittlung", strlen("BMG §34 – Übermittlung")));
+    const char *bad[] = {"\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf5\x80\x80\x80",
+                         "a\xff"
+                         "b"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(ab_utf8_valid(bad[i], strlen(bad[i])));
+    char out[16];
+    ab_utf8_sanitize(out, sizeof out,
+                     "a\xff"
+                     "b\nc\xc3\xa4");
+    assert_string_equal(out, "a?b c\xc3\xa4");
+    ab_utf8_sanitize(out, 4, "ab\xc3\xa4"); /* never cuts a sequence in half */
+    assert_string_equal(out, "ab");
+
+    /* a header whose purpose is not UTF-8 is refused, naming the field */
+    uint8_t buf[256];
+    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+    h.version = 1;
+    h.kind = AMTSBOTE__V1__KIND__KIND_CALL;
+    h.purpose = "BMG \xa7"
+                "34";
+    int n = ab_wire_encode(&h, buf, sizeof buf);
+    ab_header_t *out_h = NULL;
+    char why[AB_WHY_LEN];
+    assert_int_equal(ab_wire_decode(D, buf, (size_t)n, &out_h, why), AB_EMALFORMED);
+    assert_non_null(strstr(why, "'purpose' is not valid UTF-8"));
+}
+
+static void
 test_many_map_entries_fit_arena(void **state)
 {
     (void)state;
@@ -293,6 +325,7 @@ main(void)
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_wrong_version),
         cmocka_unit_test(test_bad_fields),
+        cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_many_map_entries_fit_arena),
         cmocka_unit_test(test_service_names),
         cmocka_unit_test(test_participants),

@@ -175,83 +175,6 @@ s_copy_str(char *dst, size_t cap, const char *src)
     snprintf(dst, cap, "%s", src ? src : "");
 }
 
-/* Length of the valid UTF-8 sequence at s (at most `avail` bytes), or 0 when it is not valid. */
-static size_t
-s_utf8_seq(const unsigned char *s, size_t avail)
-{
-    unsigned char c = s[0];
-    size_t n;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (avail < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return n;
-}
-
-static int
-s_utf8_valid(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t len = strlen(s);
-    for (size_t i = 0; i < len;) {
-        size_t n = s_utf8_seq(p + i, len - i);
-        if (n == 0)
-            return 0;
-        i += n;
-    }
-    return 1;
-}
-
-/*
- * Copies `src` into `dst` (cap > 0 bytes incl. NUL) as valid UTF-8 without control characters:
- * invalid bytes become '?', control characters a space, and a sequence is never cut in half.
- */
-static void
-s_utf8_sanitize(char *dst, size_t cap, const char *src)
-{
-    const unsigned char *p = (const unsigned char *)(src ? src : "");
-    size_t len = strlen((const char *)p), o = 0;
-    for (size_t i = 0; i < len;) {
-        size_t n = s_utf8_seq(p + i, len - i);
-        if (n == 0) {
-            if (o + 1 >= cap)
-                break;
-            dst[o++] = '?';
-            i++;
-            continue;
-        }
-        if (o + n >= cap)
-            break;
-        if (n == 1 && (p[i] < 0x20 || p[i] == 0x7f))
-            dst[o++] = ' ';
-        else
-            memcpy(dst + o, p + i, n), o += n;
-        i += n;
-    }
-    dst[o] = '\0';
-}
-
 /* ---- the pending answers: a hash by seq and a min-heap by expiry -------------------------- */
 
 static void
@@ -435,7 +358,7 @@ s_send_error(ab_client_t *self, const uint8_t *corr, size_t corr_len, int code, 
     ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
     Amtsbote__V1__Error err = AMTSBOTE__V1__ERROR__INIT;
     char clean[AB_MAX_ERROR_TEXT + 1];
-    s_utf8_sanitize(clean, sizeof clean, text);
+    ab_utf8_sanitize(clean, sizeof clean, text);
     err.code = (Amtsbote__V1__ErrorCode)code;
     err.text = clean;
     hdr.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
@@ -880,7 +803,7 @@ ab_client_set_purpose(ab_client_t *self, const char *purpose)
         purpose = "";
     if (strlen(purpose) > AB_MAX_NAME)
         return s_fail(self, AB_EINVAL, "purpose is longer than %d bytes", AB_MAX_NAME);
-    if (!s_utf8_valid(purpose))
+    if (!ab_utf8_valid(purpose, strlen(purpose)))
         return s_fail(self, AB_EINVAL, "purpose is not valid UTF-8");
     s_copy_str(self->purpose, sizeof self->purpose, purpose);
     return 0;
