@@ -26,6 +26,11 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden symbols; everything declared here is its exported API. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define AB_VERSION_MAJOR 0
 #define AB_VERSION_MINOR 1
 #define AB_VERSION_PATCH 0
@@ -212,6 +217,10 @@ int ab_client_run(ab_client_t *self, int timeout_ms);
 
 /* Makes ab_client_run() return. Async-signal-safe. */
 void ab_client_stop(ab_client_t *self);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }
