@@ -633,7 +633,16 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
         s_handle_answer(self, conn, hdr, payload);
         return;
     case AMTSBOTE__V1__KIND__KIND_HEARTBEAT:
-        return;
+        /*
+         * Only providers send heartbeats. One from a connection without offers means the
+         * broker removed them (the provider stalled past the timeout): an unasked HELLO tells
+         * it to offer again.
+         */
+        if (conn->noffers > 0 || self->draining)
+            return;
+        corr = NULL;
+        corr_len = 0;
+        /* fall through */
     case AMTSBOTE__V1__KIND__KIND_HELLO: {
         ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
         h.version = AB_PROTOCOL_VERSION;

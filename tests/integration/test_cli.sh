@@ -113,6 +113,21 @@ expect "no broker there" 3 $? "$work/err" "amtsbote: "
 call call x.v1.Echo/Echo --file /nonexistent/request.bin >"$work/out" 2>"$work/err"
 expect "unreadable request file" 1 $? "$work/err" "/nonexistent/request.bin"
 
+# --- a provider that stalls past the heartbeat timeout offers again when it wakes up
+serve kommune.sleepy x.v1.Sleepy --echo || exit 1
+sleepy=${pids[-1]}
+kill -STOP "$sleepy"
+sleep 1.2
+call --timeout 2000 call x.v1.Sleepy/Ping --data x >"$work/out" 2>"$work/err"
+expect "stalled provider was removed" 4 $? "$work/err" "UNKNOWN_SERVICE"
+kill -CONT "$sleepy"
+back=1
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  sleep 0.3
+  if call --timeout 2000 call x.v1.Sleepy/Ping --data back >"$work/out" 2>/dev/null; then back=0; break; fi
+done
+expect "stalled provider serves again" 0 $back "$work/out" "back"
+
 # --- what is offered
 call services >"$work/out" 2>"$work/err"
 expect "services lists the offers" 0 $? "$work/out" "meldewesen.v1.Melderegister"

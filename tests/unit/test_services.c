@@ -384,6 +384,17 @@ test_provider_missed_heartbeats(void **state)
         call(s, "bund.bmi", "x.v1.S/M", "n", 60000, 3600);
         assert_memory_equal(last()->to.id, "kommune.b", 9);
     }
+    /* a wakes up and sends a heartbeat: an unasked HELLO tells it to offer again */
+    brk_peer_t a = peer("kommune.a");
+    ab_header_t hb = hdr(AMTSBOTE__V1__KIND__KIND_HEARTBEAT, NULL, NULL);
+    brk_services_handle(s, &a, "kommune.a", &hb, NULL, 3700);
+    assert_int_equal(last()->kind, AMTSBOTE__V1__KIND__KIND_HELLO);
+    assert_memory_equal(last()->to.id, "kommune.a", 9);
+    assert_int_equal(last()->corr_len, 0);
+    offer(s, "kommune.a", "x.v1.S/M", 3700);
+    size_t before = F.n;
+    brk_services_handle(s, &a, "kommune.a", &hb, NULL, 3800);
+    assert_int_equal(F.n, before); /* with offers again, heartbeats get no answer */
 }
 
 static void

@@ -539,10 +539,48 @@ s_on_answer(ab_client_t *self, const ab_header_t *hdr, zmq_msg_t *body)
     s_complete(self, p, 0, data, len, NULL);
 }
 
+/*
+ * Tells the broker again who we are (with `hello`) and what we offer, after it forgot: a new
+ * connection after a reconnect, or a stall past the heartbeat timeout. The answers are matched
+ * to nothing and dropped; a refused offer shows as UNKNOWN_SERVICE at the callers.
+ */
+static void
+s_reoffer(ab_client_t *self, int hello)
+{
+    char saved[S_ERRLEN];
+    memcpy(saved, self->last_error, sizeof saved);
+    if (hello) {
+        ab_uuid7(self->hello_id);
+        ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+        hdr.kind = AMTSBOTE__V1__KIND__KIND_HELLO;
+        hdr.message_id.data = self->hello_id;
+        hdr.message_id.len = AB_MESSAGE_ID_LEN;
+        if (s_send(self, &hdr, 0, NULL, 0, NULL) == 0)
+            self->hello_waiting = 1;
+    }
+    for (s_offer_t *o = self->offers; o; o = o->next) {
+        uint8_t corr[S_CORR_LEN];
+        s_put_be64(corr, self->next_seq++);
+        ab_header_t offer = AMTSBOTE__V1__HEADER__INIT;
+        offer.kind = AMTSBOTE__V1__KIND__KIND_OFFER;
+        offer.correlation_id.data = corr;
+        offer.correlation_id.len = sizeof corr;
+        offer.service = o->service;
+        s_send(self, &offer, 0, NULL, 0, NULL);
+    }
+    memcpy(self->last_error, saved, sizeof saved);
+}
+
 /* The broker's HELLO during ab_client_connect(). */
 static void
 s_on_hello(ab_client_t *self, const ab_header_t *hdr)
 {
+    if (hdr->correlation_id.len == 0) {
+        /* unasked: the broker answers a heartbeat so when it knows no offer of ours */
+        if (self->offers)
+            s_reoffer(self, 0);
+        return;
+    }
     if (!self->hello_waiting || hdr->correlation_id.len != AB_MESSAGE_ID_LEN ||
         memcmp(hdr->correlation_id.data, self->hello_id, AB_MESSAGE_ID_LEN) != 0)
         return;
@@ -1344,26 +1382,7 @@ s_check_reconnect(ab_client_t *self)
             reconnected = 1;
     if (!reconnected)
         return;
-    char saved[S_ERRLEN];
-    memcpy(saved, self->last_error, sizeof saved);
-    ab_uuid7(self->hello_id);
-    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
-    hdr.kind = AMTSBOTE__V1__KIND__KIND_HELLO;
-    hdr.message_id.data = self->hello_id;
-    hdr.message_id.len = AB_MESSAGE_ID_LEN;
-    if (s_send(self, &hdr, 0, NULL, 0, NULL) == 0)
-        self->hello_waiting = 1;
-    for (s_offer_t *o = self->offers; o; o = o->next) {
-        uint8_t corr[S_CORR_LEN];
-        s_put_be64(corr, self->next_seq++);
-        ab_header_t offer = AMTSBOTE__V1__HEADER__INIT;
-        offer.kind = AMTSBOTE__V1__KIND__KIND_OFFER;
-        offer.correlation_id.data = corr;
-        offer.correlation_id.len = sizeof corr;
-        offer.service = o->service;
-        s_send(self, &offer, 0, NULL, 0, NULL);
-    }
-    memcpy(self->last_error, saved, sizeof saved);
+    s_reoffer(self, 1);
 }
 
 int
