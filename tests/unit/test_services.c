@@ -50,7 +50,8 @@ fake_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload
     s->to = *to;
     s->kind = hdr->kind;
     s->corr_len = hdr->correlation_id.len;
-    memcpy(s->corr, hdr->correlation_id.data, hdr->correlation_id.len);
+    if (hdr->correlation_id.len)
+        memcpy(s->corr, hdr->correlation_id.data, hdr->correlation_id.len);
     snprintf(s->sender, sizeof s->sender, "%s", hdr->sender ? hdr->sender : "");
     snprintf(s->service, sizeof s->service, "%s", hdr->service ? hdr->service : "");
     if (hdr->error) {
