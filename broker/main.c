@@ -58,7 +58,15 @@ s_on_tick(uv_timer_t *t)
     if (b->stopping > 1)
         return;
     uint64_t wait = brk_services_tick(b->svc, uv_now(b->loop));
+    brk_proto_flush(b->proto);
     uv_timer_start(&b->tick, s_on_tick, wait, 0);
+}
+
+static void
+s_on_peer_gone(void *arg, const brk_peer_t *peer)
+{
+    s_broker_t *b = arg;
+    brk_services_peer_gone(b->svc, peer);
 }
 
 static int
@@ -125,6 +133,7 @@ s_finish(s_broker_t *b)
         brk_services_fail_all(b->svc, AB_EUNAVAILABLE,
                               "the broker stopped before the provider answered");
     }
+    brk_proto_flush(b->proto);
     s_log_stats(b, "stopped");
     uv_timer_stop(&b->tick);
     uv_close((uv_handle_t *)&b->tick, NULL);
@@ -289,6 +298,7 @@ main(int argc, char **argv)
     if (!b.proto || !b.svc || !b.zs)
         goto out;
     brk_proto_set_zsock(b.proto, b.zs);
+    brk_proto_on_gone(b.proto, s_on_peer_gone, &b);
 
     uv_timer_init(b.loop, &b.tick);
     uv_timer_init(b.loop, &b.grace);

@@ -11,11 +11,32 @@
 
 #include "log.h"
 
+/*
+ * Messages handled in one loop turn are answered in one burst at its end (brk_proto_flush):
+ * zmq_send calls back to back let libzmq's I/O thread write them with few system calls, where
+ * sends spread between the handling of each message would wake it once per message.
+ */
+#define OUTBOX_MAX 1024
+#define OUTBOX_BYTES (1024 * 1024)
+
+typedef struct {
+    brk_peer_t to;
+    uint32_t off, len; /* the encoded header in the outbox buffer */
+    int has_payload;
+    zmq_msg_t payload; /* a zmq_msg_copy: shares the buffer, no bytes copied */
+} s_out_t;
+
 struct brk_proto {
     void *router;
     const brk_config_t *cfg;
     brk_zsock_t *zs;
     ab_wire_decoder_t *dec;
+    brk_proto_gone_fn *gone;
+    void *gone_arg;
+    s_out_t *out;
+    size_t nout;
+    uint8_t *buf;
+    size_t used;
     brk_proto_stats_t st;
 };
 
@@ -28,8 +49,10 @@ brk_proto_new(void *router, const brk_config_t *cfg)
     self->router = router;
     self->cfg = cfg;
     self->dec = ab_wire_decoder_new();
-    if (!self->dec) {
-        free(self);
+    self->out = malloc(OUTBOX_MAX * sizeof *self->out);
+    self->buf = malloc(OUTBOX_BYTES);
+    if (!self->dec || !self->out || !self->buf) {
+        brk_proto_destroy(&self);
         return NULL;
     }
     return self;
@@ -40,9 +63,15 @@ brk_proto_destroy(brk_proto_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
-    ab_wire_decoder_destroy(&(*self_p)->dec);
-    free(*self_p);
+    brk_proto_t *self = *self_p;
     *self_p = NULL;
+    for (size_t i = 0; i < self->nout; i++)
+        if (self->out[i].has_payload)
+            zmq_msg_close(&self->out[i].payload);
+    ab_wire_decoder_destroy(&self->dec);
+    free(self->out);
+    free(self->buf);
+    free(self);
 }
 
 void
@@ -51,52 +80,90 @@ brk_proto_set_zsock(brk_proto_t *self, brk_zsock_t *zs)
     self->zs = zs;
 }
 
+void
+brk_proto_on_gone(brk_proto_t *self, brk_proto_gone_fn *fn, void *arg)
+{
+    self->gone = fn;
+    self->gone_arg = arg;
+}
+
+/* Sends one queued message; returns 0, AB_EPROVIDER_GONE or AB_EUNAVAILABLE. */
+static int
+s_send_now(brk_proto_t *self, s_out_t *o)
+{
+    if (zmq_send(self->router, o->to.id, o->to.len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        if (zmq_errno() == EHOSTUNREACH) {
+            self->st.unroutable++;
+            return AB_EPROVIDER_GONE;
+        }
+        self->st.queue_full++;
+        return AB_EUNAVAILABLE;
+    }
+    /* After the routing id is accepted the rest of the message goes out as one. */
+    if (zmq_send(self->router, self->buf + o->off, o->len, o->has_payload ? ZMQ_SNDMORE : 0) < 0)
+        return AB_EUNAVAILABLE;
+    if (o->has_payload) {
+        if (zmq_msg_send(&o->payload, self->router, 0) < 0)
+            return AB_EUNAVAILABLE;
+        o->has_payload = 0; /* sent: zmq owns it now */
+    }
+    self->st.sent++;
+    return 0;
+}
+
+void
+brk_proto_flush(brk_proto_t *self)
+{
+    while (self->nout > 0) {
+        size_t ngone = 0;
+        for (size_t i = 0; i < self->nout; i++) {
+            s_out_t *o = &self->out[i];
+            int rc = s_send_now(self, o);
+            if (o->has_payload)
+                zmq_msg_close(&o->payload);
+            if (rc == AB_EPROVIDER_GONE)
+                self->out[ngone++].to = o->to; /* ngone <= i: that entry is done with */
+        }
+        brk_peer_t *gone = NULL;
+        if (ngone > 0 && (gone = malloc(ngone * sizeof *gone)) != NULL)
+            for (size_t i = 0; i < ngone; i++)
+                gone[i] = self->out[i].to;
+        self->nout = 0;
+        self->used = 0;
+        brk_zsock_kick(self->zs);
+        /* the callback may queue error replies: the loop sends them too */
+        for (size_t i = 0; gone && self->gone && i < ngone; i++)
+            self->gone(self->gone_arg, &gone[i]);
+        free(gone);
+    }
+}
+
 int
 brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload)
 {
     brk_proto_t *self = ctx;
-    uint8_t buf[AB_MAX_HEADER_BYTES];
-    int n = ab_wire_encode(hdr, buf, sizeof buf);
+    if (self->nout == OUTBOX_MAX || OUTBOX_BYTES - self->used < AB_MAX_HEADER_BYTES)
+        brk_proto_flush(self);
+    s_out_t *o = &self->out[self->nout];
+    int n = ab_wire_encode(hdr, self->buf + self->used, AB_MAX_HEADER_BYTES);
     if (n < 0) {
         brk_log(BRK_LOG_ERROR, "event=encode_failed kind=%s", ab_kind_name(hdr->kind));
         return AB_EINTERNAL;
     }
-    int rc = 0;
-    if (zmq_send(self->router, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        if (zmq_errno() == EHOSTUNREACH) {
-            self->st.unroutable++;
-            rc = AB_EPROVIDER_GONE;
-        } else {
-            self->st.queue_full++;
-            rc = AB_EUNAVAILABLE;
-        }
-        goto out;
-    }
-    /* After the routing id is accepted the rest of the message goes out as one. */
-    if (zmq_send(self->router, buf, (size_t)n, payload ? ZMQ_SNDMORE : 0) < 0) {
-        rc = AB_EUNAVAILABLE;
-        goto out;
-    }
+    o->to.len = to->len;
+    memcpy(o->to.id, to->id, to->len);
+    o->off = (uint32_t)self->used;
+    o->len = (uint32_t)n;
+    o->has_payload = payload != NULL;
     if (payload) {
-        zmq_msg_t copy;
-        zmq_msg_init(&copy);
-        zmq_msg_copy(&copy, payload);
-        if (zmq_msg_send(&copy, self->router, 0) < 0) {
-            zmq_msg_close(&copy);
-            rc = AB_EUNAVAILABLE;
-            goto out;
-        }
+        zmq_msg_init(&o->payload);
+        zmq_msg_copy(&o->payload, payload);
     }
-    self->st.sent++;
-out:
-    brk_zsock_kick(self->zs);
-    return rc;
+    self->used += (size_t)n;
+    self->nout++;
+    return 0;
 }
 
-static void s_refuse(brk_proto_t *self, const brk_peer_t *to, const ab_header_t *hdr, int err,
-                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-/* Answers a refused message with `err`, carrying its correlation id when it had one. */
 int
 brk_proto_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const void *data,
                      size_t len)

@@ -4,7 +4,8 @@
  * Owns the broker's side of the wire: it reads one multipart message, checks the frame count,
  * the authenticated identity (ZAP's User-Id), the header and the payload size before anything
  * else sees them, and answers what it refuses with MALFORMED or TOO_LARGE naming the fault.
- * It also sends: a header it encodes and a payload it forwards with zmq_msg_copy.
+ * It also sends: a header it encodes and a payload it forwards with zmq_msg_copy, queued during a
+ * loop turn and sent in one burst at its end.
  */
 #ifndef BRK_PROTO_H
 #define BRK_PROTO_H
@@ -53,10 +54,21 @@ int brk_proto_recv(brk_proto_t *self, brk_envelope_t *env);
 void brk_envelope_close(brk_envelope_t *env);
 
 /*
- * The services' sender: `ctx` is the brk_proto_t, `payload` a zmq_msg_t * (borrowed, copied).
- * Returns 0, AB_EPROVIDER_GONE for a connection that is gone, AB_EUNAVAILABLE for a full queue.
+ * The services' sender: `ctx` is the brk_proto_t, `payload` a zmq_msg_t * (borrowed; shared
+ * with zmq_msg_copy, not copied). The message is queued and goes out with the next
+ * brk_proto_flush(). Returns 0, or AB_EINTERNAL when the header cannot be encoded.
  */
 int brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload);
+
+/*
+ * Sends everything queued, back to back. A message for a connection that is gone is dropped
+ * and reported to the callback set with brk_proto_on_gone().
+ */
+void brk_proto_flush(brk_proto_t *self);
+
+/* Called from brk_proto_flush() for each message whose connection `peer` is gone. */
+typedef void(brk_proto_gone_fn)(void *arg, const brk_peer_t *peer);
+void brk_proto_on_gone(brk_proto_t *self, brk_proto_gone_fn *fn, void *arg);
 
 /* As brk_proto_send(), with a payload of `len` bytes that the broker made itself. */
 int brk_proto_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const void *data,

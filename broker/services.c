@@ -753,6 +753,15 @@ brk_services_new(const brk_config_t *cfg, const brk_services_io_t *io)
 }
 
 void
+brk_services_peer_gone(brk_services_t *self, const brk_peer_t *peer)
+{
+    s_conn_t *conn = NULL;
+    HASH_FIND(hh, self->conns, peer->id, peer->len, conn);
+    if (conn)
+        s_provider_gone(self, conn, "disconnected");
+}
+
+void
 brk_services_drain(brk_services_t *self)
 {
     self->draining = 1;

@@ -74,6 +74,12 @@ void brk_services_handle(brk_services_t *self, const brk_peer_t *from, const cha
  */
 uint64_t brk_services_tick(brk_services_t *self, uint64_t now);
 
+/*
+ * Connection `peer` turned out to be gone (a send to it failed): its offers are removed and its
+ * calls in flight fail with PROVIDER_GONE.
+ */
+void brk_services_peer_gone(brk_services_t *self, const brk_peer_t *peer);
+
 /* From now on new calls and offers get UNAVAILABLE; calls in flight may still finish. */
 void brk_services_drain(brk_services_t *self);
 
