@@ -3,6 +3,8 @@
  */
 #include "wire.h"
 
+#include "codec.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
@@ -13,16 +15,14 @@
 #include <time.h>
 
 /*
- * protobuf-c allocates every string and sub-message separately. A header frame is at most
- * AB_MAX_HEADER_BYTES, so its unpacked form fits a fixed arena that is reset per frame: no
- * malloc per message on the hot path, and a hostile frame can never make us allocate more.
- * The worst case is a frame of empty map entries (2 wire bytes -> one entry struct and one
- * pointer), hence the factor.
+ * A decoded header's strings and sub-messages come from a fixed arena that is reset per frame:
+ * no malloc per message on the hot path, and a hostile frame can never make us allocate more.
+ * A header frame is at most AB_MAX_HEADER_BYTES; the worst case is a frame of empty map entries
+ * (2 wire bytes -> one entry struct, one pointer and two empty strings), hence the factor.
  */
 #define ARENA_BYTES (AB_MAX_HEADER_BYTES * 64)
 
 struct ab_wire_decoder {
-    ProtobufCAllocator alloc;
     ab_header_t *hdr;
     size_t used;
     _Alignas(16) uint8_t arena[ARENA_BYTES];
@@ -40,22 +40,12 @@ s_arena_alloc(void *data, size_t size)
     return p;
 }
 
-static void
-s_arena_free(void *data, void *ptr)
-{
-    (void)data;
-    (void)ptr; /* released all at once by the next decode */
-}
-
 ab_wire_decoder_t *
 ab_wire_decoder_new(void)
 {
     ab_wire_decoder_t *self = malloc(sizeof *self);
     if (!self)
         return NULL;
-    self->alloc.alloc = s_arena_alloc;
-    self->alloc.free = s_arena_free;
-    self->alloc.allocator_data = self;
     self->hdr = NULL;
     self->used = 0;
     return self;
@@ -180,8 +170,8 @@ ab_wire_decode(ab_wire_decoder_t *self, const void *data, size_t len, ab_header_
         return AB_ETOO_LARGE;
     }
     self->used = 0;
-    ab_header_t *h = amtsbote__v1__header__unpack(&self->alloc, len, data);
-    if (!h) {
+    ab_header_t *h = NULL;
+    if (ab_codec_unpack(data, len, s_arena_alloc, self, &h) != 0) {
         snprintf(why, AB_WHY_LEN,
                  "header frame of %zu bytes is not a valid amtsbote.v1.Header (truncated or not "
                  "protobuf)",
@@ -234,10 +224,8 @@ ab_wire_decode(ab_wire_decoder_t *self, const void *data, size_t len, ab_header_
 int
 ab_wire_encode(const ab_header_t *hdr, uint8_t *buf, size_t cap)
 {
-    size_t n = amtsbote__v1__header__get_packed_size(hdr);
-    if (n > cap || n > AB_MAX_HEADER_BYTES)
-        return AB_ETOO_LARGE;
-    return (int)amtsbote__v1__header__pack(hdr, buf);
+    int n = ab_codec_pack(hdr, buf, cap < AB_MAX_HEADER_BYTES ? cap : AB_MAX_HEADER_BYTES);
+    return n < 0 ? AB_ETOO_LARGE : n;
 }
 
 /* An identifier segment: a letter, then letters, digits or '_'. */
