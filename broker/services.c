@@ -504,7 +504,8 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     c->token = ++self->next_token;
     c->started = now;
     c->deadline = now + budget;
-    c->caller = caller->peer;
+    c->caller.len = caller->peer.len;
+    memcpy(c->caller.id, caller->peer.id, caller->peer.len);
     c->corr_len = (uint8_t)corr_len;
     memcpy(c->corr, corr, corr_len);
     size_t slen = strlen(hdr->service); /* checked above: at most AB_MAX_NAME */
