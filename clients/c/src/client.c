@@ -12,6 +12,14 @@
  * Requests, calls and control messages (OFFER, WITHDRAW) are matched by an 8-byte correlation id
  * that counts up per client. Pending answers live in a hash table keyed by that counter and in a
  * min-heap ordered by their expiry, so timeouts cost O(log n) however many calls are in flight.
+ * Timers (expiry, heartbeats) read the kernel's coarse monotonic clock, a few ms behind the precise
+ * one and a fraction of its cost per call; the grace and intervals they serve are far longer.
+ *
+ * Sends made while ab_client_process() dispatches received messages (replies from handlers, calls
+ * from callbacks, heartbeats) are queued and sent back to back when the batch of received messages
+ * is done: zmq_send calls spread between the handling of each message would wake libzmq's I/O
+ * thread once per message, where a burst lets it write many with one system call. Sends from the
+ * application's own code, outside of dispatch, go out at once.
  *
  * The library never logs; every failure leaves a sentence in last_error.
  */
@@ -26,12 +34,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zmq.h>
-
-/* a failed allocation inside uthash must not exit() the application */
-#define HASH_NONFATAL_OOM 1
-#define uthash_nonfatal_oom(elt) ((elt)->oom = 1)
-#include <uthash.h>
 
 #define S_CONNECT_MS 5000    /* ab_client_connect() default */
 #define S_CALL_MS 30000      /* ab_call() default, the broker's default deadline too */
@@ -47,6 +51,10 @@
 #define S_CORR_LEN 8         /* our correlation ids: a big-endian counter */
 #define S_MAX_CORR 64        /* the protocol's limit for a correlation id */
 #define S_ERRLEN (AB_MAX_ERROR_TEXT + 256)
+#define S_OUT_MAX 512           /* messages queued during dispatch before a burst is sent */
+#define S_OUT_BYTES (64 * 1024) /* bytes of encoded headers queued, likewise */
+#define S_FREE_PENDING_MAX 256  /* spare pending entries kept for reuse */
+#define S_FREE_REQUESTS_MAX 64  /* spare requests kept for reuse */
 #define S_MONITOR_EP "inproc://amtsbote-client-monitor"
 
 /* Where a blocking caller waits for its answer; lives on that caller's stack. */
@@ -69,9 +77,8 @@ typedef struct s_pending {
     s_sync_t *sync;
     uint32_t wait_ms; /* for the timeout's text */
     int kind;         /* the Kind we sent */
-    int oom;
-    UT_hash_handle hh;
-    char service[]; /* for error texts */
+    struct s_pending *next_free;
+    char service[AB_MAX_NAME + 1]; /* for error texts */
 } s_pending_t;
 
 typedef struct s_offer {
@@ -83,17 +90,39 @@ typedef struct s_offer {
 } s_offer_t;
 
 struct ab_request {
-    ab_client_t *client; /* NULL once the client is gone */
-    ab_request_t *prev, *next;
+    ab_client_t *client;       /* NULL once the client is gone */
+    ab_request_t *prev, *next; /* in the client's list, or its free list (next only) */
     uint64_t deadline_at;
     zmq_msg_t payload;
     size_t corr_len;
     uint8_t corr[S_MAX_CORR];
-    char message_id[2 * AB_MESSAGE_ID_LEN + 1];
+    int has_id;                                 /* the CALL carried a message id */
+    uint8_t id[AB_MESSAGE_ID_LEN];              /* ... which is this */
+    char message_id[2 * AB_MESSAGE_ID_LEN + 1]; /* its hex, written when first asked for */
     char caller[AB_MAX_NAME + 1];
     char purpose[AB_MAX_NAME + 1];
     char method[AB_MAX_NAME + 1];
 };
+
+/* A slot of the pending entries' table. */
+typedef struct {
+    uint64_t seq;
+    s_pending_t *p; /* NULL: free */
+} s_slot_t;
+
+/* A message queued during dispatch: its encoded header in out_buf and its payload frame. */
+typedef struct {
+    uint32_t off, len;
+    int has_payload;
+    uint64_t seq; /* the pending entry of a queued CALL, 0 for anything else */
+    zmq_msg_t payload;
+} s_out_t;
+
+/* A queued CALL that could not be sent, and the zmq errno of the failure. */
+typedef struct {
+    uint64_t seq;
+    int err;
+} s_failed_t;
 
 struct ab_client {
     void *ctx;
@@ -113,8 +142,9 @@ struct ab_client {
     /* the HELLO exchange during ab_client_connect() */
     uint8_t hello_id[AB_MESSAGE_ID_LEN];
     int hello_waiting;
-    int hello_status;     /* 1: HELLO arrived, < 0: the broker answered with an error */
-    s_pending_t *pending; /* uthash head */
+    int hello_status; /* 1: HELLO arrived, < 0: the broker answered with an error */
+    s_slot_t *table;  /* the pending entries by seq: open addressing, at most half full */
+    size_t table_cap, table_len;
     s_pending_t **heap;
     size_t heap_len, heap_cap;
     size_t n_async;
@@ -122,6 +152,18 @@ struct ab_client {
     ab_request_t *requests;
     volatile sig_atomic_t stop;
     char last_error[S_ERRLEN];
+    /* sends queued during dispatch (see the top of this file) */
+    int dispatching;  /* depth of ab_client_process() calls running */
+    int no_queue;     /* callbacks of failed queued calls run: their sends go out at once */
+    s_out_t *out;     /* S_OUT_MAX entries, allocated at the first queued send */
+    uint8_t *out_buf; /* S_OUT_BYTES of encoded headers */
+    size_t nout, out_used;
+    s_failed_t *failed; /* queued calls whose send failed, completed at the end of the batch */
+    size_t nfailed, failed_cap;
+    s_pending_t *free_pending;
+    size_t nfree_pending;
+    ab_request_t *free_requests;
+    size_t nfree_requests;
     uint8_t buf[AB_MAX_HEADER_BYTES];
 };
 
@@ -169,13 +211,148 @@ s_get_be64(const uint8_t in[8])
     return v;
 }
 
+/*
+ * Monotonic milliseconds for the client's timers: the coarse clock, at most a tick (a few ms)
+ * behind ab_now_ms() on the same time base. Not for a request's deadline: a handler that saw it
+ * pass before the broker's own deadline fired would turn the caller's DEADLINE_EXCEEDED into a
+ * PROVIDER_ERROR.
+ */
+static uint64_t
+s_now(void)
+{
+#ifdef CLOCK_MONOTONIC_COARSE
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+#endif
+    return ab_now_ms();
+}
+
+/* Copies at most cap - 1 bytes of `src` (NULL: "") and a NUL; like snprintf "%s", at a copy's cost.
+ */
 static void
 s_copy_str(char *dst, size_t cap, const char *src)
 {
-    snprintf(dst, cap, "%s", src ? src : "");
+    size_t n = src ? strnlen(src, cap - 1) : 0;
+    if (n)
+        memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 /* ---- the pending answers: a hash by seq and a min-heap by expiry -------------------------- */
+
+/* Fibonacci hashing: the counter's consecutive values land far apart, whatever the table size. */
+static size_t
+s_slot_home(const ab_client_t *self, uint64_t seq)
+{
+    return (size_t)((seq * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & (self->table_cap - 1);
+}
+
+/* The slot holding `seq`, or SIZE_MAX. Bounded: the table always has free slots. */
+static size_t
+s_slot_find(const ab_client_t *self, uint64_t seq)
+{
+    if (self->table_len == 0)
+        return SIZE_MAX;
+    size_t mask = self->table_cap - 1;
+    for (size_t i = s_slot_home(self, seq);; i = (i + 1) & mask) {
+        if (!self->table[i].p)
+            return SIZE_MAX;
+        if (self->table[i].seq == seq)
+            return i;
+    }
+}
+
+static s_pending_t *
+s_pending_find(const ab_client_t *self, uint64_t seq)
+{
+    size_t i = s_slot_find(self, seq);
+    return i == SIZE_MAX ? NULL : self->table[i].p;
+}
+
+static void
+s_slot_put(ab_client_t *self, s_pending_t *p)
+{
+    size_t mask = self->table_cap - 1;
+    size_t i = s_slot_home(self, p->seq);
+    while (self->table[i].p)
+        i = (i + 1) & mask;
+    self->table[i].seq = p->seq;
+    self->table[i].p = p;
+    self->table_len++;
+}
+
+/* Makes room for one more entry, keeping the table at most half full. Returns 0 or AB_ENOMEM. */
+static int
+s_table_reserve(ab_client_t *self)
+{
+    if (2 * (self->table_len + 1) <= self->table_cap)
+        return 0;
+    size_t old_cap = self->table_cap;
+    s_slot_t *old = self->table;
+    size_t cap = old_cap ? old_cap * 2 : 64;
+    s_slot_t *table = calloc(cap, sizeof *table);
+    if (!table)
+        return AB_ENOMEM;
+    self->table = table;
+    self->table_cap = cap;
+    self->table_len = 0;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i].p)
+            s_slot_put(self, old[i].p);
+    free(old);
+    return 0;
+}
+
+/* Empties slot `i`, moving later entries of its probe run back so that every find still works. */
+static void
+s_slot_delete(ab_client_t *self, size_t i)
+{
+    size_t mask = self->table_cap - 1;
+    self->table_len--;
+    for (;;) {
+        self->table[i].p = NULL;
+        size_t j = i;
+        for (;;) {
+            j = (j + 1) & mask;
+            if (!self->table[j].p)
+                return;
+            /* the entry at j stays when its home lies cyclically in (i, j] */
+            size_t home = s_slot_home(self, self->table[j].seq);
+            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+                continue;
+            break;
+        }
+        self->table[i] = self->table[j];
+        i = j;
+    }
+}
+
+/* A pending entry from the free list or malloc; fields are set by the caller. NULL: no memory. */
+static s_pending_t *
+s_pending_new(ab_client_t *self)
+{
+    s_pending_t *p = self->free_pending;
+    if (p) {
+        self->free_pending = p->next_free;
+        self->nfree_pending--;
+        return p;
+    }
+    return malloc(sizeof *p);
+}
+
+/* Frees `p` (out of hash and heap), keeping a few for the next calls. */
+static void
+s_pending_release(ab_client_t *self, s_pending_t *p)
+{
+    if (self->nfree_pending >= S_FREE_PENDING_MAX) {
+        free(p);
+        return;
+    }
+    p->next_free = self->free_pending;
+    self->free_pending = p;
+    self->nfree_pending++;
+}
 
 static void
 s_heap_swap(ab_client_t *self, size_t a, size_t b)
@@ -227,10 +404,9 @@ s_pending_add(ab_client_t *self, s_pending_t *p)
         self->heap = heap;
         self->heap_cap = cap;
     }
-    p->oom = 0;
-    HASH_ADD(hh, self->pending, seq, sizeof p->seq, p);
-    if (p->oom)
+    if (s_table_reserve(self) != 0)
         return AB_ENOMEM;
+    s_slot_put(self, p);
     p->heap_idx = self->heap_len;
     self->heap[self->heap_len++] = p;
     s_heap_up(self, p->heap_idx);
@@ -243,7 +419,9 @@ s_pending_add(ab_client_t *self, s_pending_t *p)
 static void
 s_pending_remove(ab_client_t *self, s_pending_t *p)
 {
-    HASH_DEL(self->pending, p);
+    size_t slot = s_slot_find(self, p->seq);
+    if (slot != SIZE_MAX)
+        s_slot_delete(self, slot);
     size_t i = p->heap_idx;
     self->heap_len--;
     if (i != self->heap_len) {
@@ -282,12 +460,12 @@ s_complete(ab_client_t *self, s_pending_t *p, int status, const void *data, size
             snprintf(sync->errtext, sizeof sync->errtext, "%s", text ? text : "");
         }
         sync->done = 1;
-        free(p);
+        s_pending_release(self, p);
         return;
     }
     ab_call_cb *cb = p->cb;
     void *arg = p->arg;
-    free(p);
+    s_pending_release(self, p);
     if (status == 0)
         cb(self, 0, len ? data : "", len, "", arg);
     else
@@ -310,10 +488,146 @@ s_zmq_fail(ab_client_t *self, const char *what)
     return s_fail(self, AB_EIO, "cannot %s: %s", what, zmq_strerror(e));
 }
 
+/* Sets the version and, when unset, a new message id kept in `msgid` until the encode. */
+static void
+s_prepare(ab_header_t *hdr, uint8_t msgid[AB_MESSAGE_ID_LEN])
+{
+    hdr->version = AB_PROTOCOL_VERSION;
+    if (hdr->message_id.len == 0) {
+        ab_uuid7(msgid);
+        hdr->message_id.data = msgid;
+        hdr->message_id.len = AB_MESSAGE_ID_LEN;
+    }
+}
+
+/* Notes a send for the heartbeat timer, which only a client with offers has. */
+static void
+s_sent(ab_client_t *self)
+{
+    if (self->offers)
+        self->last_send_ms = s_now();
+}
+
+/*
+ * Remembers a queued CALL whose send failed. Without memory for that, its pending entry is left
+ * to expire: the callback still runs exactly once, with AB_ETIMEDOUT.
+ */
+static void
+s_note_failed(ab_client_t *self, uint64_t seq, int err)
+{
+    if (self->nfailed == self->failed_cap) {
+        size_t cap = self->failed_cap ? self->failed_cap * 2 : 16;
+        s_failed_t *failed = realloc(self->failed, cap * sizeof *failed);
+        if (!failed)
+            return;
+        self->failed = failed;
+        self->failed_cap = cap;
+    }
+    self->failed[self->nfailed].seq = seq;
+    self->failed[self->nfailed].err = err;
+    self->nfailed++;
+}
+
+/*
+ * Sends the queued messages back to back. A CALL that cannot be sent is noted for
+ * s_complete_failed(), which runs its callback at the end of the batch (not here: this may run
+ * inside a handler's ab_reply()); anything else that fails is dropped with nobody left to tell (a
+ * reply's caller gets the broker's DEADLINE_EXCEEDED). Runs no callbacks.
+ */
+static void
+s_drain(ab_client_t *self)
+{
+    size_t n = self->nout;
+    if (n == 0)
+        return;
+    self->nout = 0;
+    self->out_used = 0;
+    for (size_t i = 0; i < n; i++) {
+        s_out_t *o = &self->out[i];
+        int rc = zmq_send(self->sock, self->out_buf + o->off, o->len,
+                          ZMQ_DONTWAIT | (o->has_payload ? ZMQ_SNDMORE : 0));
+        /* the first frame was accepted, so ZeroMQ accepts the rest of the message */
+        if (rc >= 0 && o->has_payload)
+            rc = zmq_msg_send(&o->payload, self->sock, ZMQ_DONTWAIT);
+        int e = errno;
+        if (o->has_payload)
+            zmq_msg_close(&o->payload); /* empty after a successful send */
+        if (rc < 0 && o->seq)
+            s_note_failed(self, o->seq, e);
+    }
+    self->unsettled = 1;
+    s_sent(self);
+}
+
+/*
+ * Completes the queued calls that s_drain() could not send, with AB_EUNAVAILABLE through their
+ * callbacks. Sends from those callbacks go out at once (and fail at once while the connection is
+ * down), so a callback that calls again on failure cannot keep a batch going.
+ */
+static void
+s_complete_failed(ab_client_t *self)
+{
+    if (self->nfailed == 0)
+        return;
+    /* a callback may drive the client (ab_call) and so come back here: it gets its own list */
+    s_failed_t *list = self->failed;
+    size_t n = self->nfailed, cap = self->failed_cap;
+    self->failed = NULL;
+    self->nfailed = self->failed_cap = 0;
+    self->no_queue++;
+    for (size_t i = 0; i < n; i++) {
+        s_pending_t *p = s_pending_find(self, list[i].seq);
+        if (!p)
+            continue; /* completed meanwhile, e.g. expired inside a nested ab_call() */
+        s_pending_remove(self, p);
+        char what[AB_MAX_NAME + 32];
+        char text[S_ERRLEN];
+        snprintf(what, sizeof what, "send the call to '%s'", p->service);
+        errno = list[i].err;
+        s_zmq_fail(self, what);
+        memcpy(text, self->last_error, sizeof text); /* the callback may change last_error */
+        s_complete(self, p, AB_EUNAVAILABLE, NULL, 0, text);
+    }
+    self->no_queue--;
+    if (!self->failed) {
+        self->failed = list;
+        self->failed_cap = cap;
+    } else {
+        free(list);
+    }
+}
+
+/* Ends a batch: sends what it queued, then fails the calls that could not be sent. */
+static void
+s_flush(ab_client_t *self)
+{
+    s_drain(self);
+    s_complete_failed(self);
+}
+
+/* Drops whatever is still queued (the client is going away). */
+static void
+s_outbox_discard(ab_client_t *self)
+{
+    for (size_t i = 0; i < self->nout; i++)
+        if (self->out[i].has_payload)
+            zmq_msg_close(&self->out[i].payload);
+    self->nout = 0;
+    self->out_used = 0;
+    free(self->out);
+    free(self->out_buf);
+    free(self->failed);
+    self->out = NULL;
+    self->out_buf = NULL;
+    self->failed = NULL;
+    self->nfailed = self->failed_cap = 0;
+}
+
 /*
  * Sends `hdr` (version and, when unset, message_id filled in) and, when `payload` or `data` is
  * given, one payload frame: `payload` is sent without copying (and emptied), else `len` bytes
- * of `data`. Returns 0 or an AB_E* code with last_error set.
+ * of `data`. Messages still queued go first, so the broker sees them in order. Returns 0 or an
+ * AB_E* code with last_error set.
  */
 static int
 s_send(ab_client_t *self, ab_header_t *hdr, int with_payload, const void *data, size_t len,
@@ -323,12 +637,8 @@ s_send(ab_client_t *self, ab_header_t *hdr, int with_payload, const void *data, 
     char what[64];
     if (!self->sock)
         return s_fail(self, AB_ESTATE, "not connected to a broker");
-    hdr->version = AB_PROTOCOL_VERSION;
-    if (hdr->message_id.len == 0) {
-        ab_uuid7(msgid);
-        hdr->message_id.data = msgid;
-        hdr->message_id.len = sizeof msgid;
-    }
+    s_drain(self);
+    s_prepare(hdr, msgid);
     int n = ab_wire_encode(hdr, self->buf, sizeof self->buf);
     if (n < 0)
         return s_fail(self, AB_ETOO_LARGE, "send %s: the header does not fit in %d bytes",
@@ -344,11 +654,63 @@ s_send(ab_client_t *self, ab_header_t *hdr, int with_payload, const void *data, 
         if (rc < 0)
             goto fail;
     }
-    self->last_send_ms = ab_now_ms();
+    s_sent(self);
     return 0;
 fail:
     snprintf(what, sizeof what, "send %s", ab_kind_name((int)hdr->kind));
     return s_zmq_fail(self, what);
+}
+
+/*
+ * Like s_send(), but while ab_client_process() dispatches, the message is queued for the burst at
+ * the end of the batch (`payload` is taken over, `data` copied). `seq` names the pending entry of
+ * a CALL: when its queued send fails, the entry completes with AB_EUNAVAILABLE. Returns 0 or an
+ * AB_E* code with last_error set (and then nothing was queued).
+ */
+static int
+s_post(ab_client_t *self, ab_header_t *hdr, int with_payload, const void *data, size_t len,
+       zmq_msg_t *payload, uint64_t seq)
+{
+    if (!self->dispatching || self->no_queue || !self->sock)
+        return s_send(self, hdr, with_payload, data, len, payload);
+    if (!self->out) {
+        self->out = malloc(S_OUT_MAX * sizeof *self->out);
+        self->out_buf = malloc(S_OUT_BYTES);
+        if (!self->out || !self->out_buf) {
+            free(self->out);
+            free(self->out_buf);
+            self->out = NULL;
+            self->out_buf = NULL;
+            return s_send(self, hdr, with_payload, data, len, payload);
+        }
+    }
+    if (self->nout == S_OUT_MAX || S_OUT_BYTES - self->out_used < AB_MAX_HEADER_BYTES)
+        s_drain(self);
+    uint8_t msgid[AB_MESSAGE_ID_LEN];
+    s_prepare(hdr, msgid);
+    int n = ab_wire_encode(hdr, self->out_buf + self->out_used, AB_MAX_HEADER_BYTES);
+    if (n < 0)
+        return s_fail(self, AB_ETOO_LARGE, "send %s: the header does not fit in %d bytes",
+                      ab_kind_name((int)hdr->kind), AB_MAX_HEADER_BYTES);
+    s_out_t *o = &self->out[self->nout];
+    if (with_payload && payload) {
+        zmq_msg_init(&o->payload);
+        zmq_msg_move(&o->payload, payload);
+    } else if (with_payload) {
+        if (zmq_msg_init_size(&o->payload, len) != 0)
+            return s_fail(self, AB_ENOMEM, "send %s: no memory for a payload of %zu bytes",
+                          ab_kind_name((int)hdr->kind), len);
+        if (len)
+            memcpy(zmq_msg_data(&o->payload), data, len);
+    }
+    o->off = (uint32_t)self->out_used;
+    o->len = (uint32_t)n;
+    o->has_payload = with_payload;
+    o->seq = seq;
+    self->out_used += (size_t)n;
+    self->nout++;
+    self->unsettled = 1;
+    return 0;
 }
 
 /* Answers a broker's CALL (correlation `corr`) with ERROR `code` and `text`. */
@@ -365,32 +727,35 @@ s_send_error(ab_client_t *self, const uint8_t *corr, size_t corr_len, int code, 
     hdr.correlation_id.data = (uint8_t *)corr;
     hdr.correlation_id.len = corr_len;
     hdr.error = &err;
-    return s_send(self, &hdr, 0, NULL, 0, NULL);
+    return s_post(self, &hdr, 0, NULL, 0, NULL, 0);
 }
 
 /*
  * Registers an answer to wait for and sends `kind` for `service` (with the payload for CALL).
- * Exactly one of `cb` and `sync` is set. Returns 0, or an error with nothing registered.
+ * Exactly one of `cb` and `sync` is set. An asynchronous call started during dispatch is queued;
+ * a blocking one goes out at once, since its caller waits for the answer anyway. Returns 0, or an
+ * error with nothing registered.
  */
 static int
 s_start(ab_client_t *self, int kind, const char *service, const void *req, size_t req_len,
         uint32_t deadline_ms, uint32_t wait_ms, ab_call_cb *cb, void *arg, s_sync_t *sync,
         uint64_t *seq_out)
 {
-    size_t slen = strlen(service);
-    s_pending_t *p = calloc(1, sizeof *p + slen + 1);
+    s_pending_t *p = s_pending_new(self);
     if (!p)
         return s_fail(self, AB_ENOMEM, "no memory for a call to '%s'", service);
-    memcpy(p->service, service, slen + 1);
+    s_copy_str(p->service, sizeof p->service, service);
     p->seq = self->next_seq++;
     p->cb = cb;
     p->arg = arg;
     p->sync = sync;
     p->kind = kind;
     p->wait_ms = wait_ms;
-    p->expires_at = ab_now_ms() + wait_ms;
+    p->expires_at = s_now() + wait_ms;
+    p->heap_idx = 0;
+    p->next_free = NULL;
     if (s_pending_add(self, p) != 0) {
-        free(p);
+        s_pending_release(self, p);
         return s_fail(self, AB_ENOMEM, "no memory for a call to '%s'", service);
     }
     uint8_t corr[S_CORR_LEN];
@@ -406,10 +771,11 @@ s_start(ab_client_t *self, int kind, const char *service, const void *req, size_
         if (self->purpose[0])
             hdr.purpose = self->purpose;
     }
-    int rc = s_send(self, &hdr, is_call, req, req_len, NULL);
+    int rc = cb && is_call ? s_post(self, &hdr, 1, req, req_len, NULL, p->seq)
+                           : s_send(self, &hdr, is_call, req, req_len, NULL);
     if (rc != 0) {
         s_pending_remove(self, p);
-        free(p);
+        s_pending_release(self, p);
         return rc;
     }
     if (seq_out)
@@ -448,12 +814,20 @@ s_request_unlink(ab_request_t *req)
     req->prev = req->next = NULL;
 }
 
+/* Frees an answered request; its client, when there still is one, keeps a few for reuse. */
 static void
 s_request_free(ab_request_t *req)
 {
+    ab_client_t *self = req->client;
     s_request_unlink(req);
     zmq_msg_close(&req->payload);
-    free(req);
+    if (!self || self->nfree_requests >= S_FREE_REQUESTS_MAX) {
+        free(req);
+        return;
+    }
+    req->next = self->free_requests;
+    self->free_requests = req;
+    self->nfree_requests++;
 }
 
 /* A CALL from the broker for one of our offers. */
@@ -472,17 +846,24 @@ s_on_call(ab_client_t *self, const ab_header_t *hdr, zmq_msg_t *body)
                      AMTSBOTE__V1__ERROR_CODE__UNKNOWN_SERVICE, text);
         return;
     }
-    ab_request_t *req = calloc(1, sizeof *req);
-    if (!req) {
+    /* a request is about 1 KiB: reused, not calloc'd, and every field set below */
+    ab_request_t *req = self->free_requests;
+    if (req) {
+        self->free_requests = req->next;
+        self->nfree_requests--;
+    } else if (!(req = malloc(sizeof *req))) {
         s_send_error(self, hdr->correlation_id.data, hdr->correlation_id.len,
                      AMTSBOTE__V1__ERROR_CODE__INTERNAL, "provider is out of memory");
         return;
     }
     req->client = self;
-    req->corr_len = hdr->correlation_id.len;
+    req->prev = NULL;
+    req->corr_len = hdr->correlation_id.len; /* at most 64 bytes, checked by the decoder */
     memcpy(req->corr, hdr->correlation_id.data, req->corr_len);
-    if (hdr->message_id.len == AB_MESSAGE_ID_LEN)
-        ab_hex(hdr->message_id.data, AB_MESSAGE_ID_LEN, req->message_id);
+    req->has_id = hdr->message_id.len == AB_MESSAGE_ID_LEN;
+    if (req->has_id)
+        memcpy(req->id, hdr->message_id.data, AB_MESSAGE_ID_LEN);
+    req->message_id[0] = '\0';
     s_copy_str(req->caller, sizeof req->caller, hdr->sender);
     s_copy_str(req->purpose, sizeof req->purpose, hdr->purpose);
     s_copy_str(req->method, sizeof req->method, method);
@@ -516,8 +897,7 @@ s_on_answer(ab_client_t *self, const ab_header_t *hdr, zmq_msg_t *body)
     if (hdr->correlation_id.len != S_CORR_LEN)
         return; /* not an answer to anything of ours */
     uint64_t seq = s_get_be64(hdr->correlation_id.data);
-    s_pending_t *p = NULL;
-    HASH_FIND(hh, self->pending, &seq, sizeof seq, p);
+    s_pending_t *p = s_pending_find(self, seq);
     if (!p)
         return; /* late, after our own timeout */
     s_pending_remove(self, p);
@@ -657,9 +1037,8 @@ s_recv_one(ab_client_t *self)
 /* ---- timers ------------------------------------------------------------------------------- */
 
 static void
-s_expire(ab_client_t *self)
+s_expire(ab_client_t *self, uint64_t now)
 {
-    uint64_t now = ab_now_ms();
     /* bounded: every round removes one entry, and entries added meanwhile expire later */
     size_t rounds = self->heap_len;
     while (rounds-- > 0 && self->heap_len > 0 && self->heap[0]->expires_at <= now) {
@@ -679,11 +1058,11 @@ s_expire(ab_client_t *self)
 }
 
 static void
-s_heartbeat(ab_client_t *self)
+s_heartbeat(ab_client_t *self, uint64_t now)
 {
     if (!self->offers || !self->connected)
         return;
-    if (ab_now_ms() - self->last_send_ms < self->heartbeat_ms)
+    if (now - self->last_send_ms < self->heartbeat_ms)
         return;
     ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
     hdr.kind = AMTSBOTE__V1__KIND__KIND_HEARTBEAT;
@@ -693,10 +1072,10 @@ s_heartbeat(ab_client_t *self)
      */
     char saved[S_ERRLEN];
     memcpy(saved, self->last_error, sizeof saved);
-    if (s_send(self, &hdr, 0, NULL, 0, NULL) != 0) {
+    if (s_post(self, &hdr, 0, NULL, 0, NULL, 0) != 0)
         memcpy(self->last_error, saved, sizeof saved);
-        self->last_send_ms = ab_now_ms();
-    }
+    /* queued, sent or failed: the next one is due an interval from now */
+    self->last_send_ms = now;
 }
 
 /* Waits until `sync` is done: drives the client and polls its fd. Bounded by the entry's expiry. */
@@ -706,11 +1085,10 @@ s_wait(ab_client_t *self, uint64_t seq, s_sync_t *sync)
     while (!sync->done) {
         int rc = ab_client_process(self);
         if (rc < 0 || self->closing) {
-            s_pending_t *p = NULL;
-            HASH_FIND(hh, self->pending, &seq, sizeof seq, p);
+            s_pending_t *p = s_pending_find(self, seq);
             if (p) {
                 s_pending_remove(self, p);
-                free(p);
+                s_pending_release(self, p);
             }
             return rc < 0 ? rc : s_fail(self, AB_EUNAVAILABLE, "the client is closing");
         }
@@ -811,9 +1189,21 @@ ab_client_destroy(ab_client_t **self_p)
         self->offers = o->next;
         free(o);
     }
+    s_outbox_discard(self); /* empty: only a batch queues, and it sends before it returns */
+    while (self->free_pending) {
+        s_pending_t *p = self->free_pending;
+        self->free_pending = p->next_free;
+        free(p);
+    }
+    while (self->free_requests) {
+        ab_request_t *req = self->free_requests;
+        self->free_requests = req->next;
+        free(req);
+    }
     s_close_sockets(self, self->mon, S_LINGER_MS);
     self->mon = NULL;
     ab_wire_decoder_destroy(&self->dec);
+    free(self->table);
     free(self->heap);
     free(self);
 }
@@ -1062,7 +1452,7 @@ ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
         return rc;
     }
     self->connected = 1;
-    self->last_send_ms = ab_now_ms();
+    self->last_send_ms = s_now();
     return 0;
 
 fail:
@@ -1290,7 +1680,14 @@ ab_request_purpose(const ab_request_t *req)
 const char *
 ab_request_message_id(const ab_request_t *req)
 {
-    return req ? req->message_id : "";
+    if (!req)
+        return "";
+    if (req->has_id && !req->message_id[0]) {
+        /* few handlers ask; the request is the library's own malloc'd, never const, object */
+        ab_request_t *mut = (ab_request_t *)req;
+        ab_hex(req->id, AB_MESSAGE_ID_LEN, mut->message_id);
+    }
+    return req->message_id;
 }
 
 int
@@ -1327,9 +1724,9 @@ ab_reply(ab_request_t **req_p, const void *data, size_t len)
     hdr.correlation_id.len = req->corr_len;
     int rc;
     if (len && data == zmq_msg_data(&req->payload) && len == zmq_msg_size(&req->payload))
-        rc = s_send(self, &hdr, 1, NULL, 0, &req->payload); /* an echo: no copy */
+        rc = s_post(self, &hdr, 1, NULL, 0, &req->payload, 0); /* an echo: no copy */
     else
-        rc = s_send(self, &hdr, 1, data, len, NULL);
+        rc = s_post(self, &hdr, 1, data, len, NULL, 0);
     s_request_free(req);
     return rc;
 }
@@ -1367,13 +1764,12 @@ ab_client_fd(const ab_client_t *self)
  * nothing and dropped; a refused offer shows as UNKNOWN_SERVICE at the callers.
  */
 static void
-s_check_reconnect(ab_client_t *self)
+s_check_reconnect(ab_client_t *self, uint64_t now)
 {
     uint16_t ev = 0;
     uint32_t value = 0;
     int reconnected = 0;
     /* each look costs system calls; a reconnect noticed within S_MONITOR_MS is soon enough */
-    uint64_t now = ab_now_ms();
     if (now < self->next_monitor_ms)
         return;
     self->next_monitor_ms = now + S_MONITOR_MS;
@@ -1392,21 +1788,39 @@ ab_client_process(ab_client_t *self)
         return AB_EINVAL;
     if (!self->connected)
         return s_fail(self, AB_ESTATE, "not connected to a broker");
-    s_expire(self);
-    s_check_reconnect(self);
-    s_heartbeat(self);
+    uint64_t now = s_now();
+    int rc = 1;
+    self->dispatching++;
+    s_expire(self, now);
+    s_check_reconnect(self, now);
+    s_heartbeat(self, now);
     /*
      * ZMQ_FD is edge-triggered: stop only when a receive says nothing is left, which also
-     * re-arms the fd after the sends done by handlers and heartbeats.
+     * re-arms the fd after the sends done by handlers and heartbeats. So when the batch is over,
+     * its queued sends go out and one more receive follows them; a message that came in
+     * meanwhile starts the next batch.
      */
     for (int i = 0; i < S_BUDGET; i++) {
-        int rc = s_recv_one(self);
-        if (rc < 0)
-            return rc;
-        if (rc == 0 || !self->connected)
-            return 0;
+        int got = s_recv_one(self);
+        if (got < 0) {
+            rc = got;
+            break;
+        }
+        if (!self->connected) {
+            rc = 0;
+            break;
+        }
+        if (got == 0) {
+            if (self->nout == 0 && self->nfailed == 0) {
+                rc = 0;
+                break;
+            }
+            s_flush(self);
+        }
     }
-    return 1;
+    self->dispatching--;
+    s_flush(self); /* after the budget or an error: sent now, and `unsettled` stays set */
+    return rc;
 }
 
 int
@@ -1420,7 +1834,7 @@ ab_client_next_timeout(const ab_client_t *self)
      */
     if (self->unsettled)
         return 0;
-    uint64_t now = ab_now_ms();
+    uint64_t now = s_now();
     int64_t best = -1;
     if (self->heap_len > 0) {
         uint64_t at = self->heap[0]->expires_at;
