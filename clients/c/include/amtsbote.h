@@ -141,8 +141,9 @@ typedef void(ab_call_cb)(ab_client_t *client, int status, const void *reply, siz
 
 /*
  * Starts a call and returns at once. `cb` runs later from ab_client_process() (or from within
- * ab_call()/ab_client_run()) exactly once. Returns an error (and never runs `cb`) when the call
- * could not be sent.
+ * ab_call()/ab_client_run()) exactly once. Called from your own code, it returns an error (and
+ * never runs `cb`) when the call could not be sent. Called from a callback or handler, the call
+ * is sent with the rest of that batch, and a failure to send reaches `cb` as AB_EUNAVAILABLE.
  */
 int ab_call_async(ab_client_t *self, const char *service, const void *req, size_t req_len,
                   int timeout_ms, ab_call_cb *cb, void *arg);
@@ -180,8 +181,10 @@ const char *ab_request_message_id(const ab_request_t *req); /* 32 hex digits */
 int ab_request_remaining_ms(const ab_request_t *req);
 
 /*
- * Answers a request with `len` bytes and frees it; *req_p is set to NULL. Returns an error when
- * the answer could not be sent (the request is freed all the same).
+ * Answers a request with `len` bytes and frees it; *req_p is set to NULL. Called from your own
+ * code, it returns an error when the answer could not be sent (the request is freed all the
+ * same). Called from a handler, the answer goes out with the rest of that batch; if that fails
+ * the caller's deadline ends the call.
  */
 int ab_reply(ab_request_t **req_p, const void *data, size_t len);
 
