@@ -9,6 +9,7 @@
 #include <string.h>
 #include <uthash.h>
 
+#include "heap.h"
 #include "log.h"
 
 #define MAX_OFFERS_PER_CONN 256
@@ -40,9 +41,8 @@ struct s_service {
 
 struct s_call {
     uint64_t token;
-    uint64_t deadline;
+    ab_heap_node_t deadline; /* .at: when the call fails DEADLINE_EXCEEDED */
     uint64_t started;
-    size_t heap_idx;
     s_conn_t *provider;
     s_call_t *prev, *next; /* in provider->calls_in */
     s_conn_t *caller_conn; /* never freed while it has calls out */
@@ -62,8 +62,7 @@ struct brk_services {
     s_conn_t *conns;
     s_service_t *services;
     s_call_t *calls;
-    s_call_t **heap;
-    size_t heap_n, heap_cap;
+    ab_heap_t heap;
     uint64_t next_token;
     uint64_t next_sweep;
     int draining;
@@ -102,74 +101,12 @@ s_call_release(brk_services_t *self, s_call_t *c)
     self->nfree++;
 }
 
-/* ---- deadline heap ---------------------------------------------------------------------- */
-
-static void
-s_heap_swap(brk_services_t *self, size_t a, size_t b)
+/* The call with the earliest deadline, or NULL. */
+static s_call_t *
+s_first_call(const brk_services_t *self)
 {
-    s_call_t *t = self->heap[a];
-    self->heap[a] = self->heap[b];
-    self->heap[b] = t;
-    self->heap[a]->heap_idx = a;
-    self->heap[b]->heap_idx = b;
-}
-
-static void
-s_heap_up(brk_services_t *self, size_t i)
-{
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (self->heap[p]->deadline <= self->heap[i]->deadline)
-            break;
-        s_heap_swap(self, i, p);
-        i = p;
-    }
-}
-
-static void
-s_heap_down(brk_services_t *self, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < self->heap_n && self->heap[l]->deadline < self->heap[m]->deadline)
-            m = l;
-        if (r < self->heap_n && self->heap[r]->deadline < self->heap[m]->deadline)
-            m = r;
-        if (m == i)
-            return;
-        s_heap_swap(self, i, m);
-        i = m;
-    }
-}
-
-static int
-s_heap_push(brk_services_t *self, s_call_t *c)
-{
-    if (self->heap_n == self->heap_cap) {
-        size_t cap = self->heap_cap ? self->heap_cap * 2 : 256;
-        s_call_t **h = realloc(self->heap, cap * sizeof *h);
-        if (!h)
-            return AB_ENOMEM;
-        self->heap = h;
-        self->heap_cap = cap;
-    }
-    c->heap_idx = self->heap_n;
-    self->heap[self->heap_n++] = c;
-    s_heap_up(self, c->heap_idx);
-    return 0;
-}
-
-static void
-s_heap_remove(brk_services_t *self, s_call_t *c)
-{
-    size_t i = c->heap_idx;
-    self->heap_n--;
-    if (i != self->heap_n) {
-        self->heap[i] = self->heap[self->heap_n];
-        self->heap[i]->heap_idx = i;
-        s_heap_down(self, i);
-        s_heap_up(self, i);
-    }
+    ab_heap_node_t *n = ab_heap_top(&self->heap);
+    return n ? AB_CONTAINER_OF(n, s_call_t, deadline) : NULL;
 }
 
 /* ---- sending ------------------------------------------------------------------------------ */
@@ -217,7 +154,7 @@ s_send_ack(brk_services_t *self, const brk_peer_t *to, const ab_header_t *req)
 static void
 s_call_free(brk_services_t *self, s_call_t *c)
 {
-    s_heap_remove(self, c);
+    ab_heap_remove(&self->heap, &c->deadline);
     HASH_DEL(self->calls, c);
     if (c->provider) {
         s_conn_t *p = c->provider;
@@ -503,7 +440,7 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     }
     c->token = ++self->next_token;
     c->started = now;
-    c->deadline = now + budget;
+    c->deadline.at = now + budget;
     c->caller.len = caller->peer.len;
     memcpy(c->caller.id, caller->peer.id, caller->peer.len);
     c->corr_len = (uint8_t)corr_len;
@@ -550,7 +487,7 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
         else
             skip = p; /* queue full: try another */
     }
-    if (s_heap_push(self, c) != 0) {
+    if (ab_heap_push(&self->heap, &c->deadline) != 0) {
         /* the provider has the call; without a deadline entry we cannot track it */
         s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
                      "the broker is out of memory");
@@ -708,12 +645,12 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
 uint64_t
 brk_services_tick(brk_services_t *self, uint64_t now)
 {
-    while (self->heap_n > 0 && self->heap[0]->deadline <= now) {
-        s_call_t *c = self->heap[0];
+    s_call_t *c;
+    while ((c = s_first_call(self)) != NULL && c->deadline.at <= now) {
         self->st.deadline_exceeded++;
         s_call_fail(self, c, AB_EDEADLINE,
                     "call to %s exceeded its deadline of %llu ms (provider %s did not answer)",
-                    c->service, (unsigned long long)(c->deadline - c->started),
+                    c->service, (unsigned long long)(c->deadline.at - c->started),
                     c->provider ? c->provider->participant : "-");
     }
     if (now >= self->next_sweep) {
@@ -737,8 +674,8 @@ brk_services_tick(brk_services_t *self, uint64_t now)
         }
     }
     uint64_t next = self->next_sweep;
-    if (self->heap_n > 0 && self->heap[0]->deadline < next)
-        next = self->heap[0]->deadline;
+    if ((c = s_first_call(self)) != NULL && c->deadline.at < next)
+        next = c->deadline.at;
     return next > now ? next - now : 0;
 }
 
@@ -771,24 +708,25 @@ brk_services_drain(brk_services_t *self)
 void
 brk_services_fail_all(brk_services_t *self, int err, const char *text)
 {
-    while (self->heap_n > 0) {
+    s_call_t *c;
+    while ((c = s_first_call(self)) != NULL) {
         if (err == AB_EUNAVAILABLE)
             self->st.unavailable++;
-        s_call_fail(self, self->heap[0], err, "%s (call to %s)", text, self->heap[0]->service);
+        s_call_fail(self, c, err, "%s (call to %s)", text, c->service);
     }
 }
 
 size_t
 brk_services_in_flight(const brk_services_t *self)
 {
-    return self->heap_n;
+    return self->heap.n;
 }
 
 void
 brk_services_stats(const brk_services_t *self, brk_services_stats_t *out)
 {
     *out = self->st;
-    out->in_flight = self->heap_n;
+    out->in_flight = self->heap.n;
     out->connections = HASH_COUNT(self->conns);
     size_t providers = 0;
     for (s_conn_t *c = self->conns; c; c = c->hh.next)
@@ -828,6 +766,6 @@ brk_services_destroy(brk_services_t **self_p)
         self->freelist = c->next;
         free(c);
     }
-    free(self->heap);
+    ab_heap_free(&self->heap);
     free(self);
 }

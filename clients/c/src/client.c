@@ -24,6 +24,7 @@
  * The library never logs; every failure leaves a sentence in last_error.
  */
 #include "amtsbote.h"
+#include "heap.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -70,8 +71,7 @@ typedef struct {
 /* An answer we are waiting for: an async call (cb) or a blocking call or control message (sync). */
 typedef struct s_pending {
     uint64_t seq;
-    uint64_t expires_at;
-    size_t heap_idx;
+    ab_heap_node_t expires; /* .at: when the library gives up waiting */
     ab_call_cb *cb;
     void *arg;
     s_sync_t *sync;
@@ -145,8 +145,7 @@ struct ab_client {
     int hello_status; /* 1: HELLO arrived, < 0: the broker answered with an error */
     s_slot_t *table;  /* the pending entries by seq: open addressing, at most half full */
     size_t table_cap, table_len;
-    s_pending_t **heap;
-    size_t heap_len, heap_cap;
+    ab_heap_t heap;
     size_t n_async;
     s_offer_t *offers;
     ab_request_t *requests;
@@ -354,62 +353,21 @@ s_pending_release(ab_client_t *self, s_pending_t *p)
     self->nfree_pending++;
 }
 
-static void
-s_heap_swap(ab_client_t *self, size_t a, size_t b)
+/* The pending answer that expires first, or NULL. */
+static s_pending_t *
+s_first_pending(const ab_client_t *self)
 {
-    s_pending_t *t = self->heap[a];
-    self->heap[a] = self->heap[b];
-    self->heap[b] = t;
-    self->heap[a]->heap_idx = a;
-    self->heap[b]->heap_idx = b;
-}
-
-static void
-s_heap_up(ab_client_t *self, size_t i)
-{
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (self->heap[parent]->expires_at <= self->heap[i]->expires_at)
-            break;
-        s_heap_swap(self, i, parent);
-        i = parent;
-    }
-}
-
-static void
-s_heap_down(ab_client_t *self, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < self->heap_len && self->heap[l]->expires_at < self->heap[m]->expires_at)
-            m = l;
-        if (r < self->heap_len && self->heap[r]->expires_at < self->heap[m]->expires_at)
-            m = r;
-        if (m == i)
-            return;
-        s_heap_swap(self, i, m);
-        i = m;
-    }
+    ab_heap_node_t *n = ab_heap_top(&self->heap);
+    return n ? AB_CONTAINER_OF(n, s_pending_t, expires) : NULL;
 }
 
 /* Adds `p` to hash and heap. Returns 0 or AB_ENOMEM (and then `p` is in neither). */
 static int
 s_pending_add(ab_client_t *self, s_pending_t *p)
 {
-    if (self->heap_len == self->heap_cap) {
-        size_t cap = self->heap_cap ? self->heap_cap * 2 : 64;
-        s_pending_t **heap = realloc(self->heap, cap * sizeof *heap);
-        if (!heap)
-            return AB_ENOMEM;
-        self->heap = heap;
-        self->heap_cap = cap;
-    }
-    if (s_table_reserve(self) != 0)
+    if (s_table_reserve(self) != 0 || ab_heap_push(&self->heap, &p->expires) != 0)
         return AB_ENOMEM;
     s_slot_put(self, p);
-    p->heap_idx = self->heap_len;
-    self->heap[self->heap_len++] = p;
-    s_heap_up(self, p->heap_idx);
     if (p->cb)
         self->n_async++;
     return 0;
@@ -422,14 +380,7 @@ s_pending_remove(ab_client_t *self, s_pending_t *p)
     size_t slot = s_slot_find(self, p->seq);
     if (slot != SIZE_MAX)
         s_slot_delete(self, slot);
-    size_t i = p->heap_idx;
-    self->heap_len--;
-    if (i != self->heap_len) {
-        self->heap[i] = self->heap[self->heap_len];
-        self->heap[i]->heap_idx = i;
-        s_heap_down(self, i);
-        s_heap_up(self, i);
-    }
+    ab_heap_remove(&self->heap, &p->expires);
     if (p->cb)
         self->n_async--;
 }
@@ -751,8 +702,7 @@ s_start(ab_client_t *self, int kind, const char *service, const void *req, size_
     p->sync = sync;
     p->kind = kind;
     p->wait_ms = wait_ms;
-    p->expires_at = s_now() + wait_ms;
-    p->heap_idx = 0;
+    p->expires.at = s_now() + wait_ms;
     p->next_free = NULL;
     if (s_pending_add(self, p) != 0) {
         s_pending_release(self, p);
@@ -1040,9 +990,9 @@ static void
 s_expire(ab_client_t *self, uint64_t now)
 {
     /* bounded: every round removes one entry, and entries added meanwhile expire later */
-    size_t rounds = self->heap_len;
-    while (rounds-- > 0 && self->heap_len > 0 && self->heap[0]->expires_at <= now) {
-        s_pending_t *p = self->heap[0];
+    size_t rounds = self->heap.n;
+    s_pending_t *p;
+    while (rounds-- > 0 && (p = s_first_pending(self)) != NULL && p->expires.at <= now) {
         s_pending_remove(self, p);
         char text[S_ERRLEN];
         if (p->kind == AMTSBOTE__V1__KIND__KIND_CALL)
@@ -1176,8 +1126,8 @@ ab_client_destroy(ab_client_t **self_p)
         req->prev = req->next = NULL;
     }
     /* bounded: nothing new can be added while closing */
-    while (self->heap_len > 0) {
-        s_pending_t *p = self->heap[self->heap_len - 1];
+    while (self->heap.n > 0) {
+        s_pending_t *p = AB_CONTAINER_OF(self->heap.v[self->heap.n - 1], s_pending_t, expires);
         s_pending_remove(self, p);
         char text[S_ERRLEN];
         snprintf(text, sizeof text, "the client was closed with the call to '%s' in flight",
@@ -1204,7 +1154,7 @@ ab_client_destroy(ab_client_t **self_p)
     self->mon = NULL;
     ab_wire_decoder_destroy(&self->dec);
     free(self->table);
-    free(self->heap);
+    ab_heap_free(&self->heap);
     free(self);
 }
 
@@ -1836,8 +1786,9 @@ ab_client_next_timeout(const ab_client_t *self)
         return 0;
     uint64_t now = s_now();
     int64_t best = -1;
-    if (self->heap_len > 0) {
-        uint64_t at = self->heap[0]->expires_at;
+    const s_pending_t *first = s_first_pending(self);
+    if (first) {
+        uint64_t at = first->expires.at;
         best = at > now ? (int64_t)(at - now) : 0;
     }
     if (self->offers) {
