@@ -23,7 +23,7 @@ typedef struct {
     brk_peer_t to;
     uint32_t off, len; /* the encoded header in the outbox buffer */
     int has_payload;
-    zmq_msg_t payload; /* a zmq_msg_copy: shares the buffer, no bytes copied */
+    zmq_msg_t payload; /* moved from the received message: no bytes copied */
 } s_out_t;
 
 struct brk_proto {
@@ -157,7 +157,7 @@ brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *pa
     o->has_payload = payload != NULL;
     if (payload) {
         zmq_msg_init(&o->payload);
-        zmq_msg_copy(&o->payload, payload);
+        zmq_msg_move(&o->payload, payload); /* forwarded once: move, not even a refcount */
     }
     self->used += (size_t)n;
     self->nout++;

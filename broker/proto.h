@@ -4,8 +4,8 @@
  * Owns the broker's side of the wire: it reads one multipart message, checks the frame count,
  * the authenticated identity (ZAP's User-Id), the header and the payload size before anything
  * else sees them, and answers what it refuses with MALFORMED or TOO_LARGE naming the fault.
- * It also sends: a header it encodes and a payload it forwards with zmq_msg_copy, queued during a
- * loop turn and sent in one burst at its end.
+ * It also sends: a header it encodes and a payload it forwards by moving the received message,
+ * queued during a loop turn and sent in one burst at its end.
  */
 #ifndef BRK_PROTO_H
 #define BRK_PROTO_H
@@ -54,9 +54,10 @@ int brk_proto_recv(brk_proto_t *self, brk_envelope_t *env);
 void brk_envelope_close(brk_envelope_t *env);
 
 /*
- * The services' sender: `ctx` is the brk_proto_t, `payload` a zmq_msg_t * (borrowed; shared
- * with zmq_msg_copy, not copied). The message is queued and goes out with the next
- * brk_proto_flush(). Returns 0, or AB_EINTERNAL when the header cannot be encoded.
+ * The services' sender: `ctx` is the brk_proto_t, `payload` a zmq_msg_t * whose content is
+ * moved into the queue (it is left empty; nothing is copied). The message goes out with the
+ * next brk_proto_flush(). Returns 0, or AB_EINTERNAL when the header cannot be encoded (and
+ * then `payload` is untouched).
  */
 int brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload);
 

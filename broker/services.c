@@ -189,11 +189,44 @@ s_call_fail(brk_services_t *self, s_call_t *c, int err, const char *fmt, ...)
 
 /* ---- connections and offers --------------------------------------------------------------- */
 
+static void s_provider_gone(brk_services_t *self, s_conn_t *conn, const char *why);
+static void s_call_free(brk_services_t *self, s_call_t *c);
+
+/*
+ * Forgets `conn` entirely: its offers, the calls in flight to it (PROVIDER_GONE) and the calls
+ * it made (their answers would otherwise go to whoever has its routing id now).
+ */
+static void
+s_conn_forget(brk_services_t *self, s_conn_t *conn, const char *why)
+{
+    s_provider_gone(self, conn, why);
+    if (conn->calls_out > 0) {
+        s_call_t *c, *tmp;
+        HASH_ITER(hh, self->calls, c, tmp)
+        {
+            if (c->caller_conn == conn)
+                s_call_free(self, c); /* the provider's answer will be dropped as late */
+        }
+    }
+    HASH_DEL(self->conns, conn);
+    free(conn->offers);
+    free(conn);
+}
+
 static s_conn_t *
 s_conn_get(brk_services_t *self, const brk_peer_t *peer, const char *participant, uint64_t now)
 {
     s_conn_t *c = NULL;
     HASH_FIND(hh, self->conns, peer->id, peer->len, c);
+    if (c && strcmp(c->participant, participant) != 0) {
+        /*
+         * A client may choose its routing id; after a connection closes, another participant
+         * can connect with the same one. It must not inherit anything of the first.
+         */
+        brk_log(BRK_LOG_WARN, "event=routing_id_reused old=%s new=%s", c->participant, participant);
+        s_conn_forget(self, c, "was replaced by another participant's connection");
+        c = NULL;
+    }
     if (!c) {
         c = calloc(1, sizeof *c);
         if (!c)

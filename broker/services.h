@@ -28,9 +28,9 @@ typedef struct brk_peer {
 
 typedef struct brk_services_io {
     /*
-     * Sends `hdr`, and `payload` when not NULL (borrowed: the sender copies it), to `to`.
-     * Returns 0, AB_EPROVIDER_GONE when that connection no longer exists, or AB_EUNAVAILABLE
-     * when its queue is full.
+     * Sends `hdr`, and `payload` when not NULL (its content is taken: the services forward a
+     * payload at most once), to `to`. Returns 0, AB_EPROVIDER_GONE when that connection no
+     * longer exists, or AB_EUNAVAILABLE when its queue is full; on an error `payload` is kept.
      */
     int (*send)(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload);
     /* Sends `hdr` and a payload of `len` bytes made by the broker itself; returns as send. */
@@ -63,7 +63,8 @@ void brk_services_destroy(brk_services_t **self_p);
 
 /*
  * Handles one decoded message from connection `from`, authenticated as `participant`.
- * `payload` (borrowed, may be NULL) is handed to io->send when forwarded. `now` is in ms.
+ * `payload` (may be NULL) is handed to io->send when forwarded, which may take its content;
+ * the caller still closes it. `now` is in ms.
  */
 void brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *participant,
                          const ab_header_t *hdr, void *payload, uint64_t now);

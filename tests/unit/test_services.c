@@ -543,6 +543,33 @@ test_list_services(void **state)
     assert_non_null(strstr(last()->err_text, "broker's own service"));
 }
 
+static void
+test_reused_routing_id_inherits_nothing(void **state)
+{
+    brk_services_t *s = *state;
+    offer(s, "kommune.prov", "x.v1.S/M", 0);
+    /* connection "conn1" is kommune.a: it offers y.v1.T and calls x.v1.S/M */
+    brk_peer_t p = peer("conn1");
+    ab_header_t o = hdr(AMTSBOTE__V1__KIND__KIND_OFFER, "y.v1.T", "o");
+    brk_services_handle(s, &p, "kommune.a", &o, NULL, 0);
+    ab_header_t c = hdr(AMTSBOTE__V1__KIND__KIND_CALL, "x.v1.S/M", "c1");
+    int payload = 1;
+    brk_services_handle(s, &p, "kommune.a", &c, &payload, 0);
+    sent_t fwd = *last();
+    assert_string_equal(fwd.sender, "kommune.a");
+    /* the same routing id now belongs to another participant's connection */
+    ab_header_t hb = hdr(AMTSBOTE__V1__KIND__KIND_CALL, "x.v1.S/M", "c2");
+    brk_services_handle(s, &p, "kommune.evil", &hb, &payload, 1);
+    assert_string_equal(last()->sender, "kommune.evil"); /* stamped with who it is now */
+    /* the answer to kommune.a's call does not reach the new connection */
+    size_t before = F.n;
+    answer(s, "kommune.prov", &fwd, AMTSBOTE__V1__KIND__KIND_REPLY, 2);
+    assert_int_equal(F.n, before);
+    /* and kommune.a's offer is gone */
+    call(s, "bund.bmi", "y.v1.T/M", "c3", 0, 3);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__UNKNOWN_SERVICE);
+}
+
 int
 main(void)
 {
@@ -567,6 +594,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_max_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsupported_kind, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_services, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reused_routing_id_inherits_nothing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
