@@ -77,10 +77,18 @@ code=$?
 set -e
 echo "    exit code $code: $(cat "$work/err.txt")"
 
+echo "==> what the broker offers now (amtsbote services)"
+build/amtsbote --broker "$uri" --as bund.bmi services | sed 's/^/    /'
+
 if [ -x build/bench/bench_calls ]; then
-  echo "==> a short measurement through the broker (echo provider, 100 B payloads)"
-  build/bench/bench_calls --mode amtsbote --broker "$uri" --latency --size 100 --seconds 1 | sed 's/^/    /'
-  build/bench/bench_calls --mode amtsbote --broker "$uri" --inflight 100 --size 100 --seconds 1 | sed 's/^/    /'
+  echo "==> a short measurement through the broker (an echo provider, 100 B payloads, 1 s each)"
+  # fields of bench_calls' result line, by name
+  field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
+  lat=$(build/bench/bench_calls --mode amtsbote --broker "$uri" --latency --size 100 --seconds 1 | grep '^result')
+  echo "    latency, 1 call in flight:   p50 $(echo "$lat" | field p50_us) µs, p99 $(echo "$lat" | field p99_us) µs"
+  thr=$(build/bench/bench_calls --mode amtsbote --broker "$uri" --inflight 100 --size 100 --seconds 1 | grep '^result')
+  echo "    throughput, 100 in flight:   $(echo "$thr" | field calls_per_s) calls/s ($(echo "$thr" | field errors) errors)"
+  echo "    (bench/run.sh compares these with raw ZeroMQ on this machine)"
 fi
 
 echo "==> what the broker logged (metadata only, never payloads)"
