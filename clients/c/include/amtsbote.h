@@ -129,8 +129,8 @@ const char *ab_client_participant(const ab_client_t *self);
  * gives a non-NULL pointer and length 0. On failure *reply is NULL and the return value says why.
  * While it waits the client also serves calls to its own offers.
  */
-int ab_call(ab_client_t *self, const char *service, const void *req, size_t req_len,
-            int timeout_ms, void **reply, size_t *reply_len);
+int ab_call(ab_client_t *self, const char *service, const void *req, size_t req_len, int timeout_ms,
+            void **reply, size_t *reply_len);
 
 /*
  * Called once for every asynchronous call: `status` is 0 or an AB_E* code; `reply` and
@@ -173,9 +173,9 @@ int ab_withdraw(ab_client_t *self, const char *service);
 
 /* Accessors for a request; everything returned is borrowed until the request is answered. */
 const void *ab_request_payload(const ab_request_t *req, size_t *len);
-const char *ab_request_method(const ab_request_t *req);  /* "package.Service/Method" */
-const char *ab_request_caller(const ab_request_t *req);  /* authenticated participant */
-const char *ab_request_purpose(const ab_request_t *req); /* "" when none was given */
+const char *ab_request_method(const ab_request_t *req);     /* "package.Service/Method" */
+const char *ab_request_caller(const ab_request_t *req);     /* authenticated participant */
+const char *ab_request_purpose(const ab_request_t *req);    /* "" when none was given */
 const char *ab_request_message_id(const ab_request_t *req); /* 32 hex digits */
 /* Milliseconds left before the caller's deadline (0 when it has passed). */
 int ab_request_remaining_ms(const ab_request_t *req);
