@@ -4,8 +4,8 @@
  * Start: config -> data directory lock -> ZeroMQ context -> ZAP handler (before any listener)
  * -> ROUTER with PLAIN + ZAP -> listeners -> "ready" on stdout. Stop (SIGINT/SIGTERM): refuse
  * new connections in the ZAP handler (zmq_unbind would drop the connected ones too), refuse
- * new calls, let calls in flight finish for shutdown_grace_ms, answer the
- * rest UNAVAILABLE, flush, exit 0. A second signal skips the grace period.
+ * new calls, let calls in flight finish for shutdown_grace_ms, answer the rest UNAVAILABLE,
+ * flush, exit 0. A second signal skips the grace period.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,8 +41,6 @@ typedef struct {
     uv_timer_t tick;
     uv_timer_t grace;
     uv_signal_t sig[3];
-    char endpoints[BRK_MAX_LISTEN][256];
-    size_t nendpoints;
     int lock_fd;
     int stopping;
     uint64_t stop_started;
@@ -247,11 +245,13 @@ s_open_router(s_broker_t *b)
                     zmq_strerror(zmq_errno()));
             return -1;
         }
-        size_t len = sizeof b->endpoints[0];
-        zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, b->endpoints[b->nendpoints], &len);
-        printf("listening on %s\n", b->endpoints[b->nendpoints]);
-        brk_log(BRK_LOG_INFO, "event=listening uri=%s", b->endpoints[b->nendpoints]);
-        b->nendpoints++;
+        /* the endpoint as bound: a port of '*' is the one the system picked */
+        char bound[256];
+        size_t len = sizeof bound;
+        if (zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, bound, &len) != 0)
+            snprintf(bound, sizeof bound, "%s", uri);
+        printf("listening on %s\n", bound);
+        brk_log(BRK_LOG_INFO, "event=listening uri=%s", bound);
     }
     return 0;
 }
