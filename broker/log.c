@@ -66,3 +66,23 @@ brk_log(int level, const char *fmt, ...)
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
     (void)w;
 }
+
+int
+brk_log_allow(brk_ratelimit_t *rl, uint64_t *suppressed)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t second = (uint64_t)ts.tv_sec;
+    if (second != rl->window) {
+        rl->window = second;
+        rl->count = 0;
+    }
+    if (rl->count >= BRK_LOG_BURST) {
+        rl->suppressed++;
+        return 0;
+    }
+    rl->count++;
+    *suppressed = rl->suppressed;
+    rl->suppressed = 0;
+    return 1;
+}

@@ -37,6 +37,7 @@ struct brk_proto {
     size_t nout;
     uint8_t *buf;
     size_t used;
+    brk_ratelimit_t refused_log;
     brk_proto_stats_t st;
 };
 
@@ -178,8 +179,8 @@ brk_proto_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, co
 }
 
 static void
-s_refuse(brk_proto_t *self, const brk_peer_t *to, const ab_header_t *hdr, int err, const char *fmt,
-         ...)
+s_refuse(brk_proto_t *self, const brk_peer_t *to, const char *participant, const ab_header_t *hdr,
+         int err, const char *fmt, ...)
 {
     char text[AB_MAX_ERROR_TEXT];
     va_list ap;
@@ -201,7 +202,10 @@ s_refuse(brk_proto_t *self, const brk_peer_t *to, const ab_header_t *hdr, int er
         h.service = hdr->service;
     }
     h.error = &e;
-    brk_log(BRK_LOG_INFO, "event=refused error=%s reason=\"%s\"", ab_err_name(err), text);
+    uint64_t held = 0;
+    if (brk_log_allow(&self->refused_log, &held))
+        brk_log(BRK_LOG_INFO, "event=refused participant=%s error=%s reason=\"%s\" suppressed=%llu",
+                participant, ab_err_name(err), text, (unsigned long long)held);
     brk_proto_send(self, to, &h, NULL);
 }
 
@@ -259,35 +263,39 @@ brk_proto_recv(brk_proto_t *self, brk_envelope_t *env)
     if (!env->participant || !*env->participant) {
         /* The ZAP handler authenticates every connection; anything else is not ours to serve. */
         self->st.no_identity++;
-        brk_log(BRK_LOG_WARN, "event=dropped reason=\"message without User-Id\"");
+        uint64_t held = 0;
+        if (brk_log_allow(&self->refused_log, &held))
+            brk_log(BRK_LOG_WARN,
+                    "event=dropped reason=\"message without User-Id\" suppressed=%llu",
+                    (unsigned long long)held);
         goto consumed;
     }
     char why[AB_WHY_LEN];
     int rc = ab_wire_decode(self->dec, zmq_msg_data(&env->header_msg),
                             zmq_msg_size(&env->header_msg), &env->hdr, why);
     if (rc != 0) {
-        s_refuse(self, &env->from, NULL, rc, "%s", why);
+        s_refuse(self, &env->from, env->participant, NULL, rc, "%s", why);
         goto consumed;
     }
     if (frames > 2) {
-        s_refuse(self, &env->from, env->hdr, AB_EMALFORMED,
+        s_refuse(self, &env->from, env->participant, env->hdr, AB_EMALFORMED,
                  "expected a header frame and at most one payload frame, got %d frames", frames);
         goto consumed;
     }
     int needs = s_needs_payload(env->hdr->kind);
     if (needs && !env->has_payload) {
-        s_refuse(self, &env->from, env->hdr, AB_EMALFORMED,
+        s_refuse(self, &env->from, env->participant, env->hdr, AB_EMALFORMED,
                  "%s needs a payload frame after the header (it may be empty)",
                  ab_kind_name(env->hdr->kind));
         goto consumed;
     }
     if (!needs && env->has_payload) {
-        s_refuse(self, &env->from, env->hdr, AB_EMALFORMED, "%s takes no payload frame",
-                 ab_kind_name(env->hdr->kind));
+        s_refuse(self, &env->from, env->participant, env->hdr, AB_EMALFORMED,
+                 "%s takes no payload frame", ab_kind_name(env->hdr->kind));
         goto consumed;
     }
     if (env->has_payload && zmq_msg_size(&env->payload) > self->cfg->max_payload) {
-        s_refuse(self, &env->from, env->hdr, AB_ETOO_LARGE,
+        s_refuse(self, &env->from, env->participant, env->hdr, AB_ETOO_LARGE,
                  "payload of %zu bytes exceeds the broker's max_payload of %llu bytes",
                  zmq_msg_size(&env->payload), (unsigned long long)self->cfg->max_payload);
         goto consumed;

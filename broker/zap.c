@@ -20,6 +20,7 @@ struct brk_zap {
     const brk_config_t *cfg;
     uint64_t accepted, refused;
     int refuse_all;
+    brk_ratelimit_t refused_log;
 };
 
 static void
@@ -115,7 +116,10 @@ s_read(void *sock, void *arg)
             s_reply(self, &f[1], status, text, user);
         } else {
             self->refused++;
-            brk_log(BRK_LOG_WARN, "event=connect_refused peer=%s reason=\"%s\"", address, reason);
+            uint64_t held = 0;
+            if (brk_log_allow(&self->refused_log, &held))
+                brk_log(BRK_LOG_WARN, "event=connect_refused peer=%s reason=\"%s\" suppressed=%llu",
+                        address, reason, (unsigned long long)held);
             s_reply(self, &f[1], status, text, "");
         }
     }

@@ -405,6 +405,56 @@ test_bad_input(void **state)
     h_provider_stop(&p);
 }
 
+/* Counts the lines of the broker's log that contain `needle`. */
+static int
+s_log_count(const char *needle, long long *max_suppressed)
+{
+    char path[192];
+    snprintf(path, sizeof path, "%s/broker.log", B.dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char line[4096];
+    int n = 0;
+    *max_suppressed = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (!strstr(line, needle))
+            continue;
+        n++;
+        const char *sup = strstr(line, "suppressed=");
+        if (sup && atoll(sup + 11) > *max_suppressed)
+            *max_suppressed = atoll(sup + 11);
+    }
+    fclose(f);
+    return n;
+}
+
+static void
+test_flood_of_bad_input_is_answered_but_not_all_logged(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    void *s = s_raw(ctx, "bund.flood");
+    char text[256];
+    long long sup = 0;
+    int before = s_log_count("participant=bund.flood", &sup);
+    for (int i = 0; i < 300; i++)
+        zmq_send(s, "junk", 4, 0);
+    for (int i = 0; i < 300; i++) /* every one gets its answer */
+        assert_int_equal(s_raw_answer(s, text, sizeof text), AMTSBOTE__V1__ERROR_CODE__MALFORMED);
+    usleep(1100 * 1000);
+    zmq_send(s, "junk", 4, 0);
+    assert_int_equal(s_raw_answer(s, text, sizeof text), AMTSBOTE__V1__ERROR_CODE__MALFORMED);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    usleep(100 * 1000);
+    int logged = s_log_count("participant=bund.flood", &sup) - before;
+    /* at most a burst per second is logged, and the line after it says how many were held */
+    assert_true(logged >= 2);
+    assert_true(logged <= 3 * 20 + 1);
+    assert_true(sup >= 300 - 3 * 20);
+}
+
 static void
 test_identity_checked(void **state)
 {
@@ -432,10 +482,14 @@ main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),       cmocka_unit_test(test_thousand_in_flight),
-        cmocka_unit_test(test_unknown_service),  cmocka_unit_test(test_deadline),
-        cmocka_unit_test(test_provider_killed),  cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_thousand_in_flight),
+        cmocka_unit_test(test_unknown_service),
+        cmocka_unit_test(test_deadline),
+        cmocka_unit_test(test_provider_killed),
+        cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_identity_checked),
+        cmocka_unit_test(test_flood_of_bad_input_is_answered_but_not_all_logged),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
