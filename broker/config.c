@@ -50,6 +50,19 @@ static const s_setting_t s_settings[] = {
     {"max_calls_in_flight", T_UINT, OFF(max_calls_in_flight), "1000000", 1, 100000000, "N",
      "calls in flight in the whole broker; more get UNAVAILABLE"},
     {"io_threads", T_UINT, OFF(io_threads), "1", 1, 16, "N", "ZeroMQ I/O threads"},
+    {"tls_cert", T_STRING, OFF(tls_cert), NULL, 0, 0, "FILE",
+     "the broker's certificate (PEM; for tls:// listeners)"},
+    {"tls_key", T_STRING, OFF(tls_key), NULL, 0, 0, "FILE", "the broker's private key (PEM)"},
+    {"tls_ca", T_STRING, OFF(tls_ca), NULL, 0, 0, "FILE",
+     "CA certificates that issue participant certificates (PEM)"},
+    {"tls_crl", T_STRING, OFF(tls_crl), NULL, 0, 0, "FILE",
+     "certificate revocation lists, checked for the whole chain (PEM)"},
+    {"tls12", T_BOOL, OFF(tls12), "false", 0, 1, NULL,
+     "also accept TLS 1.2 (ECDHE + AES-GCM suites only); TLS 1.3 only otherwise"},
+    {"tls_handshake_timeout_ms", T_UINT, OFF(tls_handshake_timeout_ms), "10000", 100, 600000, "MS",
+     "a TLS client that has not completed its handshake by then is cut off"},
+    {"max_connections", T_UINT, OFF(max_connections), "10000", 1, 1000000, "N",
+     "TLS sessions at once; more are refused"},
 };
 #define NSETTINGS (sizeof s_settings / sizeof s_settings[0])
 
@@ -240,8 +253,11 @@ brk_config_usage(FILE *out)
     }
     fprintf(out, "  --help                              this text\n"
                  "  --version                           the broker's version\n\n"
-                 "Example (development, plain identities on loopback):\n"
-                 "  amtsbote-broker --listen tcp://127.0.0.1:7450 --insecure-plain-identities\n\n"
+                 "Examples:\n"
+                 "  amtsbote-broker --listen tls://0.0.0.0:7443 --tls-cert broker.crt \\\n"
+                 "      --tls-key broker.key --tls-ca ca/chain.pem --tls-crl ca/crl.pem\n"
+                 "  amtsbote-broker --listen tcp://127.0.0.1:7450 --insecure-plain-identities\n"
+                 "      (development: participants name themselves)\n\n"
                  "SIGINT/SIGTERM stop accepting, let calls in flight finish for "
                  "shutdown_grace_ms, answer the rest UNAVAILABLE and exit 0.\n");
 }
@@ -281,11 +297,17 @@ s_validate(brk_config_t *cfg, FILE *err)
                 return -1;
             }
         } else if (!strncmp(u, "tls://", 6)) {
-            fprintf(err,
-                    "amtsbote-broker: listener '%s': tls:// is not available in this build "
-                    "yet; use tcp:// or ipc:// on loopback\n",
-                    u);
-            return -1;
+            if (!strchr(u + 6, ':')) {
+                fprintf(err, "amtsbote-broker: listener '%s' has no port (tls://HOST:PORT)\n", u);
+                return -1;
+            }
+            if (!cfg->tls_cert || !cfg->tls_key || !cfg->tls_ca) {
+                fprintf(err,
+                        "amtsbote-broker: listener '%s' needs --tls-cert, --tls-key and "
+                        "--tls-ca\n",
+                        u);
+                return -1;
+            }
         } else {
             fprintf(
                 err,
@@ -418,4 +440,9 @@ brk_config_free(brk_config_t *cfg)
     cfg->data = NULL;
     free(cfg->log_level);
     cfg->log_level = NULL;
+    char **strings[] = {&cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca, &cfg->tls_crl};
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        free(*strings[i]);
+        *strings[i] = NULL;
+    }
 }

@@ -29,6 +29,13 @@ typedef struct brk_config {
     uint64_t shutdown_grace_ms;
     uint64_t max_calls_in_flight;
     uint64_t io_threads;
+    char *tls_cert; /* PEM: the broker's certificate (chain may follow) */
+    char *tls_key;
+    char *tls_ca;  /* PEM: the CA certificates that issue participant certificates */
+    char *tls_crl; /* PEM: CRLs, checked for the leaf and every intermediate */
+    int tls12;     /* also TLS 1.2 (BSI TR-02102-2 ECDHE + AES-GCM suites only) */
+    uint64_t tls_handshake_timeout_ms;
+    uint64_t max_connections;
 } brk_config_t;
 
 /*

@@ -24,6 +24,7 @@
 #include "loop_zmq.h"
 #include "proto.h"
 #include "services.h"
+#include "tls_gateway.h"
 #include "zap.h"
 
 #define ROUTER_BUDGET 512
@@ -34,6 +35,7 @@ typedef struct {
     void *zctx;
     void *router;
     brk_zap_t *zap;
+    brk_tls_gateway_t *tls;
     brk_zsock_t *zs;
     brk_proto_t *proto;
     brk_services_t *svc;
@@ -140,6 +142,7 @@ s_finish(s_broker_t *b)
         uv_close((uv_handle_t *)&b->sig[i], NULL);
     brk_zsock_destroy(&b->zs);
     brk_proto_set_zsock(b->proto, NULL);
+    brk_tls_gateway_destroy(&b->tls);
     brk_zap_destroy(&b->zap);
 }
 
@@ -168,6 +171,8 @@ s_on_signal(uv_signal_t *h, int signum)
     b->stopping = 1;
     b->stop_started = ab_now_ms();
     brk_zap_refuse_all(b->zap);
+    if (b->tls)
+        brk_tls_gateway_stop_listening(b->tls);
     brk_services_drain(b->svc);
     brk_log(BRK_LOG_INFO, "event=shutdown signal=%d in_flight=%zu grace_ms=%llu", signum,
             brk_services_in_flight(b->svc), (unsigned long long)b->cfg.shutdown_grace_ms);
@@ -217,6 +222,45 @@ s_setopt_int(void *sock, int opt, int v, const char *name)
     return 0;
 }
 
+/*
+ * The TLS gateway's relays connect to an internal endpoint on loopback with the NULL mechanism
+ * (options apply per bind, so the plain listeners above keep PLAIN); the ZAP handler accepts a
+ * relay only from an address the gateway registered for a verified session.
+ */
+static int
+s_open_tls(s_broker_t *b)
+{
+    char err[512], internal[256];
+    size_t len = sizeof internal;
+    if (s_setopt_int(b->router, ZMQ_PLAIN_SERVER, 0, "ZMQ_PLAIN_SERVER") ||
+        zmq_bind(b->router, "tcp://127.0.0.1:*") != 0 ||
+        zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, internal, &len) != 0) {
+        fprintf(stderr, "amtsbote-broker: cannot bind the internal endpoint: %s\n",
+                zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    int port = atoi(strrchr(internal, ':') + 1);
+    brk_log(BRK_LOG_INFO, "event=internal_endpoint uri=%s", internal);
+    b->tls = brk_tls_gateway_new(b->loop, &b->cfg, b->zap, port, err, sizeof err);
+    if (!b->tls) {
+        fprintf(stderr, "amtsbote-broker: TLS: %s\n", err);
+        return -1;
+    }
+    for (size_t i = 0; i < b->cfg.nlisten; i++) {
+        const char *uri = b->cfg.listen[i];
+        char bound[256];
+        if (strncmp(uri, "tls://", 6) != 0)
+            continue;
+        if (brk_tls_gateway_listen(b->tls, uri, bound, sizeof bound, err, sizeof err) != 0) {
+            fprintf(stderr, "amtsbote-broker: %s\n", err);
+            return -1;
+        }
+        printf("listening on %s\n", bound);
+        brk_log(BRK_LOG_INFO, "event=listening uri=%s", bound);
+    }
+    return 0;
+}
+
 static int
 s_open_router(s_broker_t *b)
 {
@@ -238,8 +282,13 @@ s_open_router(s_broker_t *b)
     if (zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0 ||
         zmq_setsockopt(b->router, ZMQ_ZAP_DOMAIN, BRK_ZAP_DOMAIN, strlen(BRK_ZAP_DOMAIN)) != 0)
         return -1;
+    int tls = 0;
     for (size_t i = 0; i < b->cfg.nlisten; i++) {
         const char *uri = b->cfg.listen[i];
+        if (!strncmp(uri, "tls://", 6)) {
+            tls = 1;
+            continue;
+        }
         if (zmq_bind(b->router, uri) != 0) {
             fprintf(stderr, "amtsbote-broker: cannot listen on %s: %s\n", uri,
                     zmq_strerror(zmq_errno()));
@@ -253,7 +302,7 @@ s_open_router(s_broker_t *b)
         printf("listening on %s\n", bound);
         brk_log(BRK_LOG_INFO, "event=listening uri=%s", bound);
     }
-    return 0;
+    return tls ? s_open_tls(b) : 0;
 }
 
 int
@@ -320,6 +369,7 @@ main(int argc, char **argv)
     exit_code = 0;
 
 out:
+    brk_tls_gateway_destroy(&b.tls);
     brk_zsock_destroy(&b.zs);
     brk_zap_destroy(&b.zap);
     if (b.loop)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uthash.h>
 #include <zmq.h>
 
 #include "log.h"
@@ -14,7 +15,15 @@
 
 #define ZAP_MAX_FRAMES 8
 
+/* A loopback address of a TLS session's relay, and whose session it is. */
+typedef struct s_addr {
+    char address[16]; /* 127.x.y.z */
+    char participant[AB_MAX_NAME + 1];
+    UT_hash_handle hh;
+} s_addr_t;
+
 struct brk_zap {
+    s_addr_t *addrs;
     void *sock;
     brk_zsock_t *zs;
     const brk_config_t *cfg;
@@ -75,6 +84,7 @@ s_read(void *sock, void *arg)
     }
     /* version, request id, domain, address, identity, mechanism, credentials... */
     char domain[64] = "", address[64] = "", mech[16] = "", user[AB_MAX_NAME + 2] = "";
+    char mechname[16] = "PLAIN";
     if (n >= 6) {
         s_str(&f[2], domain, sizeof domain);
         s_str(&f[3], address, sizeof address);
@@ -91,6 +101,21 @@ s_read(void *sock, void *arg)
         text = "the broker is shutting down";
     } else if (strcmp(domain, BRK_ZAP_DOMAIN) != 0) {
         snprintf(reason, sizeof reason, "unknown ZAP domain");
+    } else if (strcmp(mech, "NULL") == 0) {
+        /* the internal endpoint: only the TLS gateway's relays, each from its own address */
+        s_addr_t *a = NULL;
+        HASH_FIND_STR(self->addrs, address, a);
+        if (!a) {
+            snprintf(reason, sizeof reason,
+                     "connection to the internal endpoint from %s, which carries no TLS session",
+                     address);
+            text = "no TLS session for this address";
+        } else {
+            snprintf(user, sizeof user, "%s", a->participant);
+            snprintf(mechname, sizeof mechname, "TLS");
+            status = "200";
+            text = "OK";
+        }
     } else if (strcmp(mech, "PLAIN") != 0) {
         snprintf(reason, sizeof reason, "mechanism %s is not accepted", mech);
     } else if (!self->cfg->insecure_plain_identities) {
@@ -111,8 +136,8 @@ s_read(void *sock, void *arg)
     if (n >= 2) {
         if (status[0] == '2') {
             self->accepted++;
-            brk_log(BRK_LOG_INFO, "event=connect participant=%s peer=%s mechanism=PLAIN", user,
-                    address);
+            brk_log(BRK_LOG_INFO, "event=connect participant=%s peer=%s mechanism=%s", user,
+                    address, mechname);
             s_reply(self, &f[1], status, text, user);
         } else {
             self->refused++;
@@ -154,6 +179,33 @@ brk_zap_new(uv_loop_t *loop, void *zctx, const brk_config_t *cfg)
     return self;
 }
 
+int
+brk_zap_map_address(brk_zap_t *self, const char *address, const char *participant)
+{
+    s_addr_t *a = NULL;
+    HASH_FIND_STR(self->addrs, address, a);
+    if (!a) {
+        a = calloc(1, sizeof *a);
+        if (!a)
+            return AB_ENOMEM;
+        snprintf(a->address, sizeof a->address, "%s", address);
+        HASH_ADD_STR(self->addrs, address, a);
+    }
+    snprintf(a->participant, sizeof a->participant, "%s", participant);
+    return 0;
+}
+
+void
+brk_zap_unmap_address(brk_zap_t *self, const char *address)
+{
+    s_addr_t *a = NULL;
+    HASH_FIND_STR(self->addrs, address, a);
+    if (a) {
+        HASH_DEL(self->addrs, a);
+        free(a);
+    }
+}
+
 void
 brk_zap_refuse_all(brk_zap_t *self)
 {
@@ -176,5 +228,11 @@ brk_zap_destroy(brk_zap_t **self_p)
     *self_p = NULL;
     brk_zsock_destroy(&self->zs);
     zmq_close(self->sock);
+    s_addr_t *a, *tmp;
+    HASH_ITER(hh, self->addrs, a, tmp)
+    {
+        HASH_DEL(self->addrs, a);
+        free(a);
+    }
     free(self);
 }

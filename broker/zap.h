@@ -4,7 +4,9 @@
  * Owns the inproc://zeromq.zap.01 REP socket, bound before any listener so that no connection
  * is ever accepted unauthenticated. It answers each request with a User-Id, the participant's
  * address, or refuses it. Deny by default: on plain listeners a self-declared PLAIN user name is
- * believed only with --insecure-plain-identities, and every other mechanism is refused.
+ * believed only with --insecure-plain-identities. On the internal endpoint (NULL mechanism) a
+ * connection is accepted only from a loopback address that the TLS gateway registered for a
+ * verified session, and its User-Id is that session's participant. Everything else is refused.
  */
 #ifndef BRK_ZAP_H
 #define BRK_ZAP_H
@@ -24,6 +26,15 @@ typedef struct brk_zap brk_zap_t;
  * another ZAP handler is bound in that context).
  */
 brk_zap_t *brk_zap_new(uv_loop_t *loop, void *zctx, const brk_config_t *cfg);
+
+/*
+ * Connections to the internal endpoint from `address` (127.x.y.z, a TLS session's relay) are
+ * `participant`. Returns 0 or AB_ENOMEM.
+ */
+int brk_zap_map_address(brk_zap_t *self, const char *address, const char *participant);
+
+/* The TLS session of `address` is gone: connections from it are refused again. */
+void brk_zap_unmap_address(brk_zap_t *self, const char *address);
 
 /*
  * From now on every new connection is refused (the broker is stopping). Connections made

@@ -1,0 +1,50 @@
+/*
+ * tls_gateway.h - mutual TLS in front of the ZeroMQ ROUTER.
+ *
+ * Owns the tls:// listeners and one session per client: it accepts the TCP connection,
+ * completes the TLS handshake with a client certificate verified against the CA (and CRL),
+ * takes the participant address from the certificate's SAN URI, and relays the decrypted ZMTP
+ * stream to the broker's internal endpoint from a loopback source address of the session's
+ * own (127.x.y.z, reused only after the session is gone), which the ZAP handler maps back to the
+ * participant. libzmq never sees TLS; the core never learns how a peer was authenticated.
+ */
+#ifndef BRK_TLS_GATEWAY_H
+#define BRK_TLS_GATEWAY_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "zap.h"
+
+typedef struct brk_tls_gateway brk_tls_gateway_t;
+
+typedef struct brk_tls_stats {
+    uint64_t accepted; /* handshakes completed with a valid identity */
+    uint64_t refused;  /* handshakes refused (certificate, identity, timeout, protocol) */
+    uint64_t sessions; /* open now */
+} brk_tls_stats_t;
+
+/*
+ * Makes the TLS context from the config (certificate, key, CA, CRL) and relays to
+ * `internal_port` on 127.0.0.1. Returns NULL with the reason (naming the file) in `err`.
+ */
+brk_tls_gateway_t *brk_tls_gateway_new(uv_loop_t *loop, const brk_config_t *cfg, brk_zap_t *zap,
+                                       int internal_port, char *err, size_t errlen);
+
+/*
+ * Listens on `uri` (tls://HOST:PORT; PORT '*' or 0 picks one). Writes the bound URI to `bound`.
+ * Returns 0 or a negative libuv error (the message in `err`).
+ */
+int brk_tls_gateway_listen(brk_tls_gateway_t *self, const char *uri, char *bound, size_t cap,
+                           char *err, size_t errlen);
+
+/* Stops accepting; sessions stay. */
+void brk_tls_gateway_stop_listening(brk_tls_gateway_t *self);
+
+void brk_tls_gateway_stats(const brk_tls_gateway_t *self, brk_tls_stats_t *out);
+
+/* Closes every session and listener; the gateway is freed once libuv has closed them all. */
+void brk_tls_gateway_destroy(brk_tls_gateway_t **self_p);
+
+#endif
