@@ -8,8 +8,8 @@ AMTSBOTE_PACKAGES=(
   build-essential cmake pkg-config
   libzmq3-dev libuv1-dev
   protobuf-c-compiler libprotobuf-c-dev
-  libyaml-dev uthash-dev
-  libcmocka-dev
+  libyaml-dev uthash-dev libssl-dev
+  libcmocka-dev stunnel4 openssl
 )
 
 ab_missing_packages() {
