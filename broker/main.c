@@ -118,6 +118,13 @@ s_log_stats(s_broker_t *b, const char *event)
             (unsigned long long)p.no_identity, (unsigned long long)p.unroutable,
             (unsigned long long)p.queue_full, (unsigned long long)acc, (unsigned long long)ref,
             s.in_flight, s.providers);
+    if (b->tls) {
+        brk_tls_stats_t t;
+        brk_tls_gateway_stats(b->tls, &t);
+        brk_log(BRK_LOG_INFO, "event=%s_tls sessions_accepted=%llu sessions_refused=%llu open=%llu",
+                event, (unsigned long long)t.accepted, (unsigned long long)t.refused,
+                (unsigned long long)t.sessions);
+    }
 }
 
 /* Closes every handle; uv_run returns once they are closed. */
@@ -160,7 +167,16 @@ s_on_signal(uv_signal_t *h, int signum)
 {
     s_broker_t *b = h->data;
     if (signum == SIGHUP) {
-        brk_log(BRK_LOG_INFO, "event=reload result=\"nothing to reload in this version\"");
+        if (!b->tls) {
+            brk_log(BRK_LOG_INFO, "event=reload result=\"nothing to reload without tls://\"");
+            return;
+        }
+        char err[512];
+        int closed = brk_tls_gateway_reload(b->tls, err, sizeof err);
+        if (closed < 0)
+            brk_log(BRK_LOG_ERROR, "event=reload result=failed reason=\"%s\" kept=old", err);
+        else
+            brk_log(BRK_LOG_INFO, "event=reload result=ok sessions_closed=%d", closed);
         return;
     }
     if (b->stopping) {

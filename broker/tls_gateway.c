@@ -464,6 +464,33 @@ brk_tls_gateway_listen(brk_tls_gateway_t *gw, const char *uri, char *bound, size
     return 0;
 }
 
+int
+brk_tls_gateway_reload(brk_tls_gateway_t *gw, char *err, size_t errlen)
+{
+    const brk_config_t *cfg = gw->cfg;
+    ab_tls_config_t tc = {cfg->tls_cert, cfg->tls_key, cfg->tls_ca, cfg->tls_crl, cfg->tls12};
+    SSL_CTX *ctx = ab_tls_ctx_new(1, &tc, err, errlen);
+    if (!ctx)
+        return -1;
+    SSL_CTX_free(gw->ctx); /* sessions hold their own references */
+    gw->ctx = ctx;
+    int closed = 0;
+    for (s_sess_t *s = gw->sessions; s; s = s->next) {
+        char why[AB_WHY_LEN];
+        if (!s->handshake_done || s->closing)
+            continue;
+        if (ab_tls_session_verify_again(s->tls, ctx, 1, why) != 0) {
+            char line[AB_WHY_LEN + 32];
+            snprintf(line, sizeof line, "after reload: %s", why);
+            brk_log(BRK_LOG_WARN, "event=tls_disconnected participant=%s peer=%s reason=\"%s\"",
+                    s->participant, s->peer, line);
+            s_close(s, line);
+            closed++;
+        }
+    }
+    return closed;
+}
+
 static void
 s_on_listener_closed(uv_handle_t *h)
 {

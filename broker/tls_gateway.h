@@ -39,6 +39,14 @@ brk_tls_gateway_t *brk_tls_gateway_new(uv_loop_t *loop, const brk_config_t *cfg,
 int brk_tls_gateway_listen(brk_tls_gateway_t *self, const char *uri, char *bound, size_t cap,
                            char *err, size_t errlen);
 
+/*
+ * Reads certificate, key, CA and CRL again (SIGHUP). On an error the old ones stay and the
+ * reason, naming the file, is in `err` (returns -1). On success new handshakes use the new
+ * files, and every open session whose certificate no longer verifies (e.g. now revoked) is
+ * closed. Returns the number of sessions closed.
+ */
+int brk_tls_gateway_reload(brk_tls_gateway_t *self, char *err, size_t errlen);
+
 /* Stops accepting; sessions stay. */
 void brk_tls_gateway_stop_listening(brk_tls_gateway_t *self);
 

@@ -49,6 +49,24 @@ s_load_crls(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * OpenSSL's own default asks on the terminal for the passphrase of an encrypted key; a daemon or
+ * library must not. Gives the configured passphrase, or none (and the key fails to load).
+ */
+static int
+s_passphrase(char *buf, int size, int rwflag, void *userdata)
+{
+    (void)rwflag;
+    const char *pass = userdata;
+    if (!pass || size <= 0)
+        return 0;
+    size_t n = strlen(pass);
+    if (n > (size_t)size)
+        return 0;
+    memcpy(buf, pass, n);
+    return (int)n;
+}
+
 SSL_CTX *
 ab_tls_ctx_new(int server, const ab_tls_config_t *cfg, char *err, size_t errlen)
 {
@@ -70,8 +88,14 @@ ab_tls_ctx_new(int server, const ab_tls_config_t *cfg, char *err, size_t errlen)
                  ab_tls_errors(e, sizeof e));
         goto fail;
     }
-    if (cfg->key && SSL_CTX_use_PrivateKey_file(ctx, cfg->key, SSL_FILETYPE_PEM) != 1) {
-        snprintf(err, errlen, "%s: cannot use this private key: %s", cfg->key,
+    /* the passphrase is borrowed: it is set for the key's loading only */
+    SSL_CTX_set_default_passwd_cb(ctx, s_passphrase);
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, (void *)cfg->key_passphrase);
+    int key_ok = !cfg->key || SSL_CTX_use_PrivateKey_file(ctx, cfg->key, SSL_FILETYPE_PEM) == 1;
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+    if (!key_ok) {
+        snprintf(err, errlen, "%s: cannot use this private key%s: %s", cfg->key,
+                 cfg->key_passphrase ? " with the passphrase given" : "",
                  ab_tls_errors(e, sizeof e));
         goto fail;
     }
@@ -179,9 +203,21 @@ ab_tls_session_new(SSL_CTX *ctx, int server, const char *hostname)
         SSL_set_accept_state(self->ssl);
     } else {
         SSL_set_connect_state(self->ssl);
-        if (hostname) {
-            SSL_set_tlsext_host_name(self->ssl, hostname);
-            SSL_set1_host(self->ssl, hostname);
+        int ok = 1;
+        ASN1_OCTET_STRING *ip = hostname ? a2i_IPADDRESS(hostname) : NULL;
+        if (ip) {
+            /* an address: no SNI (RFC 6066 allows names only), checked against the IP SANs */
+            ASN1_OCTET_STRING_free(ip);
+            ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(self->ssl), hostname) == 1;
+        } else if (hostname) {
+            ok = SSL_set_tlsext_host_name(self->ssl, hostname) == 1 &&
+                 SSL_set1_host(self->ssl, hostname) == 1;
+        }
+        if (!ok) {
+            /* without the check any certificate of the CA would do: no session at all */
+            SSL_free(self->ssl);
+            free(self);
+            return NULL;
         }
     }
     return self;
@@ -274,4 +310,36 @@ X509 *
 ab_tls_session_peer(ab_tls_session_t *self)
 {
     return SSL_get0_peer_certificate(self->ssl);
+}
+
+int
+ab_tls_session_verify_again(ab_tls_session_t *self, SSL_CTX *ctx, int peer_is_client,
+                            char why[AB_WHY_LEN])
+{
+    X509 *leaf = SSL_get0_peer_certificate(self->ssl);
+    if (!leaf) {
+        snprintf(why, AB_WHY_LEN, "no peer certificate");
+        return AB_EREFUSED;
+    }
+    X509_STORE_CTX *v = X509_STORE_CTX_new();
+    if (!v) {
+        snprintf(why, AB_WHY_LEN, "out of memory");
+        return AB_EREFUSED;
+    }
+    /* on the server side the peer's chain does not include its leaf */
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(self->ssl);
+    int rc = AB_EREFUSED;
+    if (X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(ctx), leaf, chain) == 1) {
+        X509_STORE_CTX_set_purpose(v, peer_is_client ? X509_PURPOSE_SSL_CLIENT
+                                                     : X509_PURPOSE_SSL_SERVER);
+        if (X509_verify_cert(v) == 1)
+            rc = 0;
+        else
+            snprintf(why, AB_WHY_LEN, "certificate refused: %s",
+                     X509_verify_cert_error_string(X509_STORE_CTX_get_error(v)));
+    } else {
+        snprintf(why, AB_WHY_LEN, "cannot set up the verification");
+    }
+    X509_STORE_CTX_free(v);
+    return rc;
 }

@@ -22,6 +22,9 @@ typedef struct ab_tls_config {
     const char *ca;   /* PEM: the CA certificates that issue the peers' certificates */
     const char *crl;  /* PEM: CRLs for the chain (optional) */
     int allow_tls12;  /* also TLS 1.2, with the BSI TR-02102-2 ECDHE + AES-GCM suites only */
+    /* the passphrase of an encrypted `key` (borrowed, used only inside ab_tls_ctx_new); NULL:
+     * the key must be unencrypted (OpenSSL never prompts on a terminal) */
+    const char *key_passphrase;
 } ab_tls_config_t;
 
 /*
@@ -43,7 +46,8 @@ const char *ab_tls_errors(char *buf, size_t len);
 typedef struct ab_tls_session ab_tls_session_t;
 
 /* A session on `ctx` (borrowed). `hostname` (client side) is checked against the server's
- * certificate when not NULL. Returns NULL when out of memory. */
+ * certificate when not NULL: a DNS name against its DNS SANs (and sent as SNI), an IP address
+ * literal against its IP SANs. Returns NULL when out of memory. */
 ab_tls_session_t *ab_tls_session_new(SSL_CTX *ctx, int server, const char *hostname);
 void ab_tls_session_destroy(ab_tls_session_t **self_p);
 
@@ -71,5 +75,12 @@ size_t ab_tls_session_take(ab_tls_session_t *self, void *buf, size_t cap);
 
 /* The peer's certificate after the handshake (borrowed), or NULL. */
 X509 *ab_tls_session_peer(ab_tls_session_t *self);
+
+/*
+ * Verifies the peer's certificate of an established session again, against the CA and CRLs of
+ * `ctx` (e.g. after a reload). Returns 0, or AB_EREFUSED with the reason in `why`.
+ */
+int ab_tls_session_verify_again(ab_tls_session_t *self, SSL_CTX *ctx, int peer_is_client,
+                                char why[AB_WHY_LEN]);
 
 #endif
