@@ -395,12 +395,23 @@ s_on_connection(uv_stream_t *server, int status)
 
 /* ---- the gateway ----------------------------------------------------------------------------- */
 
+/* A server context from the broker's settings; NULL with the file at fault named in `err`. */
+static SSL_CTX *
+s_ctx_new(const brk_config_t *cfg, char *err, size_t errlen)
+{
+    ab_tls_config_t tc = {.cert = cfg->tls_cert,
+                          .key = cfg->tls_key,
+                          .ca = cfg->tls_ca,
+                          .crl = cfg->tls_crl,
+                          .allow_tls12 = cfg->tls12};
+    return ab_tls_ctx_new(1, &tc, err, errlen);
+}
+
 brk_tls_gateway_t *
 brk_tls_gateway_new(uv_loop_t *loop, const brk_config_t *cfg, brk_zap_t *zap, int internal_port,
                     char *err, size_t errlen)
 {
-    ab_tls_config_t tc = {cfg->tls_cert, cfg->tls_key, cfg->tls_ca, cfg->tls_crl, cfg->tls12};
-    SSL_CTX *ctx = ab_tls_ctx_new(1, &tc, err, errlen);
+    SSL_CTX *ctx = s_ctx_new(cfg, err, errlen);
     if (!ctx)
         return NULL;
     brk_tls_gateway_t *gw = calloc(1, sizeof *gw);
@@ -467,9 +478,7 @@ brk_tls_gateway_listen(brk_tls_gateway_t *gw, const char *uri, char *bound, size
 int
 brk_tls_gateway_reload(brk_tls_gateway_t *gw, char *err, size_t errlen)
 {
-    const brk_config_t *cfg = gw->cfg;
-    ab_tls_config_t tc = {cfg->tls_cert, cfg->tls_key, cfg->tls_ca, cfg->tls_crl, cfg->tls12};
-    SSL_CTX *ctx = ab_tls_ctx_new(1, &tc, err, errlen);
+    SSL_CTX *ctx = s_ctx_new(gw->cfg, err, errlen);
     if (!ctx)
         return -1;
     SSL_CTX_free(gw->ctx); /* sessions hold their own references */
