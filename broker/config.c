@@ -61,6 +61,8 @@ static const s_setting_t s_settings[] = {
      "also accept TLS 1.2 (ECDHE + AES-GCM suites only); TLS 1.3 only otherwise"},
     {"tls_handshake_timeout_ms", T_UINT, OFF(tls_handshake_timeout_ms), "10000", 100, 600000, "MS",
      "a TLS client that has not completed its handshake by then is cut off"},
+    {"tls_idle_timeout_ms", T_UINT, OFF(tls_idle_timeout_ms), "300000", 1000, 86400000, "MS",
+     "a TLS session with no traffic either way for this long is closed"},
     {"max_connections", T_UINT, OFF(max_connections), "10000", 1, 1000000, "N",
      "TLS sessions at once; more are refused"},
 };

@@ -35,6 +35,7 @@ typedef struct brk_config {
     char *tls_crl; /* PEM: CRLs, checked for the leaf and every intermediate */
     int tls12;     /* also TLS 1.2 (BSI TR-02102-2 ECDHE + AES-GCM suites only) */
     uint64_t tls_handshake_timeout_ms;
+    uint64_t tls_idle_timeout_ms;
     uint64_t max_connections;
 } brk_config_t;
 

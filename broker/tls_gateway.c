@@ -189,6 +189,7 @@ static void
 s_on_relay_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     s_sess_t *s = stream->data;
+    uv_timer_again(&s->timer); /* traffic: the idle timeout starts over */
     if (nread < 0) {
         s_close(s, nread == UV_EOF ? "the broker closed the relay" : uv_strerror((int)nread));
         return;
@@ -222,6 +223,8 @@ s_on_relay_connected(uv_connect_t *req, int status)
     uv_read_start((uv_stream_t *)&s->relay, s_alloc, s_on_relay_read);
 }
 
+static void s_on_idle(uv_timer_t *t);
+
 /* The handshake is complete: check the identity, take an address, connect the relay. */
 static void
 s_on_handshake(s_sess_t *s)
@@ -234,7 +237,10 @@ s_on_handshake(s_sess_t *s)
         return;
     }
     s->handshake_done = 1;
+    /* from now on the timer measures idleness: restarted by traffic either way */
     uv_timer_stop(&s->timer);
+    uv_timer_start(&s->timer, s_on_idle, s->gw->cfg->tls_idle_timeout_ms,
+                   s->gw->cfg->tls_idle_timeout_ms);
     s->addr = s_addr_take(s->gw);
     if (!s->addr) {
         s_refuse(s, "no loopback source address left");
@@ -268,6 +274,16 @@ s_on_handshake(s_sess_t *s)
             s->peer, s->addr_str);
 }
 
+static void
+s_on_idle(uv_timer_t *t)
+{
+    s_sess_t *s = t->data;
+    char why[96];
+    snprintf(why, sizeof why, "no traffic for %llu ms (tls_idle_timeout_ms)",
+             (unsigned long long)s->gw->cfg->tls_idle_timeout_ms);
+    s_close(s, why);
+}
+
 /* Keeps plaintext until the relay is connected. */
 static int
 s_keep(s_sess_t *s, const void *data, size_t len)
@@ -299,6 +315,8 @@ s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return;
+    if (s->handshake_done)
+        uv_timer_again(&s->timer);
     if (ab_tls_session_feed(s->tls, buf->base, (size_t)nread) != 0) {
         s_close(s, "out of memory");
         return;

@@ -36,6 +36,7 @@ bash "$PKI" init "$pki" >/dev/null &&
 mkfifo "$work/broker.out"
 "$BROKER" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" --tls-key "$pki/broker.key" \
   --tls-ca "$pki/ca/chain.pem" --tls-crl "$pki/ca/crl.pem" --tls-handshake-timeout-ms 1000 \
+  --tls-idle-timeout-ms 2500 \
   --data "$work/data" --log-level debug >"$work/broker.out" 2>"$work/broker.log" &
 pids+=($!)
 exec 3<"$work/broker.out"
@@ -146,6 +147,18 @@ out=$("$CLI" --broker "tcp://127.0.0.1:$p_bmi" call meldewesen.v1.Melderegister/
 [ "$out" = "for bund.bmi" ] && ok "served while another client stalls" || bad "during stall: $out"
 wait $stall
 grep -q "event=tls_refused.*no handshake within 1000 ms" "$work/broker.log" && ok "stalled handshake cut at the timeout" || bad "stall not cut"
+
+# --- a session that goes quiet after its handshake is closed at the idle timeout (the others
+#     keep theirs alive with ZMTP heartbeats)
+sleep 4 | openssl s_client -quiet -connect "$tls" -cert "$pki/bund.bmi.crt" -key "$pki/bund.bmi.key" \
+  -CAfile "$pki/ca/chain.pem" >/dev/null 2>&1 &
+quiet=$!
+sleep 3.5
+grep -q "event=tls_session_end participant=bund.bmi.*no traffic for 2500 ms" "$work/broker.log" &&
+  ok "quiet session closed at the idle timeout" || bad "idle timeout"
+wait $quiet 2>/dev/null
+out=$("$CLI" --broker "tcp://127.0.0.1:$p_bmi" call meldewesen.v1.Melderegister/Meldebescheinigung --data x 2>&1)
+[ "$out" = "for bund.bmi" ] && ok "busy sessions are not idle" || bad "after idle: $out"
 
 # --- a connection made directly to the internal endpoint is refused
 if [ -n "$internal" ]; then
