@@ -15,6 +15,12 @@
 /* Source addresses 127.1.0.1 .. 127.255.255.254: one per session. */
 #define ADDR_FIRST 0x010001u
 #define ADDR_LAST 0xfffffeu
+/*
+ * Flow control: when this much waits to be written to one side, the other side is not read
+ * until half of it has gone, so a peer that does not read cannot make the broker buffer
+ * without bound.
+ */
+#define QUEUE_HIGH (4u * 1024 * 1024)
 
 typedef struct s_sess s_sess_t;
 
@@ -46,6 +52,7 @@ struct s_sess {
     uv_connect_t connect_req;
     ab_tls_session_t *tls;
     int relay_init, relay_up, handshake_done, closing, open;
+    int client_paused, relay_paused; /* reading stopped for flow control */
     uint32_t addr;
     char addr_str[16];
     char peer[64];
@@ -135,25 +142,58 @@ s_refuse(s_sess_t *s, const char *why)
     s_close(s, why);
 }
 
+static void s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void s_on_relay_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void s_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+/* After a write to `to`: stop reading the other side while `to` has too much queued. */
+static void
+s_throttle(s_sess_t *s, uv_stream_t *to)
+{
+    if (uv_stream_get_write_queue_size(to) <= QUEUE_HIGH)
+        return;
+    if (to == (uv_stream_t *)&s->client && !s->relay_paused && s->relay_up) {
+        uv_read_stop((uv_stream_t *)&s->relay);
+        s->relay_paused = 1;
+    } else if (to == (uv_stream_t *)&s->relay && !s->client_paused) {
+        uv_read_stop((uv_stream_t *)&s->client);
+        s->client_paused = 1;
+    }
+}
+
 static void
 s_on_written(uv_write_t *req, int status)
 {
     (void)status; /* a failed write shows as a read error or EOF on the same stream */
+    s_sess_t *s = req->data;
+    uv_stream_t *to = req->handle;
     free(req);
+    if (s->closing || uv_stream_get_write_queue_size(to) > QUEUE_HIGH / 2)
+        return;
+    if (to == (uv_stream_t *)&s->client && s->relay_paused) {
+        s->relay_paused = 0;
+        uv_read_start((uv_stream_t *)&s->relay, s_alloc, s_on_relay_read);
+    } else if (to == (uv_stream_t *)&s->relay && s->client_paused) {
+        s->client_paused = 0;
+        uv_read_start((uv_stream_t *)&s->client, s_alloc, s_on_client_read);
+    }
 }
 
-/* Queues `len` bytes on `stream`; the bytes are copied. */
+/* Queues `len` bytes of session `s` on `stream`; the bytes are copied. */
 static int
-s_write(uv_stream_t *stream, const void *data, size_t len)
+s_write(s_sess_t *s, uv_stream_t *stream, const void *data, size_t len)
 {
     uv_write_t *req = malloc(sizeof *req + len);
     if (!req)
         return UV_ENOMEM;
     memcpy(req + 1, data, len);
+    req->data = s;
     uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)len);
     int rc = uv_write(req, stream, &b, 1, s_on_written);
     if (rc != 0)
         free(req);
+    else
+        s_throttle(s, stream);
     return rc;
 }
 
@@ -170,11 +210,14 @@ s_flush_tls(s_sess_t *s)
         return;
     }
     size_t got = ab_tls_session_take(s->tls, req + 1, n);
+    req->data = s;
     uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)got);
     if (uv_write(req, (uv_stream_t *)&s->client, &b, 1, s_on_written) != 0) {
         free(req);
         s_close(s, "write to the client failed");
+        return;
     }
+    s_throttle(s, (uv_stream_t *)&s->client);
 }
 
 static void
@@ -215,7 +258,7 @@ s_on_relay_connected(uv_connect_t *req, int status)
         return;
     }
     s->relay_up = 1;
-    if (s->npending && s_write((uv_stream_t *)&s->relay, s->pending, s->npending) != 0) {
+    if (s->npending && s_write(s, (uv_stream_t *)&s->relay, s->pending, s->npending) != 0) {
         s_close(s, "relay write failed");
         return;
     }
@@ -344,7 +387,7 @@ s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             s_close(s, why);
             return;
         }
-        int rc = s->relay_up ? s_write((uv_stream_t *)&s->relay, s->gw->rbuf, (size_t)n)
+        int rc = s->relay_up ? s_write(s, (uv_stream_t *)&s->relay, s->gw->rbuf, (size_t)n)
                              : s_keep(s, s->gw->rbuf, (size_t)n);
         if (rc != 0) {
             s_close(s, "relay write failed");
