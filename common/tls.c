@@ -247,9 +247,10 @@ s_reason(ab_tls_session_t *self, char why[AB_WHY_LEN])
 {
     long v = SSL_get_verify_result(self->ssl);
     char e[512];
-    if (v != X509_V_OK)
+    if (v != X509_V_OK) {
         snprintf(why, AB_WHY_LEN, "certificate refused: %s", X509_verify_cert_error_string(v));
-    else
+        ERR_clear_error(); /* see ab_tls_session_handshake() */
+    } else
         snprintf(why, AB_WHY_LEN, "handshake failed: %s", ab_tls_errors(e, sizeof e));
 }
 
@@ -258,6 +259,12 @@ ab_tls_session_handshake(ab_tls_session_t *self, char why[AB_WHY_LEN])
 {
     if (self->done)
         return 1;
+    /*
+     * OpenSSL's error queue is per thread, shared by every session on it, and SSL_get_error()
+     * reports SSL_ERROR_SSL whenever the queue is not empty: an error another session left
+     * there would end this one. So each call starts with an empty queue.
+     */
+    ERR_clear_error();
     int rc = SSL_do_handshake(self->ssl);
     if (rc == 1) {
         self->done = 1;
@@ -273,6 +280,7 @@ ab_tls_session_handshake(ab_tls_session_t *self, char why[AB_WHY_LEN])
 int
 ab_tls_session_read(ab_tls_session_t *self, void *buf, size_t cap, char why[AB_WHY_LEN])
 {
+    ERR_clear_error(); /* see ab_tls_session_handshake() */
     int n = SSL_read(self->ssl, buf, (int)cap);
     if (n > 0)
         return n;
@@ -290,6 +298,7 @@ int
 ab_tls_session_write(ab_tls_session_t *self, const void *data, size_t len)
 {
     /* with memory BIOs a write never blocks: it all goes into the out BIO */
+    ERR_clear_error();
     return len == 0 || SSL_write(self->ssl, data, (int)len) == (int)len ? 0 : AB_EIO;
 }
 
