@@ -9,7 +9,7 @@ AMTSBOTE_PACKAGES=(
   libzmq3-dev libuv1-dev
   protobuf-c-compiler libprotobuf-c-dev
   libyaml-dev uthash-dev libssl-dev
-  libcmocka-dev stunnel4 openssl
+  libcmocka-dev stunnel4 openssl python3-zmq
 )
 
 ab_missing_packages() {

@@ -9,6 +9,7 @@
  */
 #include "amtsbote.h"
 #include "amtsbote/v1/amtsbote.pb-c.h"
+#include "tunnel.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -57,8 +58,12 @@ enum {
 typedef struct {
     const char *broker;
     const char *as;
+    int as_given; /* --as on the command line, not only $AMTSBOTE_AS */
     int timeout_ms;
     int verbose;
+    /* mutual TLS, for a tls:// broker */
+    const char *cert, *key, *key_pass_file, *ca, *crl;
+    int tls_given; /* one of them on the command line */
 } opts_t;
 
 static const char *s_usage =
@@ -68,8 +73,8 @@ static const char *s_usage =
     "of your own from a shell command.\n"
     "\n"
     "Global options (before the command):\n"
-    "  --broker URI       broker address, tcp://HOST:PORT or ipc://PATH\n"
-    "                     (default: $AMTSBOTE_BROKER)\n"
+    "  --broker URI       broker address, tls://HOST:PORT (mutual TLS), or tcp://HOST:PORT\n"
+    "                     or ipc://PATH (plain listeners) (default: $AMTSBOTE_BROKER)\n"
     "  --as PARTICIPANT   your participant address, level.org[.unit], e.g. bund.bmi or\n"
     "                     kommune.09162000.meldeamt (default: $AMTSBOTE_AS). Only for plain\n"
     "                     listeners of a broker run with --insecure-plain-identities\n"
@@ -77,7 +82,16 @@ static const char *s_usage =
     "  --timeout MS       call deadline in milliseconds (default 30000); also bounds the wait\n"
     "                     for the broker when connecting (at most 5000)\n"
     "  --verbose          serve: log one line per call to stderr (never payload contents)\n"
-    "  --cert, --key, --ca  mutual TLS: not available in this build yet\n"
+    "  --cert FILE        mutual TLS: your certificate (PEM); its SAN URI\n"
+    "                     urn:amtsbote:participant:ADDRESS is your participant address\n"
+    "                     (default: $AMTSBOTE_CERT)\n"
+    "  --key FILE         its private key (PEM) (default: $AMTSBOTE_KEY)\n"
+    "  --key-passphrase-file FILE  the key's passphrase, on the file's first line\n"
+    "  --ca FILE          the CA certificates the broker's certificate must chain to; the\n"
+    "                     broker's certificate must also name the HOST of tls://HOST:PORT\n"
+    "                     (default: $AMTSBOTE_CA)\n"
+    "  --crl FILE         CRLs for the broker's chain (optional) (default: $AMTSBOTE_CRL)\n"
+    "                     --cert, --key and --ca are required with a tls:// broker.\n"
     "  --help             this text\n"
     "  --version          print the version\n"
     "\n"
@@ -113,6 +127,24 @@ static const char *s_usage =
     "      that provide it and the calls in flight to them.\n"
     "      Example:\n"
     "        amtsbote --broker tcp://127.0.0.1:7450 --as bund.bmi services\n"
+    "\n"
+    "  tunnel [--listen tcp://127.0.0.1:PORT]\n"
+    "      A sidecar for any ZeroMQ binding (pyzmq, JeroMQ, NetMQ): listens on loopback\n"
+    "      (default: a free port) and relays each connection to the tls:// --broker with\n"
+    "      --cert/--key/--ca. Connect a DEALER to the local address without a security\n"
+    "      mechanism; the broker knows it as the certificate's participant, so anyone who\n"
+    "      can reach the port acts as that participant (loopback only). Prints\n"
+    "      'ready: tunnel LOCAL -> BROKER as PARTICIPANT' once listening, logs one line per\n"
+    "      session to stderr (connected, refused with the reason, closed; never payloads)\n"
+    "      and runs until SIGINT or SIGTERM.\n"
+    "\n"
+    "Examples with mutual TLS:\n"
+    "  amtsbote --broker tls://broker.example.org:7443 --cert bund.bmi.crt \\\n"
+    "    --key bund.bmi.key --ca chain.pem \\\n"
+    "    call meldewesen.v1.Melderegister/Meldebescheinigung --data x\n"
+    "  amtsbote --broker tls://broker.example.org:7443 --cert bund.bmi.crt \\\n"
+    "    --key bund.bmi.key --ca chain.pem tunnel --listen tcp://127.0.0.1:7451\n"
+    "    (then e.g. pyzmq: zmq.Context().socket(zmq.DEALER).connect('tcp://127.0.0.1:7451'))\n"
     "\n"
     "Errors are printed as 'amtsbote: ERROR_NAME: text'. Exit codes:\n"
     "  0 success\n"
@@ -274,19 +306,70 @@ s_read_all(int fd, uint8_t **data, size_t *len)
     return 0;
 }
 
+static int
+s_is_tls(const opts_t *opts)
+{
+    return opts->broker && strncmp(opts->broker, "tls://", 6) == 0;
+}
+
+/* With a tls:// broker: the TLS options are complete, and no --as. Returns 0 or an exit code. */
+static int
+s_check_tls(const opts_t *opts)
+{
+    if (!s_is_tls(opts)) {
+        if (opts->tls_given)
+            return s_usage_error("--cert, --key, --key-passphrase-file, --ca and --crl are for a "
+                                 "tls:// broker; '%s' is a plain listener (use --as there)",
+                                 opts->broker ? opts->broker : "");
+        return 0;
+    }
+    if (opts->as_given)
+        return s_usage_error("--as is for plain listeners: over tls:// your participant address "
+                             "comes from your certificate (--cert)");
+    const char *missing[3];
+    int n = 0;
+    if (!opts->cert || !*opts->cert)
+        missing[n++] = "--cert FILE (or AMTSBOTE_CERT)";
+    if (!opts->key || !*opts->key)
+        missing[n++] = "--key FILE (or AMTSBOTE_KEY)";
+    if (!opts->ca || !*opts->ca)
+        missing[n++] = "--ca FILE (or AMTSBOTE_CA)";
+    if (n)
+        return s_usage_error("a tls:// broker needs %s%s%s%s%s", missing[0], n > 1 ? ", " : "",
+                             n > 1 ? missing[1] : "", n > 2 ? " and " : "",
+                             n > 2 ? missing[2] : "");
+    return 0;
+}
+
 /* Creates and connects a client as `opts` say. Returns 0 or an exit code (error printed). */
 static int
 s_connect(const opts_t *opts, ab_client_t **client_p)
 {
     if (!opts->broker || !*opts->broker)
         return s_usage_error("no broker given: use --broker URI or set AMTSBOTE_BROKER");
+    int code = s_check_tls(opts);
+    if (code != 0)
+        return code;
+    int tls = s_is_tls(opts);
     ab_client_t *client = ab_client_new();
     if (!client) {
         fprintf(stderr, "amtsbote: NO_MEMORY: cannot create a client\n");
         return EXIT_OTHER;
     }
     int rc = 0;
-    if (opts->as && *opts->as && (rc = ab_client_set_participant(client, opts->as)) != 0) {
+    if (tls) {
+        ab_tls_options_t t = {.cert = opts->cert,
+                              .key = opts->key,
+                              .key_passphrase_file = opts->key_pass_file,
+                              .ca = opts->ca,
+                              .crl = opts->crl};
+        if ((rc = ab_client_set_tls(client, &t)) != 0) {
+            code = s_report(client, rc);
+            ab_client_destroy(&client);
+            return code;
+        }
+    }
+    if (!tls && opts->as && *opts->as && (rc = ab_client_set_participant(client, opts->as)) != 0) {
         fprintf(stderr, "amtsbote: %s: --as: %s\n", ab_err_name(rc), ab_client_last_error(client));
         ab_client_destroy(&client);
         return s_exit_code(rc);
@@ -295,8 +378,8 @@ s_connect(const opts_t *opts, ab_client_t **client_p)
         opts->timeout_ms > 0 && opts->timeout_ms < CONNECT_MS ? opts->timeout_ms : CONNECT_MS;
     rc = ab_client_connect(client, opts->broker, connect_ms);
     if (rc != 0) {
-        int code = s_report(client, rc);
-        if (rc == AB_EREFUSED && !(opts->as && *opts->as))
+        code = s_report(client, rc);
+        if (rc == AB_EREFUSED && !tls && !(opts->as && *opts->as))
             fprintf(stderr, "amtsbote: hint: name yourself with --as PARTICIPANT or "
                             "AMTSBOTE_AS\n");
         ab_client_destroy(&client);
@@ -1131,6 +1214,101 @@ s_cmd_serve(const opts_t *opts, int argc, char **argv)
     return code;
 }
 
+/* ---- tunnel ------------------------------------------------------------------------------- */
+
+static void
+s_tunnel_log(void *arg, const char *line)
+{
+    (void)arg;
+    fprintf(stderr, "amtsbote: tunnel: %s\n", line);
+}
+
+/* Reads the first line of `path` (a key's passphrase). Returns 0, or an exit code (printed). */
+static int
+s_read_passphrase(const char *path, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        fprintf(stderr, "amtsbote: IO_ERROR: %s: cannot read the key passphrase file: %s\n", path,
+                strerror(errno));
+        return EXIT_OTHER;
+    }
+    out[0] = '\0';
+    if (!fgets(out, (int)cap, f))
+        out[0] = '\0';
+    fclose(f);
+    out[strcspn(out, "\r\n")] = '\0';
+    if (!out[0]) {
+        fprintf(stderr,
+                "amtsbote: INVALID_ARGUMENT: %s: the key passphrase file's first line is "
+                "empty\n",
+                path);
+        return EXIT_MALFORMED;
+    }
+    return 0;
+}
+
+static int
+s_cmd_tunnel(const opts_t *opts, int argc, char **argv)
+{
+    const char *listen = "tcp://127.0.0.1:0", *val = NULL;
+    for (int i = 0; i < argc; i++) {
+        int m;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(s_usage, stdout);
+            return EXIT_OK;
+        }
+        if ((m = s_opt(argc, argv, &i, "--listen", &val)) != 0) {
+            if (m < 0 || !*val)
+                return s_usage_error("tunnel: --listen needs an address, e.g. "
+                                     "tcp://127.0.0.1:7451");
+            listen = val;
+        } else {
+            return s_usage_error("tunnel: unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!opts->broker || !*opts->broker)
+        return s_usage_error("tunnel: no broker given: use --broker tls://HOST:PORT or set "
+                             "AMTSBOTE_BROKER");
+    if (!s_is_tls(opts))
+        return s_usage_error("tunnel: the broker must be a tls://HOST:PORT address, not '%s'",
+                             opts->broker);
+    int code = s_check_tls(opts);
+    if (code != 0)
+        return code;
+    char pass[1024];
+    if (opts->key_pass_file &&
+        (code = s_read_passphrase(opts->key_pass_file, pass, sizeof pass)) != 0)
+        return code;
+    ab_tunnel_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.tls.cert = opts->cert;
+    cfg.tls.key = opts->key;
+    cfg.tls.key_passphrase = opts->key_pass_file ? pass : NULL;
+    cfg.tls.ca = opts->ca;
+    cfg.tls.crl = opts->crl;
+    cfg.broker = opts->broker;
+    cfg.listen = listen;
+    cfg.log = s_tunnel_log;
+    char err[1024];
+    int rc = 0;
+    ab_tunnel_t *t = ab_tunnel_new(&cfg, &rc, err, sizeof err);
+    memset(pass, 0, sizeof pass);
+    if (!t) {
+        if (rc == AB_EINVAL)
+            return s_usage_error("tunnel: %s", err);
+        fprintf(stderr, "amtsbote: %s: %s\n", ab_err_name(rc), err);
+        return s_exit_code(rc);
+    }
+    const char *who = ab_tunnel_participant(t);
+    printf("ready: tunnel %s -> %s%s%s\n", ab_tunnel_local_uri(t), opts->broker, *who ? " as " : "",
+           who);
+    fflush(stdout);
+    ab_tunnel_run(t);
+    ab_tunnel_destroy(&t);
+    return EXIT_OK;
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 /* Makes sure fds 0-2 are open, so that pipes never take their numbers. */
@@ -1151,7 +1329,12 @@ s_std_fds(void)
 int
 main(int argc, char **argv)
 {
-    opts_t opts = {.broker = getenv("AMTSBOTE_BROKER"), .as = getenv("AMTSBOTE_AS")};
+    opts_t opts = {.broker = getenv("AMTSBOTE_BROKER"),
+                   .as = getenv("AMTSBOTE_AS"),
+                   .cert = getenv("AMTSBOTE_CERT"),
+                   .key = getenv("AMTSBOTE_KEY"),
+                   .ca = getenv("AMTSBOTE_CA"),
+                   .crl = getenv("AMTSBOTE_CRL")};
     const char *val = NULL;
     int i = 1;
     s_std_fds();
@@ -1177,21 +1360,41 @@ main(int argc, char **argv)
             if (m < 0)
                 return s_usage_error("--as needs a participant address, e.g. bund.bmi");
             opts.as = val;
+            opts.as_given = 1;
         } else if ((m = s_opt(argc, argv, &i, "--timeout", &val)) != 0) {
             if (m < 0 || s_parse_int(val, &opts.timeout_ms) != 0)
                 return s_usage_error("--timeout needs milliseconds (0 or more)");
-        } else if (s_opt(argc, argv, &i, "--cert", &val) != 0 ||
-                   s_opt(argc, argv, &i, "--key", &val) != 0 ||
-                   s_opt(argc, argv, &i, "--ca", &val) != 0) {
-            fprintf(stderr, "amtsbote: mutual TLS is not available in this build yet; use a "
-                            "plain listener with --as for now\n");
-            return EXIT_USAGE;
+        } else if ((m = s_opt(argc, argv, &i, "--cert", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("--cert needs a file name");
+            opts.cert = val;
+            opts.tls_given = 1;
+        } else if ((m = s_opt(argc, argv, &i, "--key", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("--key needs a file name");
+            opts.key = val;
+            opts.tls_given = 1;
+        } else if ((m = s_opt(argc, argv, &i, "--key-passphrase-file", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("--key-passphrase-file needs a file name");
+            opts.key_pass_file = val;
+            opts.tls_given = 1;
+        } else if ((m = s_opt(argc, argv, &i, "--ca", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("--ca needs a file name");
+            opts.ca = val;
+            opts.tls_given = 1;
+        } else if ((m = s_opt(argc, argv, &i, "--crl", &val)) != 0) {
+            if (m < 0)
+                return s_usage_error("--crl needs a file name");
+            opts.crl = val;
+            opts.tls_given = 1;
         } else {
             return s_usage_error("unknown option '%s'", argv[i]);
         }
     }
     if (i >= argc)
-        return s_usage_error("which command? call, serve or services");
+        return s_usage_error("which command? call, serve, services or tunnel");
     const char *cmd = argv[i++];
     if (strcmp(cmd, "call") == 0)
         return s_cmd_call(&opts, argc - i, argv + i);
@@ -1199,9 +1402,12 @@ main(int argc, char **argv)
         return s_cmd_serve(&opts, argc - i, argv + i);
     if (strcmp(cmd, "services") == 0)
         return s_cmd_services(&opts, argc - i, argv + i);
+    if (strcmp(cmd, "tunnel") == 0)
+        return s_cmd_tunnel(&opts, argc - i, argv + i);
     if (strcmp(cmd, "help") == 0) {
         fputs(s_usage, stdout);
         return EXIT_OK;
     }
-    return s_usage_error("unknown command '%s'; commands are call, serve and services", cmd);
+    return s_usage_error("unknown command '%s'; commands are call, serve, services and tunnel",
+                         cmd);
 }

@@ -29,6 +29,6 @@ cc -o "$prefix/hello" "$prefix/hello.c" $(pkg-config --cflags --libs amtsbote)
 LD_LIBRARY_PATH=$libdir "$prefix/hello" | grep -q "INVALID_ARGUMENT: participant address"
 # static libamtsbote (Debian's libzmq.pc cannot link libzmq itself statically)
 cc -o "$prefix/hello-static" "$prefix/hello.c" $(pkg-config --cflags amtsbote) \
-  "$libdir/libamtsbote.a" -lzmq -lprotobuf-c -lpthread
+  "$libdir/libamtsbote.a" -lzmq -luv -lprotobuf-c -lssl -lcrypto -lpthread
 "$prefix/hello-static" | grep -q "INVALID_ARGUMENT"
 echo "1 passed, 0 failed"

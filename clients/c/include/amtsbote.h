@@ -95,9 +95,37 @@ void ab_client_destroy(ab_client_t **self_p);
  * On a plain tcp:// or ipc:// listener the client names itself: `participant` is its address,
  * `level.org[.unit]`, e.g. "kommune.09162000.meldeamt". The broker believes it only when run with
  * --insecure-plain-identities. Call before ab_client_connect(). Returns AB_EINVAL for an address
- * that is not of that form.
+ * that is not of that form. Over tls:// the address comes from the client certificate, and
+ * connecting there with a participant set fails with AB_EINVAL.
  */
 int ab_client_set_participant(ab_client_t *self, const char *participant);
+
+/*
+ * Mutual TLS for a tls://HOST:PORT broker address: PEM files, read when ab_client_connect() runs.
+ * `cert` (the client certificate; its SAN URI urn:amtsbote:participant:<address> is this
+ * client's participant address), `key` (its private key), `ca` (the CA certificates the
+ * broker's certificate must chain to) are required; `key_passphrase_file` (first line: the
+ * key's passphrase) and `crl` (CRLs for the broker's chain) are optional (NULL).
+ */
+typedef struct ab_tls_options {
+    const char *cert;
+    const char *key;
+    const char *key_passphrase_file;
+    const char *ca;
+    const char *crl;
+} ab_tls_options_t;
+
+/*
+ * Sets the TLS files for a later ab_client_connect() to tls://HOST:PORT; the strings are copied.
+ * Call before connecting. Returns AB_EINVAL when cert, key or ca is missing (naming which),
+ * AB_ESTATE when already connected.
+ *
+ * A tls:// connection runs a relay on a thread of its own (with its own event loop): the client's
+ * DEALER socket connects to it over loopback, and it speaks TLS to the broker, verifying the
+ * broker's certificate against `ca` and the host in the URI. ab_client_destroy() stops that
+ * thread. The client itself stays single-threaded as above.
+ */
+int ab_client_set_tls(ab_client_t *self, const ab_tls_options_t *opts);
 
 /*
  * Sets the purpose (the legal basis, e.g. "BMG §34") sent with every later call; NULL or "" sends
@@ -106,9 +134,12 @@ int ab_client_set_participant(ab_client_t *self, const char *participant);
 int ab_client_set_purpose(ab_client_t *self, const char *purpose);
 
 /*
- * Connects to the broker at `uri` (tcp://HOST:PORT or ipc://PATH) and waits up to `timeout_ms`
- * (0: 5000) for the broker's HELLO. Returns AB_EREFUSED when the broker refused the identity,
- * AB_ETIMEDOUT when it did not answer, AB_EINVAL for a URI it cannot use.
+ * Connects to the broker at `uri` (tcp://HOST:PORT, ipc://PATH, or tls://HOST:PORT after
+ * ab_client_set_tls()) and waits up to `timeout_ms` (0: 5000) for the broker's HELLO. Returns
+ * AB_EREFUSED when the broker refused the identity or either side refused the other's
+ * certificate (last_error says which and why, e.g. "the broker's certificate: hostname
+ * mismatch ..."), AB_ETIMEDOUT when it did not answer, AB_EINVAL for a URI it cannot use, AB_EIO
+ * for a TLS file it cannot use (last_error names it).
  */
 int ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms);
 

@@ -25,10 +25,12 @@
  */
 #include "amtsbote.h"
 #include "heap.h"
+#include "tunnel.h"
 #include "wire.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -57,6 +59,8 @@
 #define S_FREE_PENDING_MAX 256  /* spare pending entries kept for reuse */
 #define S_FREE_REQUESTS_MAX 64  /* spare requests kept for reuse */
 #define S_MONITOR_EP "inproc://amtsbote-client-monitor"
+#define S_TUNNEL_SLICE_MS 50 /* connect looks this often for the tunnel's TLS failures */
+#define S_PASSPHRASE_MAX 1024
 
 /* Where a blocking caller waits for its answer; lives on that caller's stack. */
 typedef struct {
@@ -127,6 +131,8 @@ typedef struct {
 struct ab_client {
     void *ctx;
     void *sock;
+    ab_tunnel_t *tunnel; /* the TLS relay of a tls:// connection, on its own thread */
+    char *tls_cert, *tls_key, *tls_pass_file, *tls_ca, *tls_crl; /* ab_client_set_tls() */
     void *mon; /* PAIR receiving the DEALER's monitor events, to notice reconnects */
     int fd;
     int connected; /* the broker's HELLO has arrived */
@@ -167,6 +173,8 @@ struct ab_client {
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
+
+static void s_tls_free(ab_client_t *self);
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
@@ -1152,10 +1160,128 @@ ab_client_destroy(ab_client_t **self_p)
     }
     s_close_sockets(self, self->mon, S_LINGER_MS);
     self->mon = NULL;
+    ab_tunnel_destroy(&self->tunnel); /* after the close: what lingered went through it */
+    s_tls_free(self);
     ab_wire_decoder_destroy(&self->dec);
     free(self->table);
     ab_heap_free(&self->heap);
     free(self);
+}
+
+static void
+s_tls_free(ab_client_t *self)
+{
+    free(self->tls_cert);
+    free(self->tls_key);
+    free(self->tls_pass_file);
+    free(self->tls_ca);
+    free(self->tls_crl);
+    self->tls_cert = self->tls_key = self->tls_pass_file = self->tls_ca = self->tls_crl = NULL;
+}
+
+/* A copy of `s`, or NULL for NULL and "". Sets *oom when out of memory. */
+static char *
+s_dup(const char *s, int *oom)
+{
+    if (!s || !*s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *oom = 1;
+    return d;
+}
+
+int
+ab_client_set_tls(ab_client_t *self, const ab_tls_options_t *opts)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (self->sock)
+        return s_fail(self, AB_ESTATE, "TLS options must be set before connecting");
+    if (!opts)
+        return s_fail(self, AB_EINVAL, "TLS options are NULL");
+    const char *missing = !opts->cert || !*opts->cert ? "cert (the client certificate)"
+                          : !opts->key || !*opts->key ? "key (the client's private key)"
+                          : !opts->ca || !*opts->ca   ? "ca (the CA certificates for the broker's)"
+                                                      : NULL;
+    if (missing)
+        return s_fail(self, AB_EINVAL, "TLS options: %s is missing", missing);
+    s_tls_free(self);
+    int oom = 0;
+    self->tls_cert = s_dup(opts->cert, &oom);
+    self->tls_key = s_dup(opts->key, &oom);
+    self->tls_pass_file = s_dup(opts->key_passphrase_file, &oom);
+    self->tls_ca = s_dup(opts->ca, &oom);
+    self->tls_crl = s_dup(opts->crl, &oom);
+    if (oom) {
+        s_tls_free(self);
+        return s_fail(self, AB_ENOMEM, "no memory for the TLS options");
+    }
+    return 0;
+}
+
+/* Reads the first line of `path` into `out`. Returns 0 or an AB_E* code with last_error set. */
+static int
+s_read_passphrase(ab_client_t *self, const char *path, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return s_fail(self, AB_EIO, "%.200s: cannot read the key passphrase file: %s", path,
+                      strerror(errno));
+    out[0] = '\0';
+    int ok = fgets(out, (int)cap, f) != NULL;
+    int e = errno;
+    fclose(f);
+    if (!ok && e && out[0] == '\0')
+        return s_fail(self, AB_EIO, "%.200s: cannot read the key passphrase file: %s", path,
+                      strerror(e));
+    out[strcspn(out, "\r\n")] = '\0';
+    if (!out[0])
+        return s_fail(self, AB_EINVAL, "%.200s: the key passphrase file's first line is empty",
+                      path);
+    return 0;
+}
+
+/* Starts the TLS relay for `uri` on its own thread. Returns 0 or an AB_E* code. */
+static int
+s_tunnel_start(ab_client_t *self, const char *uri, int timeout_ms)
+{
+    if (self->participant[0])
+        return s_fail(self, AB_EINVAL,
+                      "over tls:// the participant address comes from the client certificate; "
+                      "do not set one (ab_client_set_participant is for plain listeners)");
+    if (!self->tls_cert)
+        return s_fail(self, AB_EINVAL,
+                      "%.200s needs a client certificate, key and CA file: call "
+                      "ab_client_set_tls() before connecting",
+                      uri);
+    char pass[S_PASSPHRASE_MAX];
+    pass[0] = '\0';
+    if (self->tls_pass_file) {
+        int rc = s_read_passphrase(self, self->tls_pass_file, pass, sizeof pass);
+        if (rc != 0)
+            return rc;
+    }
+    ab_tunnel_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.tls.cert = self->tls_cert;
+    cfg.tls.key = self->tls_key;
+    cfg.tls.ca = self->tls_ca;
+    cfg.tls.crl = self->tls_crl;
+    cfg.tls.key_passphrase = self->tls_pass_file ? pass : NULL;
+    cfg.broker = uri;
+    cfg.timeout_ms = (uint32_t)timeout_ms;
+    char err[S_ERRLEN];
+    int code = 0;
+    self->tunnel = ab_tunnel_new(&cfg, &code, err, sizeof err);
+    OPENSSL_cleanse(pass, sizeof pass);
+    if (!self->tunnel)
+        return s_fail(self, code, "%s", err);
+    if (ab_tunnel_start(self->tunnel) != 0) {
+        ab_tunnel_destroy(&self->tunnel);
+        return s_fail(self, AB_ENOMEM, "cannot start the TLS relay's thread");
+    }
+    return 0;
 }
 
 int
@@ -1244,22 +1370,36 @@ ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
         return AB_EINVAL;
     if (self->sock)
         return s_fail(self, AB_ESTATE, "already connected");
-    if (!uri || (strncmp(uri, "tcp://", 6) != 0 && strncmp(uri, "ipc://", 6) != 0) || !uri[6])
+    int tls = uri && strncmp(uri, "tls://", 6) == 0;
+    if (!uri || (strncmp(uri, "tcp://", 6) != 0 && strncmp(uri, "ipc://", 6) != 0 && !tls) ||
+        !uri[6])
         return s_fail(self, AB_EINVAL,
-                      "broker address '%.200s' is not tcp://HOST:PORT or ipc://PATH",
+                      "broker address '%.200s' is not tcp://HOST:PORT, ipc://PATH or "
+                      "tls://HOST:PORT",
                       uri ? uri : "");
     if (timeout_ms < 0)
         return s_fail(self, AB_EINVAL, "connect timeout %d ms is negative", timeout_ms);
     if (timeout_ms == 0)
         timeout_ms = S_CONNECT_MS;
+    /* over tls:// the DEALER talks to the relay on loopback, with the NULL mechanism */
+    const char *zuri = uri;
+    if (tls) {
+        int rc = s_tunnel_start(self, uri, timeout_ms);
+        if (rc != 0)
+            return rc;
+        zuri = ab_tunnel_local_uri(self->tunnel);
+    }
 
     self->ctx = zmq_ctx_new();
-    if (!self->ctx)
+    if (!self->ctx) {
+        ab_tunnel_destroy(&self->tunnel);
         return s_fail(self, AB_ENOMEM, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
+    }
     self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
     if (!self->sock) {
         int e = errno;
         s_close_sockets(self, NULL, 0);
+        ab_tunnel_destroy(&self->tunnel);
         return s_fail(self, AB_ENOMEM, "cannot create a ZeroMQ socket: %s", zmq_strerror(e));
     }
     void *mon = NULL;
@@ -1295,7 +1435,7 @@ ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
         if (!mon)
             zmq_socket_monitor(self->sock, NULL, 0);
     }
-    if (zmq_connect(self->sock, uri) != 0) {
+    if (zmq_connect(self->sock, zuri) != 0) {
         int e = errno;
         if (e == EINVAL || e == EPROTONOSUPPORT || e == ENOCOMPATPROTO)
             rc = s_fail(self, AB_EINVAL, "cannot use broker address '%.200s': %s", uri,
@@ -1322,7 +1462,10 @@ ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
         if (now >= deadline)
             break;
         zmq_pollitem_t items[2] = {{self->sock, 0, ZMQ_POLLIN, 0}, {mon, 0, ZMQ_POLLIN, 0}};
-        int n = zmq_poll(items, mon ? 2 : 1, (long)(deadline - now));
+        long wait = (long)(deadline - now);
+        if (self->tunnel && wait > S_TUNNEL_SLICE_MS)
+            wait = S_TUNNEL_SLICE_MS;
+        int n = zmq_poll(items, mon ? 2 : 1, wait);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -1366,10 +1509,26 @@ ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
                     break;
             }
         }
+        /* a refused TLS session only closes the relay's loopback connection: ask the relay */
+        int kind = 0;
+        char why[S_ERRLEN];
+        if (self->hello_status == 0 && self->tunnel &&
+            ab_tunnel_failure(self->tunnel, &kind, why, sizeof why) > 0 && kind == AB_TUNNEL_TLS) {
+            rc = s_fail(self, AB_EREFUSED, "%s", why);
+            goto fail;
+        }
     }
     self->hello_waiting = 0;
     if (self->hello_status < 0) {
         rc = self->hello_status; /* last_error set from the broker's ERROR */
+        goto fail;
+    }
+    int tkind = 0;
+    char twhy[S_ERRLEN];
+    if (self->hello_status == 0 && self->tunnel &&
+        ab_tunnel_failure(self->tunnel, &tkind, twhy, sizeof twhy) > 0) {
+        rc = s_fail(self, AB_ETIMEDOUT, "no connection to the broker at %.200s within %d ms: %s",
+                    uri, timeout_ms, twhy);
         goto fail;
     }
     if (self->hello_status == 0) {
@@ -1399,6 +1558,7 @@ ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
                     zmq_strerror(errno));
         s_close_sockets(self, self->mon, 0);
         self->mon = NULL;
+        ab_tunnel_destroy(&self->tunnel);
         return rc;
     }
     self->connected = 1;
@@ -1408,6 +1568,7 @@ ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
 fail:
     self->hello_waiting = 0;
     s_close_sockets(self, mon, 0);
+    ab_tunnel_destroy(&self->tunnel);
     return rc;
 }
 
