@@ -64,7 +64,8 @@ typedef struct {
     long warmup;
     int latency;
     int timeout_ms;
-    pid_t hop_pid; /* the broker or forwarder, for its CPU time; 0: not measured */
+    pid_t hop_pid;   /* the broker or forwarder, for its CPU time; 0: not measured */
+    const char *pki; /* for tls:// brokers: a certs/pki.sh directory with both participants */
 } opts_t;
 
 typedef struct bench bench_t;
@@ -196,12 +197,33 @@ s_echo(ab_client_t *client, ab_request_t *req, void *arg)
     ab_reply(&req, data, len);
 }
 
+/*
+ * Who the client is: on a tls:// broker its certificate from the --pki directory, on a plain
+ * listener the name it gives. Returns 0 or an AB_E* code.
+ */
+static int
+s_ab_identity(ab_client_t *c, const opts_t *o, const char *who)
+{
+    if (strncmp(o->uri, "tls://", 6) != 0)
+        return ab_client_set_participant(c, who);
+    if (!o->pki) {
+        fprintf(stderr, "bench_calls: a tls:// broker needs --pki DIR\n");
+        return AB_EINVAL;
+    }
+    char cert[512], key[512], ca[512];
+    snprintf(cert, sizeof cert, "%s/%s.crt", o->pki, who);
+    snprintf(key, sizeof key, "%s/%s.key", o->pki, who);
+    snprintf(ca, sizeof ca, "%s/ca/chain.pem", o->pki);
+    ab_tls_options_t t = {.cert = cert, .key = key, .ca = ca};
+    return ab_client_set_tls(c, &t);
+}
+
 /* The provider child: offers the echo service and serves it until `ctl` closes. */
 static int
 s_ab_provider(const opts_t *o, int ready_fd, int ctl)
 {
     ab_client_t *c = ab_client_new();
-    int rc = c ? ab_client_set_participant(c, PROVIDER_ID) : AB_ENOMEM;
+    int rc = c ? s_ab_identity(c, o, PROVIDER_ID) : AB_ENOMEM;
     if (rc == 0)
         rc = ab_client_connect(c, o->uri, 5000);
     if (rc == 0)
@@ -255,7 +277,7 @@ s_ab_connect(bench_t *b)
     for (int i = 0; i < b->o.clients; i++) {
         ab_client_t *c = ab_client_new();
         b->ab[i] = c;
-        int rc = c ? ab_client_set_participant(c, CALLER_ID) : AB_ENOMEM;
+        int rc = c ? s_ab_identity(c, &b->o, CALLER_ID) : AB_ENOMEM;
         if (rc == 0)
             rc = ab_client_connect(c, b->o.uri, 5000);
         if (rc != 0) {
@@ -618,7 +640,9 @@ s_usage(FILE *f)
             "  --seconds S   stop starting calls after S seconds (default 3)\n"
             "  --warmup N    unmeasured calls first (default 2000)\n"
             "  --timeout-ms  per-call deadline in Amtsbote mode (default 10000)\n"
-            "  --hop-pid PID also report the CPU time per call of the broker or forwarder\n",
+            "  --hop-pid PID also report the CPU time per call of the broker or forwarder\n"
+            "  --pki DIR     for a tls:// broker: certs/pki.sh directory with certificates for\n"
+            "                " CALLER_ID " and " PROVIDER_ID "\n",
             STAMP_LEN);
 }
 
@@ -652,6 +676,7 @@ s_parse(int argc, char **argv, opts_t *o)
                                              {"latency", no_argument, NULL, 'l'},
                                              {"timeout-ms", required_argument, NULL, 't'},
                                              {"hop-pid", required_argument, NULL, 'p'},
+                                             {"pki", required_argument, NULL, 'P'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     *o = (opts_t){.mode = MODE_NONE,
@@ -722,6 +747,9 @@ s_parse(int argc, char **argv, opts_t *o)
             if (s_parse_long(optarg, "--timeout-ms", 1, 600000, &v))
                 return -1;
             o->timeout_ms = (int)v;
+            break;
+        case 'P':
+            o->pki = optarg;
             break;
         case 'p':
             if (s_parse_long(optarg, "--hop-pid", 1, INT32_MAX, &v))
