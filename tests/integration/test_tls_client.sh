@@ -78,6 +78,16 @@ out=$(AMTSBOTE_CERT=$pki/bund.bmi.crt AMTSBOTE_KEY=$pki/bund.bmi.key AMTSBOTE_CA
   "$CLI" --broker "$tls" call "$svc/Meldebescheinigung" --data x 2>&1)
 [ "$out" = "bund.bmi" ] && ok "TLS files from AMTSBOTE_CERT, AMTSBOTE_KEY, AMTSBOTE_CA" || bad "env: $out"
 
+# --- a large payload both ways through two relays and the gateway (flow control on every hop)
+mkfifo "$work/echo.out"
+"$CLI" --broker "$tls" "${mun[@]}" serve test.v1.Echo --echo >"$work/echo.out" 2>"$work/echo.err" &
+pids+=($!)
+read -r -t 10 ready <"$work/echo.out"
+head -c 4000000 /dev/urandom >"$work/big"
+"$CLI" --broker "$tls" "${bmi[@]}" call test.v1.Echo/Echo --file "$work/big" >"$work/big.out" 2>"$work/big.err"
+cmp -s "$work/big" "$work/big.out" && ok "4 MB echoed over tls:// unchanged" ||
+  bad "large echo: $(cat "$work/big.err") ($(stat -c %s "$work/big.out") bytes back)"
+
 # --- an encrypted key with its passphrase file, and with a wrong one
 printf 'geheim\n' >"$work/pass"
 printf 'falsch\n' >"$work/wrong"

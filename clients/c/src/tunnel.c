@@ -30,6 +30,9 @@
 #define S_MAX_PENDING (1024 * 1024)  /* plaintext kept until the handshake is done */
 #define S_LOG_BURST 5                /* failure lines per second, the rest counted */
 #define S_WHY_LEN (AB_WHY_LEN + 256) /* a failure's sentence */
+/* Flow control, as in the gateway: with this much waiting to be written to one side, the other
+ * side is not read until half of it has gone. */
+#define S_QUEUE_HIGH (4u * 1024 * 1024)
 
 typedef struct s_sess s_sess_t;
 
@@ -74,7 +77,8 @@ struct s_sess {
     uv_connect_t connect_req;
     ab_tls_session_t *tls;
     int open, closing, remote_up, handshake_done, established;
-    uint8_t *pending; /* plaintext that arrived before the handshake was done */
+    int local_paused, remote_paused; /* reading stopped for flow control */
+    uint8_t *pending;                /* plaintext that arrived before the handshake was done */
     size_t npending, cappending;
 };
 
@@ -169,25 +173,60 @@ s_close(s_sess_t *s, int kind, const char *why)
     uv_close((uv_handle_t *)&s->timer, s_on_handle_closed);
 }
 
+static void s_on_local_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void s_on_remote_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void s_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+/* After a write to `to`: stop reading the other side while `to` has too much queued. */
+static void
+s_throttle(s_sess_t *s, uv_stream_t *to)
+{
+    if (uv_stream_get_write_queue_size(to) <= S_QUEUE_HIGH)
+        return;
+    if (to == (uv_stream_t *)&s->local && !s->remote_paused && s->remote_up) {
+        uv_read_stop((uv_stream_t *)&s->remote);
+        s->remote_paused = 1;
+    } else if (to == (uv_stream_t *)&s->remote && !s->local_paused) {
+        uv_read_stop((uv_stream_t *)&s->local);
+        s->local_paused = 1;
+    }
+}
+
 static void
 s_on_written(uv_write_t *req, int status)
 {
     (void)status; /* a failed write shows as a read error or EOF on the same stream */
+    s_sess_t *s = req->data;
+    uv_stream_t *to = req->handle;
     free(req);
+    /* cancelled writes of a closing session come before its close callbacks: `s` is alive */
+    if (s->closing || uv_stream_get_write_queue_size(to) > S_QUEUE_HIGH / 2)
+        return;
+    if (to == (uv_stream_t *)&s->local && s->remote_paused) {
+        s->remote_paused = 0;
+        uv_read_start((uv_stream_t *)&s->remote, s_alloc, s_on_remote_read);
+    } else if (to == (uv_stream_t *)&s->remote && s->local_paused) {
+        s->local_paused = 0;
+        uv_read_start((uv_stream_t *)&s->local, s_alloc, s_on_local_read);
+    }
 }
 
-/* Queues `len` bytes on `stream`; the bytes are copied. Returns 0 or a libuv error. */
+/* Queues `len` bytes of session `s` on `stream`; the bytes are copied. Returns 0 or a libuv
+ * error. */
 static int
-s_write(uv_stream_t *stream, const void *data, size_t len)
+s_write(s_sess_t *s, uv_stream_t *stream, const void *data, size_t len)
 {
     uv_write_t *req = malloc(sizeof *req + len);
     if (!req)
         return UV_ENOMEM;
     memcpy(req + 1, data, len);
+    req->data = s;
     uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)len);
     int rc = uv_write(req, stream, &b, 1, s_on_written);
     if (rc != 0)
         free(req);
+    else
+        s_throttle(s, stream);
     return rc;
 }
 
@@ -204,11 +243,14 @@ s_flush_tls(s_sess_t *s)
         return;
     }
     size_t got = ab_tls_session_take(s->tls, req + 1, n);
+    req->data = s;
     uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)got);
     if (uv_write(req, (uv_stream_t *)&s->remote, &b, 1, s_on_written) != 0) {
         free(req);
         s_close(s, AB_TUNNEL_UNREACHABLE, "the write to the broker failed");
+        return;
     }
+    s_throttle(s, (uv_stream_t *)&s->remote);
 }
 
 static void
@@ -281,7 +323,7 @@ s_pump_in(s_sess_t *s)
             s_log(t, "session=%llu event=connected broker=%s", (unsigned long long)s->id,
                   t->broker);
         }
-        if (s_write((uv_stream_t *)&s->local, t->rbuf, (size_t)n) != 0) {
+        if (s_write(s, (uv_stream_t *)&s->local, t->rbuf, (size_t)n) != 0) {
             s_close(s, AB_TUNNEL_OK, "the write to the local client failed");
             return;
         }
