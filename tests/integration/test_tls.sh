@@ -14,6 +14,8 @@ pids=()
 passed=0
 failed=0
 cleanup() {
+  # tunnels are started inside $(...): their pids come back through a file
+  [ -f "$work/tunnel.pids" ] && while read -r p; do pids+=("$p"); done <"$work/tunnel.pids"
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
   for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
   rm -rf "$work"
@@ -72,7 +74,7 @@ tunnel() {
     for o in "$@"; do echo "$o"; done
   } >"$work/$name.conf"
   stunnel "$work/$name.conf" >"$work/$name.stunnel.log" 2>&1 &
-  pids+=($!)
+  echo $! >>"$work/tunnel.pids"
   for _ in $(seq 50); do
     (exec 9<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
