@@ -17,6 +17,8 @@ pids=()
 passed=0
 failed=0
 cleanup() {
+  # brokers are started inside $(...): their pids come back through a file
+  [ -f "$work/broker.pids" ] && while read -r p; do pids+=("$p"); done <"$work/broker.pids"
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
   for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
   [ -n "${KEEP:-}" ] || rm -rf "$work"
@@ -45,7 +47,7 @@ start_broker() {
   "$BROKER" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/$cert.crt" --tls-key "$pki/$cert.key" \
     --tls-ca "$pki/ca/chain.pem" --tls-crl "$pki/ca/crl.pem" \
     --data "$work/$name.data" --log-level debug >"$work/$name.out" 2>"$work/$name.log" &
-  pids+=($!)
+  echo $! >>"$work/broker.pids"
   exec {fd}<"$work/$name.out"
   while IFS= read -r -t 10 line <&$fd; do
     case "$line" in
