@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -321,6 +322,28 @@ s_open_router(s_broker_t *b)
     return tls ? s_open_tls(b) : 0;
 }
 
+/*
+ * Each TLS session takes three descriptors (the client's, the relay's, and libzmq's end of the
+ * relay): raise the soft limit to the hard one, and say when max_connections cannot fit.
+ */
+static void
+s_raise_fd_limit(const brk_config_t *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 3 * cfg->max_connections + 64)
+        brk_log(BRK_LOG_WARN,
+                "event=fd_limit open_files=%llu max_connections=%llu reason=\"each TLS session "
+                "needs 3 descriptors; raise the limit or lower max_connections\"",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)cfg->max_connections);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -334,6 +357,7 @@ main(int argc, char **argv)
     }
     brk_log_set_level(brk_log_level_parse(b.cfg.log_level));
     signal(SIGPIPE, SIG_IGN);
+    s_raise_fd_limit(&b.cfg);
     int exit_code = 1;
 
     if (b.cfg.data && (b.lock_fd = s_lock_data(b.cfg.data)) < 0)
