@@ -192,6 +192,36 @@ grep -q "event=tls_refused.*certificate revoked" "$work/broker.log" && ok "its r
 code=$?
 { [ $code = 4 ] || [ $code = 6 ]; } && ok "its service is gone (exit $code)" || bad "call after revocation: exit $code"
 
+# --- a broker with --tls12: TLS 1.2 with ECDHE + AES-GCM is served, a CBC suite is refused
+mkfifo "$work/broker12.out"
+"$BROKER" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" --tls-key "$pki/broker.key" \
+  --tls-ca "$pki/ca/chain.pem" --tls12 --data "$work/data12" \
+  >"$work/broker12.out" 2>"$work/broker12.log" &
+pids+=($!)
+exec 4<"$work/broker12.out"
+tls13=$tls
+tls=""
+while IFS= read -r -t 10 line <&4; do
+  case "$line" in
+    "listening on tls://"*) tls=${line#listening on tls://} ;;
+    ready) break ;;
+  esac
+done
+if [ -n "$tls" ]; then
+  port=$(tunnel gcm12 "$pki/bund.bmi.crt" "$pki/bund.bmi.key" "sslVersionMax = TLSv1.2" \
+    "ciphers = ECDHE-ECDSA-AES128-GCM-SHA256")
+  "$CLI" --broker "tcp://127.0.0.1:$port" --timeout 2000 call x.v1.Nobody/Here --data x >"$work/out" 2>&1
+  [ $? = 4 ] && ok "TLS 1.2 with ECDHE-ECDSA-AES128-GCM-SHA256 served with --tls12" || bad "TLS 1.2 GCM: $(cat "$work/out")"
+  port=$(tunnel cbc12 "$pki/bund.bmi.crt" "$pki/bund.bmi.key" "sslVersionMax = TLSv1.2" \
+    "ciphers = ECDHE-ECDSA-AES128-SHA256")
+  "$CLI" --broker "tcp://127.0.0.1:$port" --timeout 1500 call x.v1.Nobody/Here --data x >/dev/null 2>&1
+  [ $? = 3 ] && grep -q "event=tls_refused.*no shared cipher" "$work/broker12.log" &&
+    ok "a CBC suite refused even with --tls12" || bad "CBC: $(grep tls_refused "$work/broker12.log" | tail -n 1)"
+else
+  bad "the --tls12 broker did not start: $(tail -n 3 "$work/broker12.log")"
+fi
+tls=$tls13
+
 # --- nothing of the payloads in the log
 grep -q "for bund.bmi" "$work/broker.log" && bad "payload in the broker log" || ok "no payloads in the broker log"
 
