@@ -92,6 +92,9 @@ static const char *s_usage =
     "                     (default: $AMTSBOTE_CA)\n"
     "  --crl FILE         CRLs for the broker's chain (optional) (default: $AMTSBOTE_CRL)\n"
     "                     --cert, --key and --ca are required with a tls:// broker.\n"
+    "  --profile FILE     read defaults from FILE (default: $AMTSBOTE_PROFILE, else\n"
+    "                     $XDG_CONFIG_HOME/amtsbote/profile or ~/.config/amtsbote/profile\n"
+    "                     if it exists); see 'Profile' below\n"
     "  --help             this text\n"
     "  --version          print the version\n"
     "\n"
@@ -145,6 +148,20 @@ static const char *s_usage =
     "  amtsbote --broker tls://broker.example.org:7443 --cert bund.bmi.crt \\\n"
     "    --key bund.bmi.key --ca chain.pem tunnel --listen tcp://127.0.0.1:7451\n"
     "    (then e.g. pyzmq: zmq.Context().socket(zmq.DEALER).connect('tcp://127.0.0.1:7451'))\n"
+    "\n"
+    "Profile:\n"
+    "  Lines KEY=VALUE with the keys AMTSBOTE_BROKER, AMTSBOTE_AS, AMTSBOTE_CERT,\n"
+    "  AMTSBOTE_KEY, AMTSBOTE_CA and AMTSBOTE_CRL; '#' starts a comment line, blank lines are\n"
+    "  ignored. Relative file names are relative to the profile's directory. A command-line\n"
+    "  option beats the environment variable (when not empty), which beats the profile.\n"
+    "  An unknown key or a line without '=' is a usage error (exit 2) naming FILE:LINE, and\n"
+    "  so is a profile named by --profile or $AMTSBOTE_PROFILE that cannot be read. A missing\n"
+    "  default profile is no error.\n"
+    "  Example (~/.config/amtsbote/profile):\n"
+    "    AMTSBOTE_BROKER=tls://broker.example.org:7443\n"
+    "    AMTSBOTE_CERT=bund.bmi.crt\n"
+    "    AMTSBOTE_KEY=bund.bmi.key\n"
+    "    AMTSBOTE_CA=chain.pem\n"
     "\n"
     "Errors are printed as 'amtsbote: ERROR_NAME: text'. Exit codes:\n"
     "  0 success\n"
@@ -346,7 +363,8 @@ static int
 s_connect(const opts_t *opts, ab_client_t **client_p)
 {
     if (!opts->broker || !*opts->broker)
-        return s_usage_error("no broker given: use --broker URI or set AMTSBOTE_BROKER");
+        return s_usage_error(
+            "no broker given: use --broker URI or set AMTSBOTE_BROKER (environment or profile)");
     int code = s_check_tls(opts);
     if (code != 0)
         return code;
@@ -1309,6 +1327,187 @@ s_cmd_tunnel(const opts_t *opts, int argc, char **argv)
     return EXIT_OK;
 }
 
+/* ---- profile ------------------------------------------------------------------------------ */
+
+/*
+ * A profile holds defaults for the global options as KEY=VALUE lines, so that the certificate,
+ * key, CA and broker need not be typed for every call. It is the weakest source: a command-line
+ * flag beats the environment, which beats the profile.
+ */
+enum { P_BROKER, P_AS, P_CERT, P_KEY, P_CA, P_CRL, P_COUNT };
+
+#define PROFILE_MAX_LINE 4096  /* bytes in one line, newline included */
+#define PROFILE_MAX_LINES 1000 /* a profile is a handful of lines; this bounds a wrong file */
+
+static const struct {
+    const char *key;
+    int is_path; /* relative values are resolved against the profile's directory */
+} s_profile_keys[P_COUNT] = {
+    [P_BROKER] = {"AMTSBOTE_BROKER", 0}, [P_AS] = {"AMTSBOTE_AS", 0},
+    [P_CERT] = {"AMTSBOTE_CERT", 1},     [P_KEY] = {"AMTSBOTE_KEY", 1},
+    [P_CA] = {"AMTSBOTE_CA", 1},         [P_CRL] = {"AMTSBOTE_CRL", 1},
+};
+
+typedef struct {
+    char *val[P_COUNT]; /* owned; NULL when the profile does not set the key */
+    int line[P_COUNT];  /* where it was set, for "set twice" */
+} profile_t;
+
+static void
+s_profile_clear(profile_t *p)
+{
+    for (int k = 0; k < P_COUNT; k++) {
+        free(p->val[k]);
+        p->val[k] = NULL;
+    }
+}
+
+/* Strips leading and trailing blanks in place. Returns the first non-blank character. */
+static char *
+s_trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+        s[--n] = '\0';
+    return s;
+}
+
+/* Returns `value` as a malloc'd string; a relative path is put in the directory of `path`.
+ * Returns NULL when out of memory. */
+static char *
+s_profile_value(const char *path, const char *value, int is_path)
+{
+    const char *slash = strrchr(path, '/');
+    size_t dir = is_path && value[0] != '/' && slash ? (size_t)(slash - path) + 1 : 0;
+    size_t n = strlen(value);
+    char *out = malloc(dir + n + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, path, dir);
+    memcpy(out + dir, value, n + 1);
+    return out;
+}
+
+/*
+ * Reads the profile at `path` into `p`. A profile that does not exist is an error only when
+ * `explicit` (--profile or $AMTSBOTE_PROFILE named it). Returns 0, or EXIT_USAGE with the error,
+ * naming the file and line, printed.
+ */
+static int
+s_profile_load(const char *path, int explicit, profile_t *p)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (!explicit && (errno == ENOENT || errno == ENOTDIR))
+            return 0;
+        return s_usage_error("cannot read the profile '%s': %s", path, strerror(errno));
+    }
+    char buf[PROFILE_MAX_LINE];
+    int lineno = 0, code = 0;
+    while (fgets(buf, sizeof buf, f)) {
+        if (++lineno > PROFILE_MAX_LINES) {
+            code = s_usage_error("%s: more than %d lines; is this a profile?", path,
+                                 PROFILE_MAX_LINES);
+            break;
+        }
+        if (!strchr(buf, '\n') && !feof(f)) {
+            code = s_usage_error("%s:%d: line longer than %d bytes", path, lineno,
+                                 PROFILE_MAX_LINE - 2);
+            break;
+        }
+        char *line = s_trim(buf);
+        if (!*line || *line == '#')
+            continue;
+        char *eq = strchr(line, '=');
+        if (!eq) {
+            code = s_usage_error("%s:%d: expected KEY=VALUE, e.g. AMTSBOTE_CA=chain.pem", path,
+                                 lineno);
+            break;
+        }
+        *eq = '\0';
+        char *key = s_trim(line), *value = s_trim(eq + 1);
+        size_t n = strlen(value);
+        if (n >= 2 && (value[0] == '"' || value[0] == '\'') && value[n - 1] == value[0]) {
+            value[n - 1] = '\0';
+            value++;
+        }
+        int k = 0;
+        while (k < P_COUNT && strcmp(key, s_profile_keys[k].key) != 0)
+            k++;
+        if (k == P_COUNT) {
+            code = s_usage_error("%s:%d: unknown key '%s'; a profile knows AMTSBOTE_BROKER, "
+                                 "AMTSBOTE_AS, AMTSBOTE_CERT, AMTSBOTE_KEY, AMTSBOTE_CA and "
+                                 "AMTSBOTE_CRL",
+                                 path, lineno, key);
+            break;
+        }
+        if (p->val[k]) {
+            code = s_usage_error("%s:%d: %s is set twice (first on line %d)", path, lineno, key,
+                                 p->line[k]);
+            break;
+        }
+        if (!*value)
+            continue; /* KEY= leaves the key unset */
+        if (!(p->val[k] = s_profile_value(path, value, s_profile_keys[k].is_path))) {
+            fprintf(stderr, "amtsbote: NO_MEMORY: reading the profile '%s'\n", path);
+            code = EXIT_OTHER;
+            break;
+        }
+        p->line[k] = lineno;
+    }
+    if (code == 0 && ferror(f))
+        code = s_usage_error("cannot read the profile '%s': %s", path, strerror(errno));
+    fclose(f);
+    if (code != 0)
+        s_profile_clear(p);
+    return code;
+}
+
+/*
+ * Fills in what the command line left open: from the environment, then from the profile
+ * (`--profile`, else $AMTSBOTE_PROFILE, else $XDG_CONFIG_HOME/amtsbote/profile or
+ * ~/.config/amtsbote/profile if it exists). An empty environment variable counts as unset.
+ * `opts` borrows strings from `p`. Returns 0 or an exit code (printed).
+ */
+static int
+s_apply_defaults(opts_t *opts, const char *profile, profile_t *p)
+{
+    const char **field[P_COUNT] = {
+        [P_BROKER] = &opts->broker, [P_AS] = &opts->as, [P_CERT] = &opts->cert,
+        [P_KEY] = &opts->key,       [P_CA] = &opts->ca, [P_CRL] = &opts->crl,
+    };
+    for (int k = 0; k < P_COUNT; k++) {
+        const char *env = getenv(s_profile_keys[k].key);
+        if (!*field[k] && env && *env)
+            *field[k] = env;
+    }
+    int explicit = 1;
+    char def[PATH_MAX];
+    if (!profile || !*profile)
+        profile = getenv("AMTSBOTE_PROFILE");
+    if (!profile || !*profile) {
+        explicit = 0;
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+        int n = -1;
+        if (xdg && xdg[0] == '/') /* the XDG spec: a relative path is to be ignored */
+            n = snprintf(def, sizeof def, "%s/amtsbote/profile", xdg);
+        else if (home && *home)
+            n = snprintf(def, sizeof def, "%s/.config/amtsbote/profile", home);
+        if (n < 0 || (size_t)n >= sizeof def)
+            return 0;
+        profile = def;
+    }
+    int code = s_profile_load(profile, explicit, p);
+    if (code != 0)
+        return code;
+    for (int k = 0; k < P_COUNT; k++)
+        if (!*field[k])
+            *field[k] = p->val[k];
+    return 0;
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 /* Makes sure fds 0-2 are open, so that pipes never take their numbers. */
@@ -1329,13 +1528,9 @@ s_std_fds(void)
 int
 main(int argc, char **argv)
 {
-    opts_t opts = {.broker = getenv("AMTSBOTE_BROKER"),
-                   .as = getenv("AMTSBOTE_AS"),
-                   .cert = getenv("AMTSBOTE_CERT"),
-                   .key = getenv("AMTSBOTE_KEY"),
-                   .ca = getenv("AMTSBOTE_CA"),
-                   .crl = getenv("AMTSBOTE_CRL")};
-    const char *val = NULL;
+    opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    const char *val = NULL, *profile = NULL;
     int i = 1;
     s_std_fds();
     signal(SIGPIPE, SIG_IGN);
@@ -1356,6 +1551,10 @@ main(int argc, char **argv)
             if (m < 0)
                 return s_usage_error("--broker needs a URI, e.g. tcp://127.0.0.1:7450");
             opts.broker = val;
+        } else if ((m = s_opt(argc, argv, &i, "--profile", &val)) != 0) {
+            if (m < 0 || !*val)
+                return s_usage_error("--profile needs a file name");
+            profile = val;
         } else if ((m = s_opt(argc, argv, &i, "--as", &val)) != 0) {
             if (m < 0)
                 return s_usage_error("--as needs a participant address, e.g. bund.bmi");
@@ -1396,18 +1595,26 @@ main(int argc, char **argv)
     if (i >= argc)
         return s_usage_error("which command? call, serve, services or tunnel");
     const char *cmd = argv[i++];
+    int (*run)(const opts_t *, int, char **) = NULL;
     if (strcmp(cmd, "call") == 0)
-        return s_cmd_call(&opts, argc - i, argv + i);
-    if (strcmp(cmd, "serve") == 0)
-        return s_cmd_serve(&opts, argc - i, argv + i);
-    if (strcmp(cmd, "services") == 0)
-        return s_cmd_services(&opts, argc - i, argv + i);
-    if (strcmp(cmd, "tunnel") == 0)
-        return s_cmd_tunnel(&opts, argc - i, argv + i);
-    if (strcmp(cmd, "help") == 0) {
+        run = s_cmd_call;
+    else if (strcmp(cmd, "serve") == 0)
+        run = s_cmd_serve;
+    else if (strcmp(cmd, "services") == 0)
+        run = s_cmd_services;
+    else if (strcmp(cmd, "tunnel") == 0)
+        run = s_cmd_tunnel;
+    else if (strcmp(cmd, "help") == 0) {
         fputs(s_usage, stdout);
         return EXIT_OK;
-    }
-    return s_usage_error("unknown command '%s'; commands are call, serve, services and tunnel",
-                         cmd);
+    } else
+        return s_usage_error("unknown command '%s'; commands are call, serve, services and tunnel",
+                             cmd);
+    profile_t prof;
+    memset(&prof, 0, sizeof prof);
+    int code = s_apply_defaults(&opts, profile, &prof);
+    if (code == 0)
+        code = run(&opts, argc - i, argv + i);
+    s_profile_clear(&prof);
+    return code;
 }

@@ -3,8 +3,8 @@
 # tls:// relay) calls a provider that is itself connected over tls://, each known by its
 # certificate alone; a broker certificate that the client must not trust (another CA, another
 # host name), a refused client certificate, a missing option and a wrong key passphrase fail
-# with exit codes and reasons; `amtsbote tunnel` lets a hand-written pyzmq DEALER call the
-# provider.
+# with exit codes and reasons; a profile file gives the CLI its defaults; `amtsbote tunnel` lets
+# a hand-written pyzmq DEALER call the provider.
 #   test_tls_client.sh BROKER_BIN CLI_BIN PKI_SH
 set -uo pipefail
 BROKER=$1
@@ -24,6 +24,9 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
+# neither the caller's environment nor a profile of the user running the test may leak in
+unset AMTSBOTE_PROFILE AMTSBOTE_BROKER AMTSBOTE_AS AMTSBOTE_CERT AMTSBOTE_KEY AMTSBOTE_CA AMTSBOTE_CRL
+export XDG_CONFIG_HOME=$work/xdg
 ok() { passed=$((passed + 1)); echo "ok - $1"; }
 bad() { failed=$((failed + 1)); echo "not ok - $1"; }
 
@@ -37,6 +40,7 @@ bash "$PKI" init "$pki" >/dev/null &&
   bash "$PKI" broker "$pki" other --dns other.example --ip 10.9.9.9 >/dev/null &&
   bash "$PKI" issue "$pki" bund.bmi >/dev/null &&
   bash "$PKI" issue "$pki" kommune.09162000.meldeamt >/dev/null &&
+  bash "$PKI" issue "$pki" land.nw.im >/dev/null &&
   bash "$PKI" bad "$pki" >/dev/null &&
   bash "$PKI" init "$work/elsewhere" >/dev/null || { echo "pki.sh failed"; exit 1; }
 
@@ -79,6 +83,52 @@ out=$("$CLI" --broker "$tls" "${bmi[@]}" call "$svc/Meldebescheinigung" --data x
 out=$(AMTSBOTE_CERT=$pki/bund.bmi.crt AMTSBOTE_KEY=$pki/bund.bmi.key AMTSBOTE_CA=$pki/ca/chain.pem \
   "$CLI" --broker "$tls" call "$svc/Meldebescheinigung" --data x 2>&1)
 [ "$out" = "bund.bmi" ] && ok "TLS files from AMTSBOTE_CERT, AMTSBOTE_KEY, AMTSBOTE_CA" || bad "env: $out"
+
+# --- a profile: defaults from a file, relative names against its directory, the weakest source
+mkdir -p "$work/prof"
+cli_abs=$(readlink -f "$CLI") # the first two calls run elsewhere, to show where paths are resolved
+cat >"$work/prof/profile" <<EOF
+# bund.bmi at the test broker
+
+AMTSBOTE_BROKER=$tls
+  AMTSBOTE_CERT = ../pki/bund.bmi.crt
+AMTSBOTE_KEY=../pki/bund.bmi.key
+AMTSBOTE_CA="../pki/ca/chain.pem"
+EOF
+out=$(cd / && "$cli_abs" --profile "$work/prof/profile" call "$svc/Meldebescheinigung" --data x 2>&1)
+[ "$out" = "bund.bmi" ] && ok "profile: broker, cert, key and ca from --profile, paths relative to it" ||
+  bad "profile: $out"
+out=$(cd / && AMTSBOTE_PROFILE=$work/prof/profile "$cli_abs" call "$svc/Meldebescheinigung" --data x 2>&1)
+[ "$out" = "bund.bmi" ] && ok "profile from AMTSBOTE_PROFILE" || bad "AMTSBOTE_PROFILE: $out"
+mkdir -p "$XDG_CONFIG_HOME/amtsbote"
+sed "s#\.\./pki/#$pki/#" "$work/prof/profile" >"$XDG_CONFIG_HOME/amtsbote/profile"
+out=$("$CLI" call "$svc/Meldebescheinigung" --data x 2>&1)
+[ "$out" = "bund.bmi" ] && ok "default profile in \$XDG_CONFIG_HOME/amtsbote/profile" || bad "default profile: $out"
+rm -f "$XDG_CONFIG_HOME/amtsbote/profile"
+nw=(--cert "$pki/land.nw.im.crt" --key "$pki/land.nw.im.key")
+out=$("$CLI" --profile "$work/prof/profile" "${nw[@]}" call "$svc/Meldebescheinigung" --data x 2>&1)
+[ "$out" = "land.nw.im" ] && ok "--cert/--key override the profile" || bad "flag over profile: $out"
+out=$(AMTSBOTE_CERT=$pki/land.nw.im.crt AMTSBOTE_KEY=$pki/land.nw.im.key \
+  "$CLI" --profile "$work/prof/profile" call "$svc/Meldebescheinigung" --data x 2>&1)
+[ "$out" = "land.nw.im" ] && ok "AMTSBOTE_CERT/AMTSBOTE_KEY override the profile" || bad "env over profile: $out"
+out=$(AMTSBOTE_CERT=$pki/land.nw.im.crt AMTSBOTE_KEY=$pki/land.nw.im.key \
+  "$CLI" --profile "$work/prof/profile" "${bmi[@]}" call "$svc/Meldebescheinigung" --data x 2>&1)
+[ "$out" = "bund.bmi" ] && ok "flags override the environment and the profile" || bad "flag over env: $out"
+printf '# a typo\nAMTSBOTE_BROKER=%s\nAMTSBOTE_CERTT=bund.bmi.crt\n' "$tls" >"$work/prof/typo"
+out=$("$CLI" --profile "$work/prof/typo" "${bmi[@]}" call "$svc/M" --data x 2>&1)
+code=$?
+[ $code = 2 ] && [[ $out == *"$work/prof/typo:3: unknown key 'AMTSBOTE_CERTT'"* ]] &&
+  ok "profile with an unknown key: exit 2 naming file:line" || bad "unknown key: exit $code: $out"
+printf 'AMTSBOTE_CA=x\n\nAMTSBOTE_CERT\n' >"$work/prof/noeq"
+out=$(AMTSBOTE_PROFILE=$work/prof/noeq "$CLI" "${bmi[@]}" call "$svc/M" --data x 2>&1)
+code=$?
+[ $code = 2 ] && [[ $out == *"$work/prof/noeq:3: expected KEY=VALUE"* ]] &&
+  ok "profile line without '=': exit 2 naming file:line" || bad "no '=': exit $code: $out"
+out=$("$CLI" --profile "$work/prof/none" "${bmi[@]}" call "$svc/M" --data x 2>&1)
+code=$?
+[ $code = 2 ] && [[ $out == *"cannot read the profile '$work/prof/none'"* ]] &&
+  ok "--profile of a missing file: exit 2 naming it" || bad "missing --profile: exit $code: $out"
+# (a missing default profile is fine: every other call here runs without one)
 
 # --- a large payload both ways through two relays and the gateway (flow control on every hop)
 mkfifo "$work/echo.out"
