@@ -4,7 +4,8 @@
 # certificate alone; a broker certificate that the client must not trust (another CA, another
 # host name), a refused client certificate, a missing option and a wrong key passphrase fail
 # with exit codes and reasons; a profile file gives the CLI its defaults; `amtsbote tunnel` lets
-# a hand-written pyzmq DEALER call the provider.
+# a hand-written pyzmq DEALER call the provider, and one that writes another participant's
+# address into its headers is still seen as itself.
 #   test_tls_client.sh BROKER_BIN CLI_BIN PKI_SH
 set -uo pipefail
 BROKER=$1
@@ -220,6 +221,12 @@ local_ep=$(echo "$ready" | sed -n 's/^ready: tunnel \(tcp:\/\/127\.0\.0\.1:[0-9]
 out=$("$PY" "$HERE/tls_client_dealer.py" "$local_ep" "$svc/Meldebescheinigung" anfrage 5000 2>&1)
 [ "$out" = $'hello: bund.bmi\nreply: bund.bmi' ] && ok "pyzmq DEALER through the tunnel: HELLO and a REPLY" ||
   bad "pyzmq: $out"
+# a valid certificate that writes another participant's address into its headers is still itself
+out=$("$PY" "$HERE/tls_client_dealer.py" --sender land.by.stmi "$local_ep" "$svc/Meldebescheinigung" \
+  anfrage 5000 2>&1)
+[ "$out" = $'forged sender: land.by.stmi\nhello: bund.bmi\nreply: bund.bmi' ] &&
+  ok "a DEALER that sets sender=land.by.stmi is still bund.bmi to the broker and the provider" ||
+  bad "forged sender: $out"
 sleep 0.3
 grep -q "event=connected" "$work/tunnel.err" && grep -q "event=closed" "$work/tunnel.err" &&
   ok "tunnel logs connected and closed" || bad "tunnel log: $(cat "$work/tunnel.err")"
@@ -246,6 +253,8 @@ wait $tunnel_pid
 out=$("$CLI" --broker "$tls" "${bmi[@]}" call "$svc/Meldebescheinigung" --data x 2>&1)
 [ "$out" = "bund.bmi" ] && ok "still served after all that" || bad "at the end: $out"
 grep -q "anfrage" "$work/broker.log" && bad "payload in the broker log" || ok "no payloads in the broker log"
+grep -q "land\.by\.stmi" "$work/broker.log" "$work/serve.err" && bad "the forged sender got somewhere" ||
+  ok "the forged sender appears nowhere in the broker's or the provider's log"
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

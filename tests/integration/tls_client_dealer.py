@@ -3,9 +3,12 @@
 one CALL, through `amtsbote tunnel`. The amtsbote.v1.Header frames are encoded and decoded with
 a few lines of protobuf wire format (varints and length-delimited fields).
 
-    tls_client_dealer.py ENDPOINT SERVICE/METHOD PAYLOAD [TIMEOUT_MS]
+    tls_client_dealer.py [--sender ADDRESS] ENDPOINT SERVICE/METHOD PAYLOAD [TIMEOUT_MS]
 
-Prints the broker's HELLO sender, then the reply payload; exits 0, or 1 with the reason."""
+--sender writes ADDRESS into the `sender` field (15) of the HELLO and the CALL, as a client
+pretending to be someone else would; the broker must ignore it. Prints the sender found in the
+CALL header as sent ("forged sender: ADDRESS"), then the broker's HELLO sender, then the reply
+payload; exits 0, or 1 with the reason."""
 import os
 import sys
 import time
@@ -43,7 +46,7 @@ def uuid7():
     return bytes(b)
 
 
-def header(kind, corr=b"", service="", deadline_ms=0):
+def header(kind, corr=b"", service="", deadline_ms=0, sender=""):
     h = field_varint(1, 1) + field_varint(2, kind) + field_bytes(3, uuid7())
     if corr:
         h += field_bytes(4, corr)
@@ -51,6 +54,8 @@ def header(kind, corr=b"", service="", deadline_ms=0):
         h += field_bytes(5, service.encode())
     if deadline_ms:
         h += field_varint(11, deadline_ms)
+    if sender:
+        h += field_bytes(15, sender.encode())
     return h
 
 
@@ -94,8 +99,14 @@ def decode(buf):
 
 
 def main():
-    endpoint, service, payload = sys.argv[1], sys.argv[2], sys.argv[3].encode()
-    timeout = int(sys.argv[4]) if len(sys.argv) > 4 else 5000
+    args, sender = sys.argv[1:], ""
+    if len(args) >= 2 and args[0] == "--sender":
+        sender, args = args[1], args[2:]
+    if len(args) not in (3, 4):
+        print(__doc__)
+        sys.exit(2)
+    endpoint, service, payload = args[0], args[1], args[2].encode()
+    timeout = int(args[3]) if len(args) > 3 else 5000
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -109,13 +120,17 @@ def main():
             sys.exit(1)
         return s.recv_multipart()
 
-    s.send(header(KIND_HELLO))
+    call = header(KIND_CALL, b"py-1", service, timeout, sender)
+    if sender:
+        # decoded back from the very bytes that go out: the forgery is really on the wire
+        print("forged sender: %s" % decode(call).get(15, b"").decode())
+    s.send(header(KIND_HELLO, sender=sender))
     hello = decode(recv()[0])
     if hello.get(2) != KIND_HELLO:
         print("expected HELLO, got kind %s" % hello.get(2))
         sys.exit(1)
     print("hello: %s" % hello.get(15, b"").decode())
-    s.send_multipart([header(KIND_CALL, b"py-1", service, timeout), payload])
+    s.send_multipart([call, payload])
     frames = recv()
     h = decode(frames[0])
     if h.get(2) != KIND_REPLY or h.get(4) != b"py-1" or len(frames) != 2:
