@@ -63,7 +63,7 @@ static const s_setting_t s_settings[] = {
      "a TLS client that has not completed its handshake by then is cut off"},
     {"tls_idle_timeout_ms", T_UINT, OFF(tls_idle_timeout_ms), "300000", 1000, 86400000, "MS",
      "a TLS session with no traffic either way for this long is closed"},
-    {"max_connections", T_UINT, OFF(max_connections), "10000", 1, 1000000, "N",
+    {"max_connections", T_UINT, OFF(max_connections), "5000", 1, 1000000, "N",
      "TLS sessions at once; more are refused"},
 };
 #define NSETTINGS (sizeof s_settings / sizeof s_settings[0])

@@ -43,6 +43,8 @@ typedef struct {
     brk_services_io_t io;
     uv_timer_t tick;
     uv_timer_t grace;
+    uv_timer_t linger; /* after the last answers: lets the TLS gateway relay them out */
+    uint64_t linger_started;
     uv_signal_t sig[3];
     int lock_fd;
     int stopping;
@@ -50,6 +52,21 @@ typedef struct {
 } s_broker_t;
 
 static void s_finish(s_broker_t *b);
+
+#define LINGER_QUIET_MS 200
+#define LINGER_MS 2000
+
+static void
+s_on_linger(uv_timer_t *t)
+{
+    s_broker_t *b = t->data;
+    if (b->tls && brk_tls_gateway_quiet_ms(b->tls) < LINGER_QUIET_MS &&
+        uv_now(b->loop) - b->linger_started < LINGER_MS)
+        return;
+    brk_tls_gateway_destroy(&b->tls); /* before the ZAP handler: sessions unmap their address */
+    brk_zap_destroy(&b->zap);
+    uv_close((uv_handle_t *)&b->linger, NULL);
+}
 
 /* Runs the services' timers and sleeps until the next one is due: one timer for all calls. */
 static void
@@ -150,8 +167,12 @@ s_finish(s_broker_t *b)
         uv_close((uv_handle_t *)&b->sig[i], NULL);
     brk_zsock_destroy(&b->zs);
     brk_proto_set_zsock(b->proto, NULL);
-    brk_tls_gateway_destroy(&b->tls);
-    brk_zap_destroy(&b->zap);
+    /*
+     * The last answers are on their way through libzmq to the relays: the gateway goes on
+     * relaying until it has been quiet for a moment (at most LINGER_MS), then closes.
+     */
+    b->linger_started = uv_now(b->loop);
+    uv_timer_start(&b->linger, s_on_linger, 20, 20);
 }
 
 static void
@@ -337,7 +358,10 @@ s_raise_fd_limit(const brk_config_t *cfg)
         setrlimit(RLIMIT_NOFILE, &rl);
         getrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 3 * cfg->max_connections + 64)
+    int tls = 0;
+    for (size_t i = 0; i < cfg->nlisten; i++)
+        tls |= !strncmp(cfg->listen[i], "tls://", 6);
+    if (tls && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 3 * cfg->max_connections + 64)
         brk_log(BRK_LOG_WARN,
                 "event=fd_limit open_files=%llu max_connections=%llu reason=\"each TLS session "
                 "needs 3 descriptors; raise the limit or lower max_connections\"",
@@ -391,7 +415,8 @@ main(int argc, char **argv)
 
     uv_timer_init(b.loop, &b.tick);
     uv_timer_init(b.loop, &b.grace);
-    b.tick.data = b.grace.data = &b;
+    uv_timer_init(b.loop, &b.linger);
+    b.tick.data = b.grace.data = b.linger.data = &b;
     uv_timer_start(&b.tick, s_on_tick, 0, 0);
     int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
     for (int i = 0; i < 3; i++) {

@@ -39,6 +39,7 @@ struct brk_tls_gateway {
     int destroying;
     int open_handles;
     brk_ratelimit_t refused_log;
+    uint64_t last_activity; /* uv_now of the last bytes moved by any session */
     brk_tls_stats_t st;
     char rbuf[65536]; /* one read buffer: the loop runs one callback at a time */
 };
@@ -233,6 +234,7 @@ s_on_relay_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     s_sess_t *s = stream->data;
     uv_timer_again(&s->timer); /* traffic: the idle timeout starts over */
+    s->gw->last_activity = uv_now(s->gw->loop);
     if (nread < 0) {
         s_close(s, nread == UV_EOF ? "the broker closed the relay" : uv_strerror((int)nread));
         return;
@@ -360,6 +362,7 @@ s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     if (s->handshake_done)
         uv_timer_again(&s->timer);
+    s->gw->last_activity = uv_now(s->gw->loop);
     if (ab_tls_session_feed(s->tls, buf->base, (size_t)nread) != 0) {
         s_close(s, "out of memory");
         return;
@@ -581,6 +584,16 @@ brk_tls_gateway_stop_listening(brk_tls_gateway_t *gw)
     gw->listening = 0;
     for (int i = 0; i < gw->nlisteners; i++)
         uv_close((uv_handle_t *)&gw->listeners[i], s_on_listener_closed);
+}
+
+uint64_t
+brk_tls_gateway_quiet_ms(const brk_tls_gateway_t *gw)
+{
+    for (const s_sess_t *s = gw->sessions; s; s = s->next)
+        if (!s->closing && uv_stream_get_write_queue_size((const uv_stream_t *)&s->client) > 0)
+            return 0; /* still writing to a client */
+    uint64_t now = uv_now(gw->loop);
+    return now > gw->last_activity ? now - gw->last_activity : 0;
 }
 
 void

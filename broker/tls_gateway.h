@@ -47,6 +47,9 @@ int brk_tls_gateway_listen(brk_tls_gateway_t *self, const char *uri, char *bound
  */
 int brk_tls_gateway_reload(brk_tls_gateway_t *self, char *err, size_t errlen);
 
+/* Milliseconds since any session last moved bytes (to let answers drain before stopping). */
+uint64_t brk_tls_gateway_quiet_ms(const brk_tls_gateway_t *self);
+
 /* Stops accepting; sessions stay. */
 void brk_tls_gateway_stop_listening(brk_tls_gateway_t *self);
 

@@ -116,9 +116,27 @@ h_broker_start(h_broker_t *b, int secure, const char *const *extra)
     snprintf(data, sizeof data, "%s/data", b->dir);
     snprintf(log, sizeof log, "%s/broker.log", b->dir);
     snprintf(b->ipc, sizeof b->ipc, "ipc://%s/broker.sock", b->dir);
-    const char *argv[48];
+    const char *pki = h_pki();
+    if (!pki)
+        return -1;
+    char cert[256], key[256], ca[256], crl[256];
+    snprintf(cert, sizeof cert, "%s/broker.crt", pki);
+    snprintf(key, sizeof key, "%s/broker.key", pki);
+    snprintf(ca, sizeof ca, "%s/ca/chain.pem", pki);
+    snprintf(crl, sizeof crl, "%s/ca/crl.pem", pki);
+    const char *argv[64];
     int n = 0;
     argv[n++] = H_BROKER_BIN;
+    argv[n++] = "--listen";
+    argv[n++] = "tls://127.0.0.1:*";
+    argv[n++] = "--tls-cert";
+    argv[n++] = cert;
+    argv[n++] = "--tls-key";
+    argv[n++] = key;
+    argv[n++] = "--tls-ca";
+    argv[n++] = ca;
+    argv[n++] = "--tls-crl";
+    argv[n++] = crl;
     argv[n++] = "--listen";
     argv[n++] = "tcp://127.0.0.1:*";
     argv[n++] = "--listen";
@@ -129,7 +147,7 @@ h_broker_start(h_broker_t *b, int secure, const char *const *extra)
     argv[n++] = "debug";
     if (!secure)
         argv[n++] = "--insecure-plain-identities";
-    for (; extra && *extra && n < 46; extra++)
+    for (; extra && *extra && n < 62; extra++)
         argv[n++] = *extra;
     argv[n] = NULL;
     b->pid = h_spawn(argv, &b->out_fd, log);
@@ -140,8 +158,10 @@ h_broker_start(h_broker_t *b, int secure, const char *const *extra)
     while (s_read_line(b->out_fd, line, sizeof line, deadline) == 0) {
         if (!strncmp(line, "listening on tcp://", 19))
             snprintf(b->tcp, sizeof b->tcp, "%.120s", line + 13);
+        if (!strncmp(line, "listening on tls://", 19))
+            snprintf(b->tls, sizeof b->tls, "%.120s", line + 13);
         if (!strcmp(line, "ready"))
-            return b->tcp[0] ? 0 : -1;
+            return b->tcp[0] && b->tls[0] ? 0 : -1;
     }
     kill(b->pid, SIGKILL);
     h_wait_pid(b->pid, 2000);
@@ -181,13 +201,86 @@ h_broker_log_has(const h_broker_t *b, const char *needle)
     return found;
 }
 
+static pthread_mutex_t s_pki_lock = PTHREAD_MUTEX_INITIALIZER;
+static char s_pki_dir[192];
+
+static void
+s_pki_remove(void)
+{
+    char cmd[256];
+    if (s_pki_dir[0] && getenv("AMTSBOTE_KEEP_PKI") == NULL) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_pki_dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "harness: could not remove %s\n", s_pki_dir);
+    }
+}
+
+static const char *
+s_pki_locked(void)
+{
+    if (s_pki_dir[0])
+        return s_pki_dir;
+    char dir[128];
+    snprintf(dir, sizeof dir, "/tmp/amtsbote-pki-XXXXXX");
+    if (!mkdtemp(dir))
+        return NULL;
+    char cmd[512];
+    snprintf(
+        cmd, sizeof cmd,
+        "bash '%s' init '%s/p' --force >/dev/null && bash '%s' broker '%s/p' broker >/dev/null",
+        AB_PKI_SH, dir, AB_PKI_SH, dir);
+    if (system(cmd) != 0)
+        return NULL;
+    snprintf(s_pki_dir, sizeof s_pki_dir, "%s/p", dir);
+    atexit(s_pki_remove);
+    return s_pki_dir;
+}
+
+const char *
+h_pki(void)
+{
+    pthread_mutex_lock(&s_pki_lock);
+    const char *d = s_pki_locked();
+    pthread_mutex_unlock(&s_pki_lock);
+    return d;
+}
+
+const char *
+h_pki_cert(const char *participant)
+{
+    pthread_mutex_lock(&s_pki_lock);
+    const char *d = s_pki_locked();
+    char path[512], cmd[768];
+    if (d) {
+        snprintf(path, sizeof path, "%s/%s.crt", d, participant);
+        snprintf(cmd, sizeof cmd, "bash '%s' issue '%s' '%s' >/dev/null", AB_PKI_SH, d,
+                 participant);
+        if (access(path, R_OK) != 0 && system(cmd) != 0)
+            d = NULL;
+    }
+    pthread_mutex_unlock(&s_pki_lock);
+    return d;
+}
+
 ab_client_t *
 h_client(const char *uri, const char *participant)
 {
     ab_client_t *c = ab_client_new();
     if (!c)
         return NULL;
-    if (ab_client_set_participant(c, participant) != 0 || ab_client_connect(c, uri, 5000) != 0) {
+    int rc;
+    if (!strncmp(uri, "tls://", 6)) {
+        const char *d = h_pki_cert(participant);
+        char cert[512], key[512], ca[512];
+        snprintf(cert, sizeof cert, "%s/%s.crt", d ? d : "", participant);
+        snprintf(key, sizeof key, "%s/%s.key", d ? d : "", participant);
+        snprintf(ca, sizeof ca, "%s/ca/chain.pem", d ? d : "");
+        ab_tls_options_t t = {.cert = cert, .key = key, .ca = ca};
+        rc = d ? ab_client_set_tls(c, &t) : AB_EIO;
+    } else {
+        rc = ab_client_set_participant(c, participant);
+    }
+    if (rc != 0 || ab_client_connect(c, uri, 5000) != 0) {
         fprintf(stderr, "h_client %s as %s: %s\n", uri, participant, ab_client_last_error(c));
         ab_client_destroy(&c);
     }

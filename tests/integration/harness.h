@@ -15,14 +15,16 @@
 typedef struct {
     pid_t pid;
     char dir[128]; /* temporary directory with data/ and broker.log */
-    char tcp[128]; /* tcp://127.0.0.1:PORT the broker listens on */
+    char tcp[128]; /* tcp://127.0.0.1:PORT the broker listens on (plain, for bad-input tests) */
+    char tls[128]; /* tls://127.0.0.1:PORT: mutual TLS, the way participants connect */
     char ipc[256]; /* ipc://DIR/broker.sock */
     int out_fd;    /* the broker's stdout */
 } h_broker_t;
 
 /*
- * Starts the broker with a tcp and an ipc listener, --insecure-plain-identities unless `secure`,
- * plus the NULL-terminated `extra` flags; waits for "ready". Returns 0 or -1.
+ * Starts the broker with a tls, a tcp and an ipc listener (certificates from h_pki()),
+ * --insecure-plain-identities unless `secure`, plus the NULL-terminated `extra` flags; waits for
+ * "ready". Returns 0 or -1.
  */
 int h_broker_start(h_broker_t *b, int secure, const char *const *extra);
 
@@ -41,7 +43,18 @@ int h_wait_line(int fd, const char *prefix, int timeout_ms);
 /* Waits for pid up to timeout_ms; returns its exit status, 128+signal, or -1 on time-out. */
 int h_wait_pid(pid_t pid, int timeout_ms);
 
-/* A client connected to `uri` as `participant`, or NULL (the test fails). */
+/*
+ * The test process's development PKI (certs/pki.sh), made on first use and removed at exit;
+ * h_pki_cert() issues a participant's certificate on first use (thread-safe). Both return the
+ * directory, or NULL when pki.sh failed.
+ */
+const char *h_pki(void);
+const char *h_pki_cert(const char *participant);
+
+/*
+ * A client connected to `uri` as `participant`: over tls:// with the participant's certificate,
+ * on a plain listener by name. NULL when that fails (the reason is printed).
+ */
 ab_client_t *h_client(const char *uri, const char *participant);
 
 /*

@@ -53,8 +53,8 @@ test_round_trip(void **state)
 {
     (void)state;
     h_provider_t p;
-    assert_int_equal(h_provider_start(&p, B.tcp, "kommune.09162000.meldeamt", SERVICE, 0), 0);
-    ab_client_t *c = h_client(B.tcp, "bund.bmi");
+    assert_int_equal(h_provider_start(&p, B.tls, "kommune.09162000.meldeamt", SERVICE, 0), 0);
+    ab_client_t *c = h_client(B.tls, "bund.bmi");
     assert_non_null(c);
     assert_string_equal(ab_client_participant(c), "bund.bmi");
     void *reply = NULL;
@@ -130,7 +130,7 @@ s_caller_main(void *arg)
     caller_t *k = arg;
     char name[32];
     snprintf(name, sizeof name, "kommune.caller%d", k->index);
-    ab_client_t *c = h_client(B.tcp, name);
+    ab_client_t *c = h_client(B.tls, name);
     if (!c)
         return NULL;
     call_ctx_t ctx[PER_CALLER];
@@ -154,8 +154,8 @@ test_thousand_in_flight(void **state)
 {
     (void)state;
     h_provider_t p[3];
-    assert_int_equal(h_provider_start(&p[0], B.tcp, "kommune.p1", SERVICE, 0), 0);
-    assert_int_equal(h_provider_start(&p[1], B.tcp, "kommune.p2", SERVICE, 0), 0);
+    assert_int_equal(h_provider_start(&p[0], B.tls, "kommune.p1", SERVICE, 0), 0);
+    assert_int_equal(h_provider_start(&p[1], B.tls, "kommune.p2", SERVICE, 0), 0);
     assert_int_equal(h_provider_start(&p[2], B.ipc, "kommune.p3", METHOD, 0), 0);
     caller_t k[CALLERS];
     pthread_t t[CALLERS];
@@ -188,7 +188,7 @@ static void
 test_unknown_service(void **state)
 {
     (void)state;
-    ab_client_t *c = h_client(B.tcp, "bund.bmi");
+    ab_client_t *c = h_client(B.tls, "bund.bmi");
     void *reply = (void *)1;
     size_t len = 0;
     assert_int_equal(ab_call(c, "x.v1.Nobody/Home", "a", 1, 5000, &reply, &len),
@@ -204,8 +204,8 @@ test_deadline(void **state)
 {
     (void)state;
     h_provider_t p;
-    assert_int_equal(h_provider_start(&p, B.tcp, "kommune.slow", "x.v1.Slow", 1), 0);
-    ab_client_t *c = h_client(B.tcp, "bund.bmi");
+    assert_int_equal(h_provider_start(&p, B.tls, "kommune.slow", "x.v1.Slow", 1), 0);
+    ab_client_t *c = h_client(B.tls, "bund.bmi");
     void *reply = NULL;
     size_t len = 0;
     long long t0 = h_now_ms();
@@ -224,13 +224,20 @@ test_provider_killed(void **state)
 {
     (void)state;
     /* the provider is the CLI in its own process, running a command that never finishes */
-    const char *argv[] = {H_CLI_BIN, "--broker",    B.tcp,    "--as",     "kommune.doomed",
-                          "serve",   "x.v1.Doomed", "--exec", "sleep 30", NULL};
+    const char *pki = h_pki_cert("kommune.doomed");
+    assert_non_null(pki);
+    char cert[512], key[512], ca[512];
+    snprintf(cert, sizeof cert, "%s/kommune.doomed.crt", pki);
+    snprintf(key, sizeof key, "%s/kommune.doomed.key", pki);
+    snprintf(ca, sizeof ca, "%s/ca/chain.pem", pki);
+    const char *argv[] = {H_CLI_BIN,     "--broker", B.tls,      "--cert", cert,
+                          "--key",       key,        "--ca",     ca,       "serve",
+                          "x.v1.Doomed", "--exec",   "sleep 30", NULL};
     int out = -1;
     pid_t pid = h_spawn(argv, &out, NULL);
     assert_true(pid > 0);
     assert_int_equal(h_wait_line(out, "ready", 10000), 0);
-    ab_client_t *c = h_client(B.tcp, "bund.bmi");
+    ab_client_t *c = h_client(B.tls, "bund.bmi");
     caller_t k;
     memset(&k, 0, sizeof k);
     call_ctx_t ctx[5];
@@ -316,8 +323,8 @@ test_bad_input(void **state)
 {
     (void)state;
     h_provider_t p;
-    assert_int_equal(h_provider_start(&p, B.tcp, "kommune.good", SERVICE, 0), 0);
-    ab_client_t *good = h_client(B.tcp, "bund.good");
+    assert_int_equal(h_provider_start(&p, B.tls, "kommune.good", SERVICE, 0), 0);
+    ab_client_t *good = h_client(B.tls, "bund.good");
     void *ctx = zmq_ctx_new();
     void *s = s_raw(ctx, "bund.mallory");
     char text[1024];
