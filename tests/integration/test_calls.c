@@ -184,6 +184,45 @@ test_thousand_in_flight(void **state)
     assert_int_equal(served, CALLERS * PER_CALLER);
 }
 
+static long long s_reply_at[3];
+static int s_replies;
+
+static void
+s_on_timed_reply(ab_client_t *c, int status, const void *reply, size_t len, const char *errtext,
+                 void *arg)
+{
+    (void)c;
+    (void)reply;
+    (void)len;
+    (void)errtext;
+    (void)arg;
+    if (status == 0 && s_replies < 3)
+        s_reply_at[s_replies++] = h_now_ms();
+}
+
+/* A provider whose handler works synchronously (500 ms per call) answers each call as it is
+ * done, not all of them after the last. */
+static void
+test_slow_handler_answers_are_not_held_back(void **state)
+{
+    (void)state;
+    h_provider_t p;
+    assert_int_equal(h_provider_start(&p, B.tls, "kommune.langsam", "x.v1.Langsam", 2), 0);
+    ab_client_t *c = h_client(B.tls, "bund.bmi");
+    s_replies = 0;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ab_call_async(c, "x.v1.Langsam/M", "a", 1, 10000, s_on_timed_reply, NULL),
+                         0);
+    long long deadline = h_now_ms() + 8000;
+    while (s_replies < 3 && h_now_ms() < deadline)
+        ab_client_run(c, 20);
+    assert_int_equal(s_replies, 3);
+    /* held back, all three would arrive together; answered as done, ~500 ms apart */
+    assert_true(s_reply_at[2] - s_reply_at[0] >= 700);
+    ab_client_destroy(&c);
+    h_provider_stop(&p);
+}
+
 static void
 test_unknown_service(void **state)
 {
@@ -492,6 +531,7 @@ main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_thousand_in_flight),
         cmocka_unit_test(test_unknown_service),
+        cmocka_unit_test(test_slow_handler_answers_are_not_held_back),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_provider_killed),
         cmocka_unit_test(test_bad_input),

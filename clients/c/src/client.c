@@ -51,6 +51,7 @@
 #define S_RUN_SLICE_MS 500   /* ab_client_run() re-checks the stop flag at least this often */
 #define S_WAIT_SLICE_MS 1000 /* blocking calls wake at least this often */
 #define S_MONITOR_MS 100     /* how often the connection monitor is looked at */
+#define S_HOLD_MS 1          /* longest a queued send waits for the rest of its batch */
 #define S_CORR_LEN 8         /* our correlation ids: a big-endian counter */
 #define S_MAX_CORR 64        /* the protocol's limit for a correlation id */
 #define S_ERRLEN (AB_MAX_ERROR_TEXT + 256)
@@ -158,10 +159,11 @@ struct ab_client {
     volatile sig_atomic_t stop;
     char last_error[S_ERRLEN];
     /* sends queued during dispatch (see the top of this file) */
-    int dispatching;  /* depth of ab_client_process() calls running */
-    int no_queue;     /* callbacks of failed queued calls run: their sends go out at once */
-    s_out_t *out;     /* S_OUT_MAX entries, allocated at the first queued send */
-    uint8_t *out_buf; /* S_OUT_BYTES of encoded headers */
+    int dispatching;    /* depth of ab_client_process() calls running */
+    uint64_t out_since; /* when the oldest queued send was queued */
+    int no_queue;       /* callbacks of failed queued calls run: their sends go out at once */
+    s_out_t *out;       /* S_OUT_MAX entries, allocated at the first queued send */
+    uint8_t *out_buf;   /* S_OUT_BYTES of encoded headers */
     size_t nout, out_used;
     s_failed_t *failed; /* queued calls whose send failed, completed at the end of the batch */
     size_t nfailed, failed_cap;
@@ -645,6 +647,8 @@ s_post(ab_client_t *self, ab_header_t *hdr, int with_payload, const void *data, 
     }
     if (self->nout == S_OUT_MAX || S_OUT_BYTES - self->out_used < AB_MAX_HEADER_BYTES)
         s_drain(self);
+    if (self->nout == 0)
+        self->out_since = ab_now_ms();
     uint8_t msgid[AB_MESSAGE_ID_LEN];
     s_prepare(hdr, msgid);
     int n = ab_wire_encode(hdr, self->out_buf + self->out_used, AB_MAX_HEADER_BYTES);
@@ -1912,6 +1916,7 @@ ab_client_process(ab_client_t *self)
      * meanwhile starts the next batch.
      */
     for (int i = 0; i < S_BUDGET; i++) {
+        uint64_t t0 = ab_now_ms();
         int got = s_recv_one(self);
         if (got < 0) {
             rc = got;
@@ -1920,6 +1925,16 @@ ab_client_process(ab_client_t *self)
         if (!self->connected) {
             rc = 0;
             break;
+        }
+        /*
+         * A handler that took its time (a provider that works synchronously) must not hold its
+         * answer back until the next one is done: after a slow message, or once anything has
+         * waited S_HOLD_MS, the queue goes out now.
+         */
+        if (got > 0 && self->nout > 0) {
+            uint64_t now_ms = ab_now_ms();
+            if (now_ms - t0 >= S_HOLD_MS || now_ms - self->out_since >= S_HOLD_MS)
+                s_flush(self);
         }
         if (got == 0) {
             if (self->nout == 0 && self->nfailed == 0) {
