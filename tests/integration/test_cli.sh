@@ -6,6 +6,9 @@ set -uo pipefail
 BROKER=$1
 CLI=$2
 work=$(mktemp -d /tmp/amtsbote-cli-XXXXXX)
+# nothing of the caller's own environment or profile may leak in
+unset AMTSBOTE_BROKER AMTSBOTE_AS AMTSBOTE_CERT AMTSBOTE_KEY AMTSBOTE_CA AMTSBOTE_CRL AMTSBOTE_PROFILE
+export XDG_CONFIG_HOME=$work
 pids=()
 passed=0
 failed=0
