@@ -9,18 +9,13 @@
 #include <string.h>
 
 #include "log.h"
+#include "relay.h"
 #include "tls.h"
 
 #define MAX_LISTENERS 16
 /* Source addresses 127.1.0.1 .. 127.255.255.254: one per session. */
 #define ADDR_FIRST 0x010001u
 #define ADDR_LAST 0xfffffeu
-/*
- * Flow control: when this much waits to be written to one side, the other side is not read
- * until half of it has gone, so a peer that does not read cannot make the broker buffer
- * without bound.
- */
-#define QUEUE_HIGH (4u * 1024 * 1024)
 
 typedef struct s_sess s_sess_t;
 
@@ -52,8 +47,8 @@ struct s_sess {
     uv_timer_t timer;
     uv_connect_t connect_req;
     ab_tls_session_t *tls;
+    ab_relay_t pipe; /* writes and flow control between client and relay */
     int relay_init, relay_up, handshake_done, closing, open;
-    int client_paused, relay_paused; /* reading stopped for flow control */
     uint32_t addr;
     char addr_str[16];
     char peer[64];
@@ -118,6 +113,7 @@ s_close(s_sess_t *s, const char *why)
     if (s->closing)
         return;
     s->closing = 1;
+    s->pipe.closing = 1;
     if (s->addr) {
         brk_zap_unmap_address(s->gw->zap, s->addr_str);
         s_addr_release(s->gw, s->addr);
@@ -147,78 +143,12 @@ static void s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t 
 static void s_on_relay_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void s_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 
-/* After a write to `to`: stop reading the other side while `to` has too much queued. */
-static void
-s_throttle(s_sess_t *s, uv_stream_t *to)
-{
-    if (uv_stream_get_write_queue_size(to) <= QUEUE_HIGH)
-        return;
-    if (to == (uv_stream_t *)&s->client && !s->relay_paused && s->relay_up) {
-        uv_read_stop((uv_stream_t *)&s->relay);
-        s->relay_paused = 1;
-    } else if (to == (uv_stream_t *)&s->relay && !s->client_paused) {
-        uv_read_stop((uv_stream_t *)&s->client);
-        s->client_paused = 1;
-    }
-}
-
-static void
-s_on_written(uv_write_t *req, int status)
-{
-    (void)status; /* a failed write shows as a read error or EOF on the same stream */
-    s_sess_t *s = req->data;
-    uv_stream_t *to = req->handle;
-    free(req);
-    if (s->closing || uv_stream_get_write_queue_size(to) > QUEUE_HIGH / 2)
-        return;
-    if (to == (uv_stream_t *)&s->client && s->relay_paused) {
-        s->relay_paused = 0;
-        uv_read_start((uv_stream_t *)&s->relay, s_alloc, s_on_relay_read);
-    } else if (to == (uv_stream_t *)&s->relay && s->client_paused) {
-        s->client_paused = 0;
-        uv_read_start((uv_stream_t *)&s->client, s_alloc, s_on_client_read);
-    }
-}
-
-/* Queues `len` bytes of session `s` on `stream`; the bytes are copied. */
-static int
-s_write(s_sess_t *s, uv_stream_t *stream, const void *data, size_t len)
-{
-    uv_write_t *req = malloc(sizeof *req + len);
-    if (!req)
-        return UV_ENOMEM;
-    memcpy(req + 1, data, len);
-    req->data = s;
-    uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)len);
-    int rc = uv_write(req, stream, &b, 1, s_on_written);
-    if (rc != 0)
-        free(req);
-    else
-        s_throttle(s, stream);
-    return rc;
-}
-
 /* Sends what TLS has ready for the client, as one write. */
 static void
 s_flush_tls(s_sess_t *s)
 {
-    size_t n = ab_tls_session_pending(s->tls);
-    if (n == 0 || s->closing)
-        return;
-    uv_write_t *req = malloc(sizeof *req + n);
-    if (!req) {
-        s_close(s, "out of memory");
-        return;
-    }
-    size_t got = ab_tls_session_take(s->tls, req + 1, n);
-    req->data = s;
-    uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)got);
-    if (uv_write(req, (uv_stream_t *)&s->client, &b, 1, s_on_written) != 0) {
-        free(req);
+    if (ab_relay_flush_tls(&s->pipe) != 0)
         s_close(s, "write to the client failed");
-        return;
-    }
-    s_throttle(s, (uv_stream_t *)&s->client);
 }
 
 static void
@@ -260,7 +190,8 @@ s_on_relay_connected(uv_connect_t *req, int status)
         return;
     }
     s->relay_up = 1;
-    if (s->npending && s_write(s, (uv_stream_t *)&s->relay, s->pending, s->npending) != 0) {
+    s->pipe.plain_up = 1;
+    if (s->npending && ab_relay_to_plain(&s->pipe, s->pending, s->npending) != 0) {
         s_close(s, "relay write failed");
         return;
     }
@@ -390,7 +321,7 @@ s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             s_close(s, why);
             return;
         }
-        int rc = s->relay_up ? s_write(s, (uv_stream_t *)&s->relay, s->gw->rbuf, (size_t)n)
+        int rc = s->relay_up ? ab_relay_to_plain(&s->pipe, s->gw->rbuf, (size_t)n)
                              : s_keep(s, s->gw->rbuf, (size_t)n);
         if (rc != 0) {
             s_close(s, "relay write failed");
@@ -452,6 +383,13 @@ s_on_connection(uv_stream_t *server, int status)
         s_close(s, "out of memory");
         return;
     }
+    s->pipe = (ab_relay_t){.tls_side = (uv_stream_t *)&s->client,
+                           .plain_side = (uv_stream_t *)&s->relay,
+                           .tls = s->tls,
+                           .alloc = s_alloc,
+                           .tls_read = s_on_client_read,
+                           .plain_read = s_on_relay_read,
+                           .tls_up = 1};
     uv_tcp_nodelay(&s->client, 1);
     uv_timer_start(&s->timer, s_on_timeout, gw->cfg->tls_handshake_timeout_ms, 0);
     uv_read_start((uv_stream_t *)&s->client, s_alloc, s_on_client_read);

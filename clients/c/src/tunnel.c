@@ -26,13 +26,12 @@
 #include <string.h>
 #include <uv.h>
 
+#include "relay.h"
+
 #define S_TIMEOUT_MS 10000           /* TCP connect + handshake + the broker's first bytes */
 #define S_MAX_PENDING (1024 * 1024)  /* plaintext kept until the handshake is done */
 #define S_LOG_BURST 5                /* failure lines per second, the rest counted */
 #define S_WHY_LEN (AB_WHY_LEN + 256) /* a failure's sentence */
-/* Flow control, as in the gateway: with this much waiting to be written to one side, the other
- * side is not read until half of it has gone. */
-#define S_QUEUE_HIGH (4u * 1024 * 1024)
 
 typedef struct s_sess s_sess_t;
 
@@ -76,9 +75,9 @@ struct s_sess {
     uv_timer_t timer;
     uv_connect_t connect_req;
     ab_tls_session_t *tls;
+    ab_relay_t pipe; /* writes and flow control between local and remote (common/relay.c) */
     int open, closing, remote_up, handshake_done, established;
-    int local_paused, remote_paused; /* reading stopped for flow control */
-    uint8_t *pending;                /* plaintext that arrived before the handshake was done */
+    uint8_t *pending; /* plaintext that arrived before the handshake was done */
     size_t npending, cappending;
 };
 
@@ -157,6 +156,7 @@ s_close(s_sess_t *s, int kind, const char *why)
     if (s->closing)
         return;
     s->closing = 1;
+    s->pipe.closing = 1;
     ab_tunnel_t *t = s->t;
     uint64_t held = 0;
     if (!s->established && kind != AB_TUNNEL_OK) {
@@ -177,80 +177,12 @@ static void s_on_local_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *
 static void s_on_remote_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void s_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 
-/* After a write to `to`: stop reading the other side while `to` has too much queued. */
-static void
-s_throttle(s_sess_t *s, uv_stream_t *to)
-{
-    if (uv_stream_get_write_queue_size(to) <= S_QUEUE_HIGH)
-        return;
-    if (to == (uv_stream_t *)&s->local && !s->remote_paused && s->remote_up) {
-        uv_read_stop((uv_stream_t *)&s->remote);
-        s->remote_paused = 1;
-    } else if (to == (uv_stream_t *)&s->remote && !s->local_paused) {
-        uv_read_stop((uv_stream_t *)&s->local);
-        s->local_paused = 1;
-    }
-}
-
-static void
-s_on_written(uv_write_t *req, int status)
-{
-    (void)status; /* a failed write shows as a read error or EOF on the same stream */
-    s_sess_t *s = req->data;
-    uv_stream_t *to = req->handle;
-    free(req);
-    /* cancelled writes of a closing session come before its close callbacks: `s` is alive */
-    if (s->closing || uv_stream_get_write_queue_size(to) > S_QUEUE_HIGH / 2)
-        return;
-    if (to == (uv_stream_t *)&s->local && s->remote_paused) {
-        s->remote_paused = 0;
-        uv_read_start((uv_stream_t *)&s->remote, s_alloc, s_on_remote_read);
-    } else if (to == (uv_stream_t *)&s->remote && s->local_paused) {
-        s->local_paused = 0;
-        uv_read_start((uv_stream_t *)&s->local, s_alloc, s_on_local_read);
-    }
-}
-
-/* Queues `len` bytes of session `s` on `stream`; the bytes are copied. Returns 0 or a libuv
- * error. */
-static int
-s_write(s_sess_t *s, uv_stream_t *stream, const void *data, size_t len)
-{
-    uv_write_t *req = malloc(sizeof *req + len);
-    if (!req)
-        return UV_ENOMEM;
-    memcpy(req + 1, data, len);
-    req->data = s;
-    uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)len);
-    int rc = uv_write(req, stream, &b, 1, s_on_written);
-    if (rc != 0)
-        free(req);
-    else
-        s_throttle(s, stream);
-    return rc;
-}
-
 /* Sends what TLS has ready for the broker, as one write. */
 static void
 s_flush_tls(s_sess_t *s)
 {
-    size_t n = ab_tls_session_pending(s->tls);
-    if (n == 0 || s->closing || !s->remote_up)
-        return;
-    uv_write_t *req = malloc(sizeof *req + n);
-    if (!req) {
-        s_close(s, AB_TUNNEL_OK, "out of memory");
-        return;
-    }
-    size_t got = ab_tls_session_take(s->tls, req + 1, n);
-    req->data = s;
-    uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)got);
-    if (uv_write(req, (uv_stream_t *)&s->remote, &b, 1, s_on_written) != 0) {
-        free(req);
+    if (ab_relay_flush_tls(&s->pipe) != 0)
         s_close(s, AB_TUNNEL_UNREACHABLE, "the write to the broker failed");
-        return;
-    }
-    s_throttle(s, (uv_stream_t *)&s->remote);
 }
 
 static void
@@ -323,7 +255,7 @@ s_pump_in(s_sess_t *s)
             s_log(t, "session=%llu event=connected broker=%s", (unsigned long long)s->id,
                   t->broker);
         }
-        if (s_write(s, (uv_stream_t *)&s->local, t->rbuf, (size_t)n) != 0) {
+        if (ab_relay_to_plain(&s->pipe, t->rbuf, (size_t)n) != 0) {
             s_close(s, AB_TUNNEL_OK, "the write to the local client failed");
             return;
         }
@@ -435,6 +367,7 @@ s_on_remote_connected(uv_connect_t *req, int status)
         return;
     }
     s->remote_up = 1;
+    s->pipe.tls_up = 1;
     uv_tcp_nodelay(&s->remote, 1);
     char why[AB_WHY_LEN];
     if (ab_tls_session_handshake(s->tls, why) < 0) { /* writes the ClientHello */
@@ -499,6 +432,13 @@ s_on_connection(uv_stream_t *server, int status)
         s_close(s, AB_TUNNEL_OK, "out of memory");
         return;
     }
+    s->pipe = (ab_relay_t){.tls_side = (uv_stream_t *)&s->remote,
+                           .plain_side = (uv_stream_t *)&s->local,
+                           .tls = s->tls,
+                           .alloc = s_alloc,
+                           .tls_read = s_on_remote_read,
+                           .plain_read = s_on_local_read,
+                           .plain_up = 1};
     uv_tcp_nodelay(&s->local, 1);
     int rc = uv_tcp_connect(&s->connect_req, &s->remote, (const struct sockaddr *)&t->broker_addr,
                             s_on_remote_connected);

@@ -1,0 +1,79 @@
+/*
+ * relay.c - writes with a copy per write, and flow control between the two sides.
+ */
+#include "relay.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* After a write to `to`: stop reading the other side while `to` has too much queued. */
+static void
+s_throttle(ab_relay_t *r, uv_stream_t *to)
+{
+    if (uv_stream_get_write_queue_size(to) <= AB_RELAY_QUEUE_HIGH)
+        return;
+    if (to == r->tls_side && r->plain_up && !r->plain_paused) {
+        uv_read_stop(r->plain_side);
+        r->plain_paused = 1;
+    } else if (to == r->plain_side && r->tls_up && !r->tls_paused) {
+        uv_read_stop(r->tls_side);
+        r->tls_paused = 1;
+    }
+}
+
+static void
+s_on_written(uv_write_t *req, int status)
+{
+    (void)status; /* a failed write shows as a read error or EOF on the same stream */
+    ab_relay_t *r = req->data;
+    uv_stream_t *to = req->handle;
+    free(req);
+    /* cancelled writes of a closing relay come before its close callbacks: `r` is alive */
+    if (r->closing || uv_stream_get_write_queue_size(to) > AB_RELAY_QUEUE_HIGH / 2)
+        return;
+    if (to == r->tls_side && r->plain_paused) {
+        r->plain_paused = 0;
+        uv_read_start(r->plain_side, r->alloc, r->plain_read);
+    } else if (to == r->plain_side && r->tls_paused) {
+        r->tls_paused = 0;
+        uv_read_start(r->tls_side, r->alloc, r->tls_read);
+    }
+}
+
+/* Writes the `len` bytes already placed after `req` to `to`. */
+static int
+s_write(ab_relay_t *r, uv_write_t *req, uv_stream_t *to, size_t len)
+{
+    req->data = r;
+    uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)len);
+    int rc = uv_write(req, to, &b, 1, s_on_written);
+    if (rc != 0) {
+        free(req);
+        return rc;
+    }
+    s_throttle(r, to);
+    return 0;
+}
+
+int
+ab_relay_to_plain(ab_relay_t *r, const void *data, size_t len)
+{
+    uv_write_t *req = malloc(sizeof *req + len);
+    if (!req)
+        return UV_ENOMEM;
+    memcpy(req + 1, data, len);
+    return s_write(r, req, r->plain_side, len);
+}
+
+int
+ab_relay_flush_tls(ab_relay_t *r)
+{
+    size_t n = ab_tls_session_pending(r->tls);
+    if (n == 0 || r->closing || !r->tls_up)
+        return 0;
+    uv_write_t *req = malloc(sizeof *req + n);
+    if (!req)
+        return UV_ENOMEM;
+    size_t got = ab_tls_session_take(r->tls, req + 1, n);
+    return s_write(r, req, r->tls_side, got);
+}
