@@ -622,6 +622,7 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
         h.correlation_id.len = corr_len;
         h.sender = conn->participant;
         h.heartbeat_ms = (uint32_t)self->cfg->heartbeat_ms;
+        h.max_payload = (uint32_t)self->cfg->max_payload;
         self->io->send(self->io->ctx, from, &h, NULL);
         return;
     }

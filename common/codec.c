@@ -175,6 +175,7 @@ ab_codec_unpack(const uint8_t *data, size_t len, ab_codec_alloc_fn *alloc, void 
         case 10:
         case 11:
         case 16:
+        case 17:
             if (wt != WT_VARINT || s_varint(&in, &v) != 0)
                 return -1;
             if (field == 1)
@@ -185,8 +186,10 @@ ab_codec_unpack(const uint8_t *data, size_t len, ab_codec_alloc_fn *alloc, void 
                 h->classification = (Amtsbote__V1__Classification)(int32_t)v;
             else if (field == 11)
                 h->deadline_ms = (uint32_t)v;
-            else
+            else if (field == 16)
                 h->heartbeat_ms = (uint32_t)v;
+            else
+                h->max_payload = (uint32_t)v;
             continue;
         case 3:
         case 4: {
@@ -415,6 +418,7 @@ ab_codec_pack(const ab_header_t *h, uint8_t *buf, size_t cap)
     }
     s_put_string(&o, 15, h->sender);
     s_put_uint(&o, 16, h->heartbeat_ms);
+    s_put_uint(&o, 17, h->max_payload);
     if (o.overflow)
         return -1;
     return (int)(o.p - buf);

@@ -420,11 +420,12 @@ test_bad_input(void **state)
     free(payload);
     assert_int_equal(s_raw_answer(s, text, sizeof text), AMTSBOTE__V1__ERROR_CODE__TOO_LARGE);
     assert_non_null(strstr(text, "65536"));
-    /* the client library refuses it too, before sending */
+    /* the client library knows the limit from the broker's HELLO and refuses before sending */
     payload = calloc(1, big);
     int rc = ab_call(good, METHOD, payload, big, 5000, &reply, &len);
     free(payload);
     assert_int_equal(rc, AB_ETOO_LARGE);
+    assert_non_null(strstr(ab_client_last_error(good), "max_payload of 65536"));
 
     /* a sender field is never believed */
     ab_header_t h = AMTSBOTE__V1__HEADER__INIT;

@@ -95,6 +95,11 @@ call call x.v1.Fails/Run --data x >"$work/out" 2>"$work/err"
 expect "command failure is PROVIDER_ERROR" 7 $? "$work/err" "PROVIDER_ERROR: "
 grep -qF "Aktenzeichen unbekannt" "$work/err" && ok "command's stderr reaches the caller" || bad "stderr text: $(cat "$work/err")"
 
+# --- a reply over the broker's max_payload: the caller learns why at once
+serve kommune.big x.v1.Big/Get --exec 'cat >/dev/null; head -c 5000000 /dev/zero' || exit 1
+call --timeout 20000 call x.v1.Big/Get --data x >"$work/out" 2>"$work/err"
+expect "reply over max_payload" 7 $? "$work/err" "exceeds the broker's max_payload of 4194304 bytes"
+
 # --- error classes
 call call x.v1.Nobody/Home --data x >"$work/out" 2>"$work/err"
 expect "unknown service" 4 $? "$work/err" "UNKNOWN_SERVICE: no provider offers x.v1.Nobody/Home"

@@ -127,6 +127,7 @@ rnd_header(sample_t *s)
     }
     s->h.sender = rnd_string();
     s->h.heartbeat_ms = rnd_uint();
+    s->h.max_payload = rnd_uint();
 }
 
 static int
@@ -155,6 +156,7 @@ assert_same(const ab_header_t *a, const ab_header_t *b)
     assert_int_equal(a->classification, b->classification);
     assert_int_equal(a->deadline_ms, b->deadline_ms);
     assert_int_equal(a->heartbeat_ms, b->heartbeat_ms);
+    assert_int_equal(a->max_payload, b->max_payload);
     assert_int_equal(a->n_headers, b->n_headers);
     for (size_t i = 0; i < a->n_headers; i++) {
         assert_true(str_eq(a->headers[i]->key, b->headers[i]->key));

@@ -159,11 +159,12 @@ struct ab_client {
     volatile sig_atomic_t stop;
     char last_error[S_ERRLEN];
     /* sends queued during dispatch (see the top of this file) */
-    int dispatching;    /* depth of ab_client_process() calls running */
-    uint64_t out_since; /* when the oldest queued send was queued */
-    int no_queue;       /* callbacks of failed queued calls run: their sends go out at once */
-    s_out_t *out;       /* S_OUT_MAX entries, allocated at the first queued send */
-    uint8_t *out_buf;   /* S_OUT_BYTES of encoded headers */
+    int dispatching;      /* depth of ab_client_process() calls running */
+    uint64_t out_since;   /* when the oldest queued send was queued */
+    uint32_t max_payload; /* the broker's limit from its HELLO; 0 when unknown */
+    int no_queue;         /* callbacks of failed queued calls run: their sends go out at once */
+    s_out_t *out;         /* S_OUT_MAX entries, allocated at the first queued send */
+    uint8_t *out_buf;     /* S_OUT_BYTES of encoded headers */
     size_t nout, out_used;
     s_failed_t *failed; /* queued calls whose send failed, completed at the end of the batch */
     size_t nfailed, failed_cap;
@@ -929,6 +930,7 @@ s_on_hello(ab_client_t *self, const ab_header_t *hdr)
     if (hdr->sender && hdr->sender[0])
         s_copy_str(self->participant, sizeof self->participant, hdr->sender);
     self->heartbeat_ms = hdr->heartbeat_ms ? hdr->heartbeat_ms : S_HEARTBEAT_MS;
+    self->max_payload = hdr->max_payload; /* 0: the broker did not say */
     self->hello_status = 1;
     self->hello_waiting = 0;
 }
@@ -1605,6 +1607,11 @@ s_check_call(ab_client_t *self, const char *service, const void *req, size_t req
         return s_fail(self, AB_EINVAL, "request is NULL but its length is %zu", req_len);
     if (timeout_ms < 0)
         return s_fail(self, AB_EINVAL, "timeout %d ms is negative", timeout_ms);
+    /* refused here: a frame far over the limit would make the broker drop the connection */
+    if (self->max_payload && req_len > self->max_payload)
+        return s_fail(self, AB_ETOO_LARGE,
+                      "request of %zu bytes exceeds the broker's max_payload of %u bytes", req_len,
+                      self->max_payload);
     return 0;
 }
 
@@ -1832,6 +1839,17 @@ ab_reply(ab_request_t **req_p, const void *data, size_t len)
     if (!data && len) {
         s_request_free(req);
         return s_fail(self, AB_EINVAL, "reply data is NULL but its length is %zu", len);
+    }
+    if (self->max_payload && len > self->max_payload) {
+        /* the caller learns why at once instead of waiting for its deadline */
+        char text[AB_MAX_ERROR_TEXT];
+        snprintf(text, sizeof text,
+                 "the provider's reply of %zu bytes exceeds the broker's max_payload of %u bytes",
+                 len, self->max_payload);
+        s_send_error(self, req->corr, req->corr_len, AMTSBOTE__V1__ERROR_CODE__PROVIDER_ERROR,
+                     text);
+        s_request_free(req);
+        return s_fail(self, AB_ETOO_LARGE, "%s", text);
     }
     ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
     hdr.kind = AMTSBOTE__V1__KIND__KIND_REPLY;
