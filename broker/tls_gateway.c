@@ -53,8 +53,7 @@ struct s_sess {
     char addr_str[16];
     char peer[64];
     char participant[AB_MAX_NAME + 1];
-    uint8_t *pending; /* plaintext that arrived before the relay was connected */
-    size_t npending, cappending;
+    ab_relay_held_t held; /* plaintext that arrived before the relay was connected */
 };
 
 /* ---- loopback source addresses ------------------------------------------------------------- */
@@ -96,7 +95,7 @@ s_on_handle_closed(uv_handle_t *h)
     if (s->next)
         s->next->prev = s->prev;
     ab_tls_session_destroy(&s->tls);
-    free(s->pending);
+    ab_relay_held_free(&s->held);
     free(s);
     gw->st.sessions--;
     if (gw->destroying && !gw->sessions && gw->open_handles == 0) {
@@ -191,11 +190,11 @@ s_on_relay_connected(uv_connect_t *req, int status)
     }
     s->relay_up = 1;
     s->pipe.plain_up = 1;
-    if (s->npending && ab_relay_to_plain(&s->pipe, s->pending, s->npending) != 0) {
+    if (s->held.n && ab_relay_to_plain(&s->pipe, s->held.data, s->held.n) != 0) {
         s_close(s, "relay write failed");
         return;
     }
-    s->npending = 0;
+    ab_relay_held_free(&s->held);
     uv_read_start((uv_stream_t *)&s->relay, s_alloc, s_on_relay_read);
 }
 
@@ -260,23 +259,6 @@ s_on_idle(uv_timer_t *t)
     s_close(s, why);
 }
 
-/* Keeps plaintext until the relay is connected. */
-static int
-s_keep(s_sess_t *s, const void *data, size_t len)
-{
-    if (s->npending + len > s->cappending) {
-        size_t cap = (s->npending + len) * 2;
-        uint8_t *p = realloc(s->pending, cap);
-        if (!p)
-            return -1;
-        s->pending = p;
-        s->cappending = cap;
-    }
-    memcpy(s->pending + s->npending, data, len);
-    s->npending += len;
-    return 0;
-}
-
 static void
 s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
@@ -322,7 +304,7 @@ s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         int rc = s->relay_up ? ab_relay_to_plain(&s->pipe, s->gw->rbuf, (size_t)n)
-                             : s_keep(s, s->gw->rbuf, (size_t)n);
+                             : ab_relay_hold(&s->held, s->gw->rbuf, (size_t)n);
         if (rc != 0) {
             s_close(s, "relay write failed");
             return;

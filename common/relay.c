@@ -77,3 +77,29 @@ ab_relay_flush_tls(ab_relay_t *r)
     size_t got = ab_tls_session_take(r->tls, req + 1, n);
     return s_write(r, req, r->tls_side, got);
 }
+
+int
+ab_relay_hold(ab_relay_held_t *h, const void *data, size_t len)
+{
+    if (h->n + len > AB_RELAY_HOLD_MAX)
+        return -1;
+    if (h->n + len > h->cap) {
+        size_t cap = (h->n + len) * 2;
+        uint8_t *p = realloc(h->data, cap);
+        if (!p)
+            return -1;
+        h->data = p;
+        h->cap = cap;
+    }
+    memcpy(h->data + h->n, data, len);
+    h->n += len;
+    return 0;
+}
+
+void
+ab_relay_held_free(ab_relay_held_t *h)
+{
+    free(h->data);
+    h->data = NULL;
+    h->n = h->cap = 0;
+}

@@ -9,6 +9,7 @@
 #ifndef AB_RELAY_H
 #define AB_RELAY_H
 
+#include <stdint.h>
 #include <uv.h>
 
 #include "tls.h"
@@ -26,6 +27,20 @@ typedef struct ab_relay {
     int tls_paused, plain_paused;    /* reading stopped by flow control */
     int closing;                     /* set by the owner when it closes the streams */
 } ab_relay_t;
+
+/* Plaintext that arrives before the other side is ready: kept, up to AB_RELAY_HOLD_MAX. */
+#define AB_RELAY_HOLD_MAX (1024 * 1024)
+
+typedef struct ab_relay_held {
+    uint8_t *data;
+    size_t n, cap;
+} ab_relay_held_t;
+
+/* Keeps `len` more bytes. Returns 0, or -1 when that would pass the limit or memory is short. */
+int ab_relay_hold(ab_relay_held_t *h, const void *data, size_t len);
+
+/* Frees what is kept; the holder is empty and usable afterwards. */
+void ab_relay_held_free(ab_relay_held_t *h);
 
 /* Queues `len` plaintext bytes on the plain side (copied). Returns 0 or a libuv error. */
 int ab_relay_to_plain(ab_relay_t *r, const void *data, size_t len);

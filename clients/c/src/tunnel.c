@@ -29,7 +29,6 @@
 #include "relay.h"
 
 #define S_TIMEOUT_MS 10000           /* TCP connect + handshake + the broker's first bytes */
-#define S_MAX_PENDING (1024 * 1024)  /* plaintext kept until the handshake is done */
 #define S_LOG_BURST 5                /* failure lines per second, the rest counted */
 #define S_WHY_LEN (AB_WHY_LEN + 256) /* a failure's sentence */
 
@@ -77,8 +76,7 @@ struct s_sess {
     ab_tls_session_t *tls;
     ab_relay_t pipe; /* writes and flow control between local and remote (common/relay.c) */
     int open, closing, remote_up, handshake_done, established;
-    uint8_t *pending; /* plaintext that arrived before the handshake was done */
-    size_t npending, cappending;
+    ab_relay_held_t held; /* plaintext that arrived before the handshake was done */
 };
 
 /* ---- logging and failures ------------------------------------------------------------------ */
@@ -144,7 +142,7 @@ s_on_handle_closed(uv_handle_t *h)
     if (s->next)
         s->next->prev = s->prev;
     ab_tls_session_destroy(&s->tls);
-    free(s->pending);
+    ab_relay_held_free(&s->held);
     free(s);
 }
 
@@ -295,37 +293,16 @@ s_on_remote_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             return;
         s->handshake_done = 1;
         /* what the local client sent meanwhile goes out in one TLS write */
-        if (s->npending && ab_tls_session_write(s->tls, s->pending, s->npending) != 0) {
+        if (s->held.n && ab_tls_session_write(s->tls, s->held.data, s->held.n) != 0) {
             s_close(s, AB_TUNNEL_OK, "TLS write failed");
             return;
         }
-        free(s->pending);
-        s->pending = NULL;
-        s->npending = s->cappending = 0;
+        ab_relay_held_free(&s->held);
         s_flush_tls(s);
         if (s->closing)
             return;
     }
     s_pump_in(s);
-}
-
-/* Keeps plaintext until the handshake is done. Returns 0 or -1 (too much, or no memory). */
-static int
-s_keep(s_sess_t *s, const void *data, size_t len)
-{
-    if (s->npending + len > S_MAX_PENDING)
-        return -1;
-    if (s->npending + len > s->cappending) {
-        size_t cap = (s->npending + len) * 2;
-        uint8_t *p = realloc(s->pending, cap);
-        if (!p)
-            return -1;
-        s->pending = p;
-        s->cappending = cap;
-    }
-    memcpy(s->pending + s->npending, data, len);
-    s->npending += len;
-    return 0;
 }
 
 static void
@@ -341,7 +318,7 @@ s_on_local_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     if (!s->handshake_done) {
-        if (s_keep(s, buf->base, (size_t)nread) != 0)
+        if (ab_relay_hold(&s->held, buf->base, (size_t)nread) != 0)
             s_close(s, AB_TUNNEL_OK, "too much data from the local client before the handshake");
         return;
     }
