@@ -10,6 +10,7 @@ AMTSBOTE_PACKAGES=(
   protobuf-c-compiler libprotobuf-c-dev
   libyaml-dev uthash-dev libssl-dev
   libcmocka-dev stunnel4 openssl python3-zmq
+  protobuf-compiler libprotobuf-dev libprotoc-dev libjansson-dev libsqlite3-dev clang
 )
 
 ab_missing_packages() {

@@ -1,0 +1,2 @@
+/* filled in by its module's work */
+#include "schema_compat.h"
