@@ -28,7 +28,8 @@ typedef struct {
 
 /* Compares `next` with `prev`, two versions of the same file, and appends every broken rule
  * to `report` (zero-initialise it first). Returns the number of problems appended, or a
- * negative AB_E* on allocation failure. */
+ * negative AB_E*: AB_EINVAL when an argument is NULL, AB_ENOMEM on allocation failure (the
+ * report then holds the problems appended before it; clear it as usual). */
 int ab_compat_check(const Google__Protobuf__FileDescriptorProto *prev,
                     const Google__Protobuf__FileDescriptorProto *next, ab_compat_report_t *report);
 
