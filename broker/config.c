@@ -26,7 +26,8 @@ typedef struct {
 #define OFF(f) offsetof(brk_config_t, f)
 
 static const s_setting_t s_settings[] = {
-    {"listen", T_LIST, OFF(listen), NULL, 0, 0, "URI",
+    /* a T_LIST's `max` is the offset of its count */
+    {"listen", T_LIST, OFF(listen), NULL, 0, OFF(nlisten), "URI",
      "listen on tcp://HOST:PORT or ipc://PATH (repeatable; PORT '*' picks a free one)"},
     {"data", T_STRING, OFF(data), NULL, 0, 0, "DIR", "data directory (created if missing, locked)"},
     {"log_level", T_STRING, OFF(log_level), "info", 0, 0, "LEVEL", "error, warn, info or debug"},
@@ -65,6 +66,9 @@ static const s_setting_t s_settings[] = {
      "a TLS session with no traffic either way for this long is closed"},
     {"max_connections", T_UINT, OFF(max_connections), "5000", 1, 1000000, "N",
      "TLS sessions at once; more are refused"},
+    {"require_schema", T_LIST, OFF(require_schema), NULL, 0, OFF(nrequire_schema), "PATTERN",
+     "services matching PATTERN (pkg.Service, or a prefix ending in '*') need a registered "
+     "interface: OFFER and CALL are refused until one is pushed (repeatable)"},
 };
 #define NSETTINGS (sizeof s_settings / sizeof s_settings[0])
 
@@ -128,15 +132,16 @@ s_set(brk_config_t *cfg, const s_setting_t *s, const char *value, const char *wh
         return *p ? 0 : -1;
     }
     case T_LIST: {
-        if (cfg->nlisten >= BRK_MAX_LISTEN) {
-            fprintf(err, "%s: at most %d listeners\n", where, BRK_MAX_LISTEN);
+        size_t *count = (size_t *)((char *)cfg + s->max);
+        if (*count >= BRK_MAX_LISTEN) {
+            fprintf(err, "%s: at most %d values for %s\n", where, BRK_MAX_LISTEN, s->name);
             return -1;
         }
         char **p = (char **)base;
-        p[cfg->nlisten] = strdup(value);
-        if (!p[cfg->nlisten])
+        p[*count] = strdup(value);
+        if (!p[*count])
             return -1;
-        cfg->nlisten++;
+        (*count)++;
         return 0;
     }
     }
@@ -190,7 +195,7 @@ s_load_file(brk_config_t *cfg, const char *path, FILE *err)
                 goto bad;
             }
             if (!key || key->type != T_LIST || in_seq) {
-                fprintf(err, "%s: only 'listen' takes a list\n", where);
+                fprintf(err, "%s: only 'listen' and 'require_schema' take a list\n", where);
                 goto bad;
             }
             in_seq = 1;
@@ -433,6 +438,11 @@ brk_config_load(brk_config_t *cfg, int argc, char **argv, FILE *err)
 void
 brk_config_free(brk_config_t *cfg)
 {
+    for (size_t i = 0; i < cfg->nrequire_schema; i++) {
+        free(cfg->require_schema[i]);
+        cfg->require_schema[i] = NULL;
+    }
+    cfg->nrequire_schema = 0;
     for (size_t i = 0; i < cfg->nlisten; i++) {
         free(cfg->listen[i]);
         cfg->listen[i] = NULL;

@@ -37,6 +37,8 @@ typedef struct brk_config {
     uint64_t tls_handshake_timeout_ms;
     uint64_t tls_idle_timeout_ms;
     uint64_t max_connections;
+    char *require_schema[BRK_MAX_LISTEN]; /* service patterns that need a registered interface */
+    size_t nrequire_schema;
 } brk_config_t;
 
 /*

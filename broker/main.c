@@ -1,7 +1,8 @@
 /*
  * main.c - amtsbote-broker: flags and config, start and stop order, signals.
  *
- * Start: config -> data directory lock -> ZeroMQ context -> ZAP handler (before any listener)
+ * Start: config -> data directory lock -> store (SQLite) -> schema registry -> ZeroMQ context
+ * -> ZAP handler (before any listener)
  * -> ROUTER with PLAIN + ZAP -> listeners -> "ready" on stdout. Stop (SIGINT/SIGTERM): refuse
  * new connections in the ZAP handler (zmq_unbind would drop the connected ones too), refuse
  * new calls, let calls in flight finish for shutdown_grace_ms, answer the rest UNAVAILABLE,
@@ -41,6 +42,8 @@ typedef struct {
     brk_proto_t *proto;
     brk_services_t *svc;
     brk_services_io_t io;
+    brk_store_t *store;
+    brk_registry_t *registry;
     uv_timer_t tick;
     uv_timer_t grace;
     uv_timer_t linger; /* after the last answers: lets the TLS gateway relay them out */
@@ -85,6 +88,13 @@ s_on_peer_gone(void *arg, const brk_peer_t *peer)
 {
     s_broker_t *b = arg;
     brk_services_peer_gone(b->svc, peer);
+}
+
+static const uint8_t *
+s_payload_bytes(void *payload, size_t *len)
+{
+    *len = zmq_msg_size(payload);
+    return zmq_msg_data(payload);
 }
 
 static int
@@ -390,6 +400,22 @@ main(int argc, char **argv)
         brk_log(BRK_LOG_WARN, "event=insecure_mode reason=\"plain identities are believed "
                               "(--insecure-plain-identities); for development only\"");
 
+    char err[1024];
+    if (!b.cfg.data)
+        brk_log(BRK_LOG_WARN, "event=no_data_dir reason=\"without --data the store is in memory: "
+                              "registered schemas are lost at exit\"");
+    if (!(b.store = brk_store_open(b.cfg.data, err, sizeof err))) {
+        fprintf(stderr, "amtsbote-broker: store: %s\n", err);
+        goto out;
+    }
+    if (!(b.registry = brk_registry_new(&b.cfg, b.store, err, sizeof err))) {
+        fprintf(stderr, "amtsbote-broker: schema registry: %s\n", err);
+        goto out;
+    }
+    brk_registry_stats_t rs;
+    brk_registry_stats(b.registry, &rs);
+    brk_log(BRK_LOG_INFO, "event=registry_loaded files=%zu types=%zu", rs.files, rs.types);
+
     b.loop = uv_default_loop();
     b.zctx = zmq_ctx_new();
     if (!b.zctx || zmq_ctx_set(b.zctx, ZMQ_IO_THREADS, (int)b.cfg.io_threads) != 0) {
@@ -406,7 +432,10 @@ main(int argc, char **argv)
     b.io.send = brk_proto_send;
     b.io.send_bytes = brk_proto_send_bytes;
     b.io.ctx = b.proto;
+    b.io.payload_bytes = s_payload_bytes;
     b.svc = brk_services_new(&b.cfg, &b.io);
+    if (b.svc)
+        brk_services_set_registry(b.svc, b.registry);
     b.zs = brk_zsock_new(b.loop, b.router, ROUTER_BUDGET, s_read_router, s_after_batch, &b);
     if (!b.proto || !b.svc || !b.zs)
         goto out;
@@ -440,6 +469,8 @@ out:
     if (b.loop)
         uv_run(b.loop, UV_RUN_DEFAULT); /* let closed handles finish */
     brk_services_destroy(&b.svc);
+    brk_registry_destroy(&b.registry);
+    brk_store_close(&b.store);
     brk_proto_destroy(&b.proto);
     if (b.router)
         zmq_close(b.router);

@@ -68,6 +68,8 @@ struct brk_services {
     int draining;
     s_call_t *freelist;
     size_t nfree;
+    brk_registry_t *registry; /* borrowed; NULL: nothing is validated */
+    brk_ratelimit_t log_refused;
     brk_services_stats_t st;
 };
 
@@ -135,6 +137,34 @@ s_send_error(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, si
     h.service = (char *)(service ? service : "");
     h.error = &e;
     self->io->send(self->io->ctx, to, &h, NULL);
+}
+
+/* An error that names a field path (SCHEMA_INVALID). */
+static void
+s_send_verdict(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
+               const char *service, const brk_verdict_t *v)
+{
+    Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
+    e.code = ab_err_to_wire(v->code);
+    e.text = (char *)v->text;
+    e.field = (char *)v->field;
+    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+    h.version = AB_PROTOCOL_VERSION;
+    h.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
+    h.correlation_id.data = (uint8_t *)corr;
+    h.correlation_id.len = corr_len;
+    h.service = (char *)(service ? service : "");
+    h.error = &e;
+    self->io->send(self->io->ctx, to, &h, NULL);
+}
+
+static const uint8_t *
+s_payload(brk_services_t *self, void *payload, size_t *len)
+{
+    *len = 0;
+    if (payload == NULL || self->io->payload_bytes == NULL)
+        return (const uint8_t *)"";
+    return self->io->payload_bytes(payload, len);
 }
 
 static void
@@ -425,6 +455,35 @@ done:
     free(infos);
 }
 
+/* amtsbote.v1.Broker/Schema*: answered by the registry. */
+static void
+s_registry_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, void *payload,
+                uint64_t now, const uint8_t *corr, size_t corr_len)
+{
+    size_t len;
+    const uint8_t *data = s_payload(self, payload, &len);
+    uint8_t *out = NULL;
+    size_t out_len = 0;
+    const char *schema = "";
+    brk_verdict_t v;
+    (void)now;
+    if (brk_registry_call(self->registry, caller->participant, hdr->service, data, len, ab_now_ms(),
+                          &out, &out_len, &schema, &v) != 0) {
+        s_send_verdict(self, &caller->peer, corr, corr_len, hdr->service, &v);
+        return;
+    }
+    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+    h.version = AB_PROTOCOL_VERSION;
+    h.kind = AMTSBOTE__V1__KIND__KIND_REPLY;
+    h.correlation_id.data = (uint8_t *)corr;
+    h.correlation_id.len = corr_len;
+    h.service = hdr->service;
+    h.schema = (char *)schema;
+    self->io->send_bytes(self->io->ctx, &caller->peer, &h, out, out_len);
+    self->st.replies++;
+    free(out);
+}
+
 static void
 s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, void *payload,
               uint64_t now)
@@ -440,11 +499,14 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     if (!strncmp(hdr->service, BRK_SERVICE_BROKER "/", sizeof BRK_SERVICE_BROKER)) {
         if (!strcmp(hdr->service, BRK_SERVICE_BROKER "/ListServices")) {
             s_list_services(self, caller, hdr, corr, corr_len);
+        } else if (self->registry && brk_registry_answers(hdr->service)) {
+            s_registry_call(self, caller, hdr, payload, now, corr, corr_len);
         } else {
             self->st.unknown_service++;
             s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNKNOWN_SERVICE,
-                         "the broker offers %s/ListServices only, not %s", BRK_SERVICE_BROKER,
-                         hdr->service);
+                         "the broker offers %s/ListServices, SchemaPush, SchemaList and "
+                         "SchemaGet, not %s",
+                         BRK_SERVICE_BROKER, hdr->service);
         }
         return;
     }
@@ -460,6 +522,27 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
                      "the broker has %llu calls in flight (max_calls_in_flight); try again",
                      (unsigned long long)self->cfg->max_calls_in_flight);
         return;
+    }
+    if (self->registry) {
+        brk_verdict_t v;
+        size_t len;
+        const uint8_t *data = s_payload(self, payload, &len);
+        if (brk_registry_check_call(self->registry, hdr->service, hdr->schema, data, len, 0, &v) !=
+            0) {
+            if (v.code == AB_ESCHEMA_INVALID)
+                self->st.schema_invalid++;
+            else
+                self->st.unknown_service++;
+            uint64_t held;
+            if (brk_log_allow(&self->log_refused, &held))
+                brk_log(BRK_LOG_INFO,
+                        "event=call_refused participant=%s service=%s code=%s field=%s "
+                        "suppressed=%llu",
+                        caller->participant, hdr->service, ab_err_name(v.code), v.field,
+                        (unsigned long long)held);
+            s_send_verdict(self, &caller->peer, corr, corr_len, hdr->service, &v);
+            return;
+        }
     }
     uint64_t budget = hdr->deadline_ms ? hdr->deadline_ms : self->cfg->default_deadline_ms;
     if (budget > self->cfg->max_deadline_ms)
@@ -553,6 +636,31 @@ s_handle_answer(brk_services_t *self, s_conn_t *provider, const ab_header_t *hdr
             brk_log(BRK_LOG_DEBUG, "event=late_reply participant=%s", provider->participant);
         return;
     }
+    if (self->registry && hdr->kind == AMTSBOTE__V1__KIND__KIND_REPLY) {
+        brk_verdict_t v;
+        size_t len;
+        const uint8_t *data = s_payload(self, payload, &len);
+        if (brk_registry_check_call(self->registry, c->service, hdr->schema, data, len, 1, &v) !=
+            0) {
+            /* the provider learns where; the caller that its provider answered wrongly */
+            self->st.schema_invalid++;
+            uint64_t held;
+            if (brk_log_allow(&self->log_refused, &held))
+                brk_log(BRK_LOG_WARN,
+                        "event=reply_refused participant=%s service=%s code=%s field=%s "
+                        "suppressed=%llu",
+                        provider->participant, c->service, ab_err_name(v.code), v.field,
+                        (unsigned long long)held);
+            s_send_verdict(self, &provider->peer, hdr->message_id.data, hdr->message_id.len,
+                           c->service, &v);
+            s_send_error(self, &c->caller, c->corr, c->corr_len, c->service, AB_EPROVIDER,
+                         "the reply of %s does not match the interface of %s (the provider was "
+                         "told why)",
+                         provider->participant, c->service);
+            s_call_free(self, c);
+            return;
+        }
+    }
     ab_header_t out = AMTSBOTE__V1__HEADER__INIT;
     Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
     out.version = AB_PROTOCOL_VERSION;
@@ -644,6 +752,11 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
                          BRK_SERVICE_BROKER);
             return;
         }
+        brk_verdict_t v;
+        if (self->registry && brk_registry_check_offer(self->registry, hdr->service, &v) != 0) {
+            s_send_verdict(self, from, corr, corr_len, hdr->service, &v);
+            return;
+        }
         int rc = s_offer(self, conn, hdr->service);
         if (rc != 0) {
             s_send_error(self, from, corr, corr_len, hdr->service, rc,
@@ -731,6 +844,12 @@ brk_services_peer_gone(brk_services_t *self, const brk_peer_t *peer)
     HASH_FIND(hh, self->conns, peer->id, peer->len, conn);
     if (conn)
         s_provider_gone(self, conn, "disconnected");
+}
+
+void
+brk_services_set_registry(brk_services_t *self, brk_registry_t *reg)
+{
+    self->registry = reg;
 }
 
 void

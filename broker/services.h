@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "registry.h"
 #include "wire.h"
 
 /* The broker's own service; nobody else may offer it. */
@@ -37,6 +38,9 @@ typedef struct brk_services_io {
     int (*send_bytes)(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const void *data,
                       size_t len);
     void *ctx;
+    /* The bytes of a payload handed to brk_services_handle(); NULL when payloads are opaque
+     * (then nothing is validated). */
+    const uint8_t *(*payload_bytes)(void *payload, size_t *len);
 } brk_services_io_t;
 
 typedef struct brk_services_stats {
@@ -48,6 +52,7 @@ typedef struct brk_services_stats {
     uint64_t unavailable;
     uint64_t late_replies; /* answers for calls no longer pending, dropped */
     uint64_t lost_replies; /* answers whose caller had gone, dropped */
+    uint64_t schema_invalid; /* calls and replies refused by the registry */
     size_t in_flight;
     size_t connections;
     size_t providers;
@@ -80,6 +85,10 @@ uint64_t brk_services_tick(brk_services_t *self, uint64_t now);
  * calls in flight fail with PROVIDER_GONE.
  */
 void brk_services_peer_gone(brk_services_t *self, const brk_peer_t *peer);
+
+/* Checks every CALL, reply and OFFER against `reg` (borrowed; NULL: no checks) and lets it
+ * answer its own broker methods (amtsbote.v1.Broker/Schema*). */
+void brk_services_set_registry(brk_services_t *self, brk_registry_t *reg);
 
 /* From now on new calls and offers get UNAVAILABLE; calls in flight may still finish. */
 void brk_services_drain(brk_services_t *self);

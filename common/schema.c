@@ -12,7 +12,7 @@
 #include "google/protobuf/descriptor.pb-c.h"
 #include "wire.h"
 
-#define S_MAX_SET_BYTES (64u << 20) /* a descriptor set larger than this is not an interface */
+#define S_MAX_SET_BYTES (16u << 20) /* a descriptor set larger than this is not an interface */
 #define S_MAX_DEPTH 64              /* nesting of messages in a payload */
 #define S_MAX_REQUIRED 64           /* proto2 required fields per message */
 #define S_MAX_FIELD_NUMBER 536870911u
@@ -760,6 +760,19 @@ ab_schema_set_load(const uint8_t *data, size_t len, ab_schema_set_t **out, ab_sc
     if (set == NULL)
         return AB_ENOMEM;
     int rc = 0;
+    /* protobuf-c's unpack recurses once per nesting level without a bound: walk the bytes
+     * first, which bounds the depth without recursing past it */
+    ab_schema_error_t pre;
+    if (ab_schema_validate(&google__protobuf__file_descriptor_set__descriptor, data, len, &pre) !=
+        0) {
+        s_err(err, "",
+              "not a FileDescriptorSet (%s%s%s); make one with protoc "
+              "--descriptor_set_out=FILE --include_imports",
+              strcmp(pre.path, "google.protobuf.FileDescriptorSet") ? pre.path : "",
+              strcmp(pre.path, "google.protobuf.FileDescriptorSet") ? ": " : "", pre.text);
+        rc = AB_EINVAL;
+        goto fail;
+    }
     set->fds = google__protobuf__file_descriptor_set__unpack(NULL, len, data);
     if (set->fds == NULL) {
         s_err(err, "",

@@ -78,7 +78,7 @@ fake_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const v
 }
 
 static brk_config_t C;
-static brk_services_io_t IO = {fake_send, fake_send_bytes, &F};
+static brk_services_io_t IO = {fake_send, fake_send_bytes, &F, NULL};
 
 static brk_peer_t
 peer(const char *name)
