@@ -9,6 +9,7 @@
  */
 #include "amtsbote.h"
 #include "amtsbote/v1/amtsbote.pb-c.h"
+#include "cli.h"
 #include "tunnel.h"
 
 #include <errno.h>
@@ -32,20 +33,6 @@
 
 extern char **environ;
 
-enum {
-    EXIT_OK = 0,
-    EXIT_OTHER = 1,
-    EXIT_USAGE = 2,
-    EXIT_UNAVAILABLE = 3,
-    EXIT_UNKNOWN_SERVICE = 4,
-    EXIT_DEADLINE = 5,
-    EXIT_PROVIDER_GONE = 6,
-    EXIT_PROVIDER_ERROR = 7,
-    EXIT_MALFORMED = 8,
-    EXIT_FORBIDDEN = 9,
-};
-
-#define AB_CLI_MAX_INPUT (64u * 1024u * 1024u)  /* request read from --file or stdin */
 #define AB_CLI_MAX_OUTPUT (64u * 1024u * 1024u) /* a command's reply on stdout */
 #define MAX_ERRLINE 500                         /* first line of a failed command's stderr */
 #define MAX_QUEUE 10000                         /* calls waiting for a free --concurrency slot */
@@ -54,17 +41,6 @@ enum {
 #define CONNECT_MS 5000
 #define DRAIN_MS 5000     /* on SIGINT/SIGTERM, running commands get this long to finish */
 #define KILL_WAIT_MS 1000 /* after SIGKILL, wait this long for the pipes to close */
-
-typedef struct {
-    const char *broker;
-    const char *as;
-    int as_given; /* --as on the command line, not only $AMTSBOTE_AS */
-    int timeout_ms;
-    int verbose;
-    /* mutual TLS, for a tls:// broker */
-    const char *cert, *key, *key_pass_file, *ca, *crl;
-    int tls_given; /* one of them on the command line */
-} opts_t;
 
 static const char *s_usage =
     "Usage: amtsbote [GLOBAL OPTIONS] COMMAND [ARGS]\n"
@@ -131,6 +107,11 @@ static const char *s_usage =
     "      Example:\n"
     "        amtsbote --broker tcp://127.0.0.1:7450 --as bund.bmi services\n"
     "\n"
+    "  schema push|check FILE [--proto-path DIR]... | schema list | schema show NAME\n"
+    "      Registers a published interface (a .proto file or a descriptor set) at the broker,\n"
+    "      checks a new version for what it would break, lists what is registered, shows one\n"
+    "      file. 'amtsbote schema --help' says more.\n"
+    "\n"
     "  tunnel [--listen tcp://127.0.0.1:PORT]\n"
     "      A sidecar for any ZeroMQ binding (pyzmq, JeroMQ, NetMQ): listens on loopback\n"
     "      (default: a free port) and relays each connection to the tls:// --broker with\n"
@@ -180,8 +161,8 @@ static const char *s_usage =
 #if defined(__GNUC__)
 __attribute__((format(printf, 1, 2)))
 #endif
-static int
-s_usage_error(const char *fmt, ...)
+int
+cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
     fputs("amtsbote: ", stderr);
@@ -192,8 +173,8 @@ s_usage_error(const char *fmt, ...)
     return EXIT_USAGE;
 }
 
-static int
-s_exit_code(int err)
+int
+cli_exit_code(int err)
 {
     switch (err) {
     case AB_OK:
@@ -224,13 +205,13 @@ s_exit_code(int err)
 }
 
 /* Prints `amtsbote: NAME: text` and returns the exit code for `err`. */
-static int
-s_report(const ab_client_t *client, int err)
+int
+cli_report(const ab_client_t *client, int err)
 {
     const char *text = client ? ab_client_last_error(client) : "";
     fprintf(stderr, "amtsbote: %s: %s\n", ab_err_name(err),
             text && *text ? text : ab_strerror(err));
-    return s_exit_code(err);
+    return cli_exit_code(err);
 }
 
 static uint64_t
@@ -261,8 +242,8 @@ s_parse_int(const char *s, int *out)
  * *val (advancing *i past a separate value), 0 when argv[*i] is another option, -1 when the value
  * is missing.
  */
-static int
-s_opt(int argc, char **argv, int *i, const char *name, const char **val)
+int
+cli_opt(int argc, char **argv, int *i, const char *name, const char **val)
 {
     size_t n = strlen(name);
     const char *a = argv[*i];
@@ -282,8 +263,8 @@ s_opt(int argc, char **argv, int *i, const char *name, const char **val)
 
 /* Reads all of `fd` (at most AB_CLI_MAX_INPUT bytes). Returns 0, or -1 with errno (EFBIG: too
  * large). */
-static int
-s_read_all(int fd, uint8_t **data, size_t *len)
+int
+cli_read_all(int fd, uint8_t **data, size_t *len)
 {
     size_t cap = 65536, n = 0;
     uint8_t *buf = malloc(cap);
@@ -335,14 +316,14 @@ s_check_tls(const opts_t *opts)
 {
     if (!s_is_tls(opts)) {
         if (opts->tls_given)
-            return s_usage_error("--cert, --key, --key-passphrase-file, --ca and --crl are for a "
-                                 "tls:// broker; '%s' is a plain listener (use --as there)",
-                                 opts->broker ? opts->broker : "");
+            return cli_usage_error("--cert, --key, --key-passphrase-file, --ca and --crl are for a "
+                                   "tls:// broker; '%s' is a plain listener (use --as there)",
+                                   opts->broker ? opts->broker : "");
         return 0;
     }
     if (opts->as_given)
-        return s_usage_error("--as is for plain listeners: over tls:// your participant address "
-                             "comes from your certificate (--cert)");
+        return cli_usage_error("--as is for plain listeners: over tls:// your participant address "
+                               "comes from your certificate (--cert)");
     const char *missing[3];
     int n = 0;
     if (!opts->cert || !*opts->cert)
@@ -352,18 +333,18 @@ s_check_tls(const opts_t *opts)
     if (!opts->ca || !*opts->ca)
         missing[n++] = "--ca FILE (or AMTSBOTE_CA)";
     if (n)
-        return s_usage_error("a tls:// broker needs %s%s%s%s%s", missing[0], n > 1 ? ", " : "",
-                             n > 1 ? missing[1] : "", n > 2 ? " and " : "",
-                             n > 2 ? missing[2] : "");
+        return cli_usage_error("a tls:// broker needs %s%s%s%s%s", missing[0], n > 1 ? ", " : "",
+                               n > 1 ? missing[1] : "", n > 2 ? " and " : "",
+                               n > 2 ? missing[2] : "");
     return 0;
 }
 
 /* Creates and connects a client as `opts` say. Returns 0 or an exit code (error printed). */
-static int
-s_connect(const opts_t *opts, ab_client_t **client_p)
+int
+cli_connect(const opts_t *opts, ab_client_t **client_p)
 {
     if (!opts->broker || !*opts->broker)
-        return s_usage_error(
+        return cli_usage_error(
             "no broker given: use --broker URI or set AMTSBOTE_BROKER (environment or profile)");
     int code = s_check_tls(opts);
     if (code != 0)
@@ -382,7 +363,7 @@ s_connect(const opts_t *opts, ab_client_t **client_p)
                               .ca = opts->ca,
                               .crl = opts->crl};
         if ((rc = ab_client_set_tls(client, &t)) != 0) {
-            code = s_report(client, rc);
+            code = cli_report(client, rc);
             ab_client_destroy(&client);
             return code;
         }
@@ -390,13 +371,13 @@ s_connect(const opts_t *opts, ab_client_t **client_p)
     if (!tls && opts->as && *opts->as && (rc = ab_client_set_participant(client, opts->as)) != 0) {
         fprintf(stderr, "amtsbote: %s: --as: %s\n", ab_err_name(rc), ab_client_last_error(client));
         ab_client_destroy(&client);
-        return s_exit_code(rc);
+        return cli_exit_code(rc);
     }
     int connect_ms =
         opts->timeout_ms > 0 && opts->timeout_ms < CONNECT_MS ? opts->timeout_ms : CONNECT_MS;
     rc = ab_client_connect(client, opts->broker, connect_ms);
     if (rc != 0) {
-        code = s_report(client, rc);
+        code = cli_report(client, rc);
         if (rc == AB_EREFUSED && !tls && !(opts->as && *opts->as))
             fprintf(stderr, "amtsbote: hint: name yourself with --as PARTICIPANT or "
                             "AMTSBOTE_AS\n");
@@ -421,31 +402,31 @@ s_cmd_call(const opts_t *opts, int argc, char **argv)
             fputs(s_usage, stdout);
             return EXIT_OK;
         }
-        if ((m = s_opt(argc, argv, &i, "--data", &val)) != 0) {
+        if ((m = cli_opt(argc, argv, &i, "--data", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("call: --data needs a value");
+                return cli_usage_error("call: --data needs a value");
             data = val;
-        } else if ((m = s_opt(argc, argv, &i, "--file", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--file", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("call: --file needs a file name");
+                return cli_usage_error("call: --file needs a file name");
             file = val;
-        } else if ((m = s_opt(argc, argv, &i, "--purpose", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--purpose", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("call: --purpose needs a text");
+                return cli_usage_error("call: --purpose needs a text");
             purpose = val;
         } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
-            return s_usage_error("call: unknown option '%s'", argv[i]);
+            return cli_usage_error("call: unknown option '%s'", argv[i]);
         } else if (!service) {
             service = argv[i];
         } else {
-            return s_usage_error("call: unexpected argument '%s'", argv[i]);
+            return cli_usage_error("call: unexpected argument '%s'", argv[i]);
         }
     }
     if (!service)
-        return s_usage_error("call: which SERVICE/METHOD? e.g. call "
-                             "meldewesen.v1.Melderegister/Meldebescheinigung");
+        return cli_usage_error("call: which SERVICE/METHOD? e.g. call "
+                               "meldewesen.v1.Melderegister/Meldebescheinigung");
     if (data && file)
-        return s_usage_error("call: give either --data or --file, not both");
+        return cli_usage_error("call: give either --data or --file, not both");
 
     uint8_t *owned = NULL;
     const void *req = data;
@@ -462,7 +443,7 @@ s_cmd_call(const opts_t *opts, int argc, char **argv)
                 return EXIT_OTHER;
             }
         }
-        int rc = s_read_all(fd, &owned, &req_len);
+        int rc = cli_read_all(fd, &owned, &req_len);
         int e = errno;
         if (fd != 0)
             close(fd);
@@ -479,21 +460,21 @@ s_cmd_call(const opts_t *opts, int argc, char **argv)
     }
 
     ab_client_t *client = NULL;
-    int code = s_connect(opts, &client);
+    int code = cli_connect(opts, &client);
     if (code != 0) {
         free(owned);
         return code;
     }
     int rc = ab_client_set_purpose(client, purpose);
     if (rc != 0) {
-        code = s_report(client, rc);
+        code = cli_report(client, rc);
         goto done;
     }
     void *reply = NULL;
     size_t reply_len = 0;
     rc = ab_call(client, service, req, req_len, opts->timeout_ms, &reply, &reply_len);
     if (rc != 0) {
-        code = s_report(client, rc);
+        code = cli_report(client, rc);
         goto done;
     }
     if ((reply_len && fwrite(reply, 1, reply_len, stdout) != reply_len) || fflush(stdout) != 0) {
@@ -519,10 +500,10 @@ s_cmd_services(const opts_t *opts, int argc, char **argv)
             fputs(s_usage, stdout);
             return EXIT_OK;
         }
-        return s_usage_error("services: unexpected argument '%s'", argv[i]);
+        return cli_usage_error("services: unexpected argument '%s'", argv[i]);
     }
     ab_client_t *client = NULL;
-    int code = s_connect(opts, &client);
+    int code = cli_connect(opts, &client);
     if (code != 0)
         return code;
     void *reply = NULL;
@@ -530,7 +511,7 @@ s_cmd_services(const opts_t *opts, int argc, char **argv)
     int timeout = opts->timeout_ms > 0 ? opts->timeout_ms : 10000;
     int rc = ab_call(client, "amtsbote.v1.Broker/ListServices", "", 0, timeout, &reply, &len);
     if (rc != 0) {
-        code = s_report(client, rc);
+        code = cli_report(client, rc);
         ab_client_destroy(&client);
         return code;
     }
@@ -1174,39 +1155,39 @@ s_cmd_serve(const opts_t *opts, int argc, char **argv)
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(s_usage, stdout);
             return EXIT_OK;
-        } else if ((m = s_opt(argc, argv, &i, "--exec", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--exec", &val)) != 0) {
             if (m < 0 || !*val)
-                return s_usage_error("serve: --exec needs a command");
+                return cli_usage_error("serve: --exec needs a command");
             srv.exec = val;
-        } else if ((m = s_opt(argc, argv, &i, "--concurrency", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--concurrency", &val)) != 0) {
             if (m < 0 || s_parse_int(val, &srv.concurrency) != 0 || srv.concurrency < 1 ||
                 srv.concurrency > MAX_CONCURRENCY)
-                return s_usage_error("serve: --concurrency needs a number from 1 to %d",
-                                     MAX_CONCURRENCY);
+                return cli_usage_error("serve: --concurrency needs a number from 1 to %d",
+                                       MAX_CONCURRENCY);
         } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
-            return s_usage_error("serve: unknown option '%s'", argv[i]);
+            return cli_usage_error("serve: unknown option '%s'", argv[i]);
         } else if (!srv.service) {
             srv.service = argv[i];
         } else {
-            return s_usage_error("serve: unexpected argument '%s'", argv[i]);
+            return cli_usage_error("serve: unexpected argument '%s'", argv[i]);
         }
     }
     if (!srv.service)
-        return s_usage_error("serve: which SERVICE? e.g. serve meldewesen.v1.Melderegister");
+        return cli_usage_error("serve: which SERVICE? e.g. serve meldewesen.v1.Melderegister");
     if (echo == !!srv.exec)
-        return s_usage_error("serve: give exactly one of --exec CMD and --echo");
+        return cli_usage_error("serve: give exactly one of --exec CMD and --echo");
 
     if (s_install_signals() != 0) {
         fprintf(stderr, "amtsbote: IO_ERROR: cannot install signal handlers: %s\n",
                 strerror(errno));
         return EXIT_OTHER;
     }
-    int code = s_connect(opts, &srv.client);
+    int code = cli_connect(opts, &srv.client);
     if (code != 0)
         return code;
     int rc = ab_offer(srv.client, srv.service, s_on_request, &srv);
     if (rc != 0) {
-        code = s_report(srv.client, rc);
+        code = cli_report(srv.client, rc);
         ab_client_destroy(&srv.client);
         return code;
     }
@@ -1215,7 +1196,7 @@ s_cmd_serve(const opts_t *opts, int argc, char **argv)
 
     rc = s_serve_loop(&srv);
     if (rc != 0) {
-        code = s_report(srv.client, rc);
+        code = cli_report(srv.client, rc);
         /* answer what is left so nobody waits for a deadline */
         for (job_t *j = srv.jobs; j;) {
             job_t *next = j->next;
@@ -1276,21 +1257,21 @@ s_cmd_tunnel(const opts_t *opts, int argc, char **argv)
             fputs(s_usage, stdout);
             return EXIT_OK;
         }
-        if ((m = s_opt(argc, argv, &i, "--listen", &val)) != 0) {
+        if ((m = cli_opt(argc, argv, &i, "--listen", &val)) != 0) {
             if (m < 0 || !*val)
-                return s_usage_error("tunnel: --listen needs an address, e.g. "
-                                     "tcp://127.0.0.1:7451");
+                return cli_usage_error("tunnel: --listen needs an address, e.g. "
+                                       "tcp://127.0.0.1:7451");
             listen = val;
         } else {
-            return s_usage_error("tunnel: unexpected argument '%s'", argv[i]);
+            return cli_usage_error("tunnel: unexpected argument '%s'", argv[i]);
         }
     }
     if (!opts->broker || !*opts->broker)
-        return s_usage_error("tunnel: no broker given: use --broker tls://HOST:PORT or set "
-                             "AMTSBOTE_BROKER");
+        return cli_usage_error("tunnel: no broker given: use --broker tls://HOST:PORT or set "
+                               "AMTSBOTE_BROKER");
     if (!s_is_tls(opts))
-        return s_usage_error("tunnel: the broker must be a tls://HOST:PORT address, not '%s'",
-                             opts->broker);
+        return cli_usage_error("tunnel: the broker must be a tls://HOST:PORT address, not '%s'",
+                               opts->broker);
     int code = s_check_tls(opts);
     if (code != 0)
         return code;
@@ -1314,9 +1295,9 @@ s_cmd_tunnel(const opts_t *opts, int argc, char **argv)
     memset(pass, 0, sizeof pass);
     if (!t) {
         if (rc == AB_EINVAL)
-            return s_usage_error("tunnel: %s", err);
+            return cli_usage_error("tunnel: %s", err);
         fprintf(stderr, "amtsbote: %s: %s\n", ab_err_name(rc), err);
-        return s_exit_code(rc);
+        return cli_exit_code(rc);
     }
     const char *who = ab_tunnel_participant(t);
     printf("ready: tunnel %s -> %s%s%s\n", ab_tunnel_local_uri(t), opts->broker, *who ? " as " : "",
@@ -1402,19 +1383,19 @@ s_profile_load(const char *path, int explicit, profile_t *p)
     if (!f) {
         if (!explicit && (errno == ENOENT || errno == ENOTDIR))
             return 0;
-        return s_usage_error("cannot read the profile '%s': %s", path, strerror(errno));
+        return cli_usage_error("cannot read the profile '%s': %s", path, strerror(errno));
     }
     char buf[PROFILE_MAX_LINE];
     int lineno = 0, code = 0;
     while (fgets(buf, sizeof buf, f)) {
         if (++lineno > PROFILE_MAX_LINES) {
-            code = s_usage_error("%s: more than %d lines; is this a profile?", path,
-                                 PROFILE_MAX_LINES);
+            code = cli_usage_error("%s: more than %d lines; is this a profile?", path,
+                                   PROFILE_MAX_LINES);
             break;
         }
         if (!strchr(buf, '\n') && !feof(f)) {
-            code = s_usage_error("%s:%d: line longer than %d bytes", path, lineno,
-                                 PROFILE_MAX_LINE - 2);
+            code = cli_usage_error("%s:%d: line longer than %d bytes", path, lineno,
+                                   PROFILE_MAX_LINE - 2);
             break;
         }
         char *line = s_trim(buf);
@@ -1422,8 +1403,8 @@ s_profile_load(const char *path, int explicit, profile_t *p)
             continue;
         char *eq = strchr(line, '=');
         if (!eq) {
-            code = s_usage_error("%s:%d: expected KEY=VALUE, e.g. AMTSBOTE_CA=chain.pem", path,
-                                 lineno);
+            code = cli_usage_error("%s:%d: expected KEY=VALUE, e.g. AMTSBOTE_CA=chain.pem", path,
+                                   lineno);
             break;
         }
         *eq = '\0';
@@ -1437,15 +1418,15 @@ s_profile_load(const char *path, int explicit, profile_t *p)
         while (k < P_COUNT && strcmp(key, s_profile_keys[k].key) != 0)
             k++;
         if (k == P_COUNT) {
-            code = s_usage_error("%s:%d: unknown key '%s'; a profile knows AMTSBOTE_BROKER, "
-                                 "AMTSBOTE_AS, AMTSBOTE_CERT, AMTSBOTE_KEY, AMTSBOTE_CA and "
-                                 "AMTSBOTE_CRL",
-                                 path, lineno, key);
+            code = cli_usage_error("%s:%d: unknown key '%s'; a profile knows AMTSBOTE_BROKER, "
+                                   "AMTSBOTE_AS, AMTSBOTE_CERT, AMTSBOTE_KEY, AMTSBOTE_CA and "
+                                   "AMTSBOTE_CRL",
+                                   path, lineno, key);
             break;
         }
         if (p->val[k]) {
-            code = s_usage_error("%s:%d: %s is set twice (first on line %d)", path, lineno, key,
-                                 p->line[k]);
+            code = cli_usage_error("%s:%d: %s is set twice (first on line %d)", path, lineno, key,
+                                   p->line[k]);
             break;
         }
         if (!*value)
@@ -1458,7 +1439,7 @@ s_profile_load(const char *path, int explicit, profile_t *p)
         p->line[k] = lineno;
     }
     if (code == 0 && ferror(f))
-        code = s_usage_error("cannot read the profile '%s': %s", path, strerror(errno));
+        code = cli_usage_error("cannot read the profile '%s': %s", path, strerror(errno));
     fclose(f);
     if (code != 0)
         s_profile_clear(p);
@@ -1547,53 +1528,53 @@ main(int argc, char **argv)
         }
         if (strcmp(argv[i], "--verbose") == 0 || strcmp(argv[i], "-v") == 0) {
             opts.verbose = 1;
-        } else if ((m = s_opt(argc, argv, &i, "--broker", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--broker", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("--broker needs a URI, e.g. tcp://127.0.0.1:7450");
+                return cli_usage_error("--broker needs a URI, e.g. tcp://127.0.0.1:7450");
             opts.broker = val;
-        } else if ((m = s_opt(argc, argv, &i, "--profile", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--profile", &val)) != 0) {
             if (m < 0 || !*val)
-                return s_usage_error("--profile needs a file name");
+                return cli_usage_error("--profile needs a file name");
             profile = val;
-        } else if ((m = s_opt(argc, argv, &i, "--as", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--as", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("--as needs a participant address, e.g. bund.bmi");
+                return cli_usage_error("--as needs a participant address, e.g. bund.bmi");
             opts.as = val;
             opts.as_given = 1;
-        } else if ((m = s_opt(argc, argv, &i, "--timeout", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--timeout", &val)) != 0) {
             if (m < 0 || s_parse_int(val, &opts.timeout_ms) != 0)
-                return s_usage_error("--timeout needs milliseconds (0 or more)");
-        } else if ((m = s_opt(argc, argv, &i, "--cert", &val)) != 0) {
+                return cli_usage_error("--timeout needs milliseconds (0 or more)");
+        } else if ((m = cli_opt(argc, argv, &i, "--cert", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("--cert needs a file name");
+                return cli_usage_error("--cert needs a file name");
             opts.cert = val;
             opts.tls_given = 1;
-        } else if ((m = s_opt(argc, argv, &i, "--key", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--key", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("--key needs a file name");
+                return cli_usage_error("--key needs a file name");
             opts.key = val;
             opts.tls_given = 1;
-        } else if ((m = s_opt(argc, argv, &i, "--key-passphrase-file", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--key-passphrase-file", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("--key-passphrase-file needs a file name");
+                return cli_usage_error("--key-passphrase-file needs a file name");
             opts.key_pass_file = val;
             opts.tls_given = 1;
-        } else if ((m = s_opt(argc, argv, &i, "--ca", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--ca", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("--ca needs a file name");
+                return cli_usage_error("--ca needs a file name");
             opts.ca = val;
             opts.tls_given = 1;
-        } else if ((m = s_opt(argc, argv, &i, "--crl", &val)) != 0) {
+        } else if ((m = cli_opt(argc, argv, &i, "--crl", &val)) != 0) {
             if (m < 0)
-                return s_usage_error("--crl needs a file name");
+                return cli_usage_error("--crl needs a file name");
             opts.crl = val;
             opts.tls_given = 1;
         } else {
-            return s_usage_error("unknown option '%s'", argv[i]);
+            return cli_usage_error("unknown option '%s'", argv[i]);
         }
     }
     if (i >= argc)
-        return s_usage_error("which command? call, serve, services or tunnel");
+        return cli_usage_error("which command? call, serve, services, schema or tunnel");
     const char *cmd = argv[i++];
     int (*run)(const opts_t *, int, char **) = NULL;
     if (strcmp(cmd, "call") == 0)
@@ -1604,12 +1585,14 @@ main(int argc, char **argv)
         run = s_cmd_services;
     else if (strcmp(cmd, "tunnel") == 0)
         run = s_cmd_tunnel;
+    else if (strcmp(cmd, "schema") == 0)
+        run = cli_cmd_schema;
     else if (strcmp(cmd, "help") == 0) {
         fputs(s_usage, stdout);
         return EXIT_OK;
     } else
-        return s_usage_error("unknown command '%s'; commands are call, serve, services and tunnel",
-                             cmd);
+        return cli_usage_error(
+            "unknown command '%s'; commands are call, serve, services, schema and tunnel", cmd);
     profile_t prof;
     memset(&prof, 0, sizeof prof);
     int code = s_apply_defaults(&opts, profile, &prof);

@@ -1,0 +1,68 @@
+/*
+ * cli.h - what the `amtsbote` command's source files share: options, exit codes, helpers.
+ */
+#ifndef AB_CLI_H
+#define AB_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "amtsbote.h"
+#include "schema.h"
+
+enum {
+    EXIT_OK = 0,
+    EXIT_OTHER = 1,
+    EXIT_USAGE = 2,
+    EXIT_UNAVAILABLE = 3,
+    EXIT_UNKNOWN_SERVICE = 4,
+    EXIT_DEADLINE = 5,
+    EXIT_PROVIDER_GONE = 6,
+    EXIT_PROVIDER_ERROR = 7,
+    EXIT_MALFORMED = 8,
+    EXIT_FORBIDDEN = 9,
+};
+
+#define AB_CLI_MAX_INPUT (64u * 1024u * 1024u) /* request read from --file or stdin */
+
+typedef struct {
+    const char *broker;
+    const char *as;
+    int as_given; /* --as on the command line, not only $AMTSBOTE_AS */
+    int timeout_ms;
+    int verbose;
+    /* mutual TLS, for a tls:// broker */
+    const char *cert, *key, *key_pass_file, *ca, *crl;
+    int tls_given; /* one of them on the command line */
+} opts_t;
+
+/* Prints `amtsbote: MESSAGE` and a hint to stderr; returns EXIT_USAGE. */
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The exit code for an AB_E* error. */
+int cli_exit_code(int err);
+
+/* Prints `amtsbote: NAME: text` (the client's last error) and returns the exit code for err. */
+int cli_report(const ab_client_t *client, int err);
+
+/* Matches option `name` at argv[*i] ("--name VALUE" or "--name=VALUE"): 1 and *val set, 0 for
+ * another option, -1 when the value is missing. */
+int cli_opt(int argc, char **argv, int *i, const char *name, const char **val);
+
+/* Reads all of fd (at most AB_CLI_MAX_INPUT bytes) into a new buffer. 0, or -1 with errno
+ * (EFBIG: too large). */
+int cli_read_all(int fd, uint8_t **data, size_t *len);
+
+/* Creates and connects a client as opts say. Returns 0 or an exit code (error printed). */
+int cli_connect(const opts_t *opts, ab_client_t **client_p);
+
+/* `amtsbote schema ...` (schema_cli.c). */
+int cli_cmd_schema(const opts_t *opts, int argc, char **argv);
+
+/* Fetches the registered interface of `method` (pkg.Service/Method) from the broker: 0 with the
+ * loaded set (caller destroys it) and the method, 1 when no registered file defines the
+ * service, or an exit code (error printed). */
+int cli_fetch_method(const opts_t *opts, ab_client_t *client, const char *method,
+                     ab_schema_set_t **set, const ProtobufCMethodDescriptor **m);
+
+#endif
