@@ -139,7 +139,7 @@ s_path_putc(s_ctx_t *c, char ch)
 }
 
 /* The JSON name protoc derives from a field name: underscores dropped, the letter after one
- * upper-cased, everything else kept. Written through `put` one character at a time. */
+ * upper-cased, everything else kept. */
 static void
 s_path_push_json_name(s_ctx_t *c, const char *name)
 {
@@ -1453,6 +1453,8 @@ ab_json_to_pb(const ProtobufCMessageDescriptor *d, const char *json, size_t len,
                               quoted != NULL ? qlen : len,
                               JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     free(quoted);
+    if (root == NULL && json_error_code(&jerr) == json_error_out_of_memory)
+        return s_oom(&c);
     if (root == NULL) {
         /* jansson quotes the text near the fault; that could be payload, so it is cut off */
         char *near = strstr(jerr.text, " near");
@@ -2092,7 +2094,17 @@ ab_pb_to_json(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t l
     if (s_wkt(d) == S_WKT_ANY)
         return s_fail(&c, "google.protobuf.Any is not supported");
     static const uint8_t empty[1];
-    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, data != NULL ? data : empty);
+    if (data == NULL)
+        data = empty;
+    /* first the walk that says where bytes are wrong and bounds the nesting, which
+     * protobuf_c_message_unpack() follows without limit */
+    ab_schema_error_t serr;
+    if (ab_schema_validate(d, data, len, &serr) != 0) {
+        if (strcmp(serr.path, d->name) == 0)
+            return s_fail(&c, "%s", serr.text);
+        return s_fail_plain(&c, "field `%s`: %s", serr.path, serr.text);
+    }
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, data);
     if (m == NULL)
         return s_fail(&c, "the bytes do not decode as %s", d->name);
     s_print_message(&c, m, 1);

@@ -23,6 +23,42 @@
 #include "jsontest3.pb-c.h"
 #include "pbjson.h"
 
+/* Allocation failure at the N-th malloc/calloc/realloc of this program (linked with --wrap;
+ * jansson and protobuf-c are shared libraries and keep the real ones). 0: never. */
+static long s_fail_at;
+static long s_alloc_calls;
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t k, size_t n);
+void *__real_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t k, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+
+static int
+s_alloc_fails(void)
+{
+    return s_fail_at > 0 && ++s_alloc_calls == s_fail_at;
+}
+
+void *
+__wrap_malloc(size_t n)
+{
+    return s_alloc_fails() ? NULL : __real_malloc(n);
+}
+
+void *
+__wrap_calloc(size_t k, size_t n)
+{
+    return s_alloc_fails() ? NULL : __real_calloc(k, n);
+}
+
+void *
+__wrap_realloc(void *p, size_t n)
+{
+    return s_alloc_fails() ? NULL : __real_realloc(p, n);
+}
+
 static const ProtobufCMessageDescriptor *const ALLES = &jsontest__v3__alles__descriptor;
 static const ProtobufCMessageDescriptor *const SKALARE = &jsontest__v3__skalare__descriptor;
 static const ProtobufCMessageDescriptor *const PFLICHT = &jsontest__v2__pflicht__descriptor;
@@ -752,8 +788,7 @@ test_bad_json_and_no_values_in_errors(void **state)
               "jsontest.v3.Alles: invalid JSON at line 1, column 17: premature end of input");
     s_refused(ALLES, "{\"oText\":\"a\",\"oText\":\"b\"}",
               "jsontest.v3.Alles: invalid JSON at line 1, column 20: duplicate object key");
-    s_refused(ALLES, "",
-              "jsontest.v3.Alles: invalid JSON at line 1, column 0: unexpected token");
+    s_refused(ALLES, "", "jsontest.v3.Alles: invalid JSON at line 1, column 0: unexpected token");
     s_refused(ALLES, "{} geheim",
               "jsontest.v3.Alles: invalid JSON at line 1, column 9: end of file expected");
 
@@ -783,7 +818,13 @@ test_bad_json_and_no_values_in_errors(void **state)
     char err[256], *out = NULL;
     const uint8_t junk[] = {0x0a, 0x05, 0x01};
     assert_int_equal(ab_pb_to_json(ALLES, junk, sizeof junk, 0, &out, err, sizeof err), AB_EINVAL);
-    assert_string_equal(err, "jsontest.v3.Alles: the bytes do not decode as jsontest.v3.Alles");
+    assert_string_equal(err, "jsontest.v3.Alles: field at byte 0 runs past the end of the message");
+    assert_null(out);
+    /* ab_schema_validate() says where (its paths use proto names) */
+    const uint8_t deep_junk[] = {0xaa, 0x01, 0x02, 0x0a, 0x05};
+    assert_int_equal(ab_pb_to_json(ALLES, deep_junk, sizeof deep_junk, 0, &out, err, sizeof err),
+                     AB_EINVAL);
+    assert_true(strncmp(err, "field `antwort", 14) == 0);
     assert_null(out);
 
     /* a string that is not UTF-8 cannot be JSON */
@@ -812,6 +853,126 @@ test_bad_json_and_no_values_in_errors(void **state)
     /* input need not be NUL-terminated */
     assert_int_equal(ab_json_to_pb(SKALARE, "{\"fInt32\":12}XYZ", 13, &pb, &n, NULL, 0), 0);
     free(pb);
+}
+
+/* ---- allocation failure and damaged input ---- */
+
+static void
+test_out_of_memory(void **state)
+{
+    (void)state;
+    size_t n;
+    uint8_t *good = s_pb(ALLES, ALLES_JSON, &n);
+    int done_in = 0, done_out = 0;
+    for (long k = 1; k < 100000 && !(done_in && done_out); k++) {
+        char err[256];
+        uint8_t *pb = NULL;
+        size_t pn = 0;
+        char *js = NULL;
+        if (!done_in) {
+            s_alloc_calls = 0;
+            s_fail_at = k;
+            int rc =
+                ab_json_to_pb(ALLES, ALLES_JSON, strlen(ALLES_JSON), &pb, &pn, err, sizeof err);
+            s_fail_at = 0;
+            if (rc == 0) {
+                assert_int_equal(pn, n);
+                assert_memory_equal(pb, good, n);
+                free(pb);
+                done_in = 1;
+            } else {
+                assert_int_equal(rc, AB_ENOMEM);
+                assert_string_equal(err, "out of memory");
+                assert_null(pb);
+            }
+        }
+        if (!done_out) {
+            s_alloc_calls = 0;
+            s_fail_at = k;
+            int rc = ab_pb_to_json(ALLES, good, n, AB_JSON_PRETTY, &js, err, sizeof err);
+            s_fail_at = 0;
+            if (rc == 0) {
+                free(js);
+                done_out = 1;
+            } else {
+                assert_int_equal(rc, AB_ENOMEM);
+                assert_null(js);
+            }
+        }
+    }
+    assert_true(done_in && done_out);
+    free(good);
+}
+
+static void
+test_damaged_input(void **state)
+{
+    (void)state;
+    /* JSON cut short or with one character changed: refused cleanly, or accepted and then
+     * printable */
+    size_t len = strlen(ALLES_JSON);
+    char *j = malloc(len + 1);
+    static const char repl[] = "0\"{}[],:x-9n";
+    for (size_t i = 0; i < len; i++) {
+        for (size_t r = 0; r <= sizeof repl - 1; r++) {
+            memcpy(j, ALLES_JSON, len + 1);
+            size_t jl = len;
+            if (r == sizeof repl - 1)
+                jl = i; /* truncated */
+            else
+                j[i] = repl[r];
+            char err[512];
+            uint8_t *pb = NULL;
+            size_t pn;
+            int rc = ab_json_to_pb(ALLES, j, jl, &pb, &pn, err, sizeof err);
+            if (rc != 0) {
+                assert_int_equal(rc, AB_EINVAL);
+                assert_null(pb);
+                continue;
+            }
+            char *back = NULL;
+            rc = ab_pb_to_json(ALLES, pb, pn, 0, &back, err, sizeof err);
+            if (rc != 0)
+                print_error("%s\n", err);
+            assert_int_equal(rc, 0);
+            free(back);
+            free(pb);
+        }
+    }
+    free(j);
+
+    /* bytes cut short or with one byte changed: refused, or printed as JSON that reads back */
+    size_t n;
+    uint8_t *good = s_pb(ALLES, ALLES_JSON, &n);
+    uint8_t *b = malloc(n);
+    static const uint8_t flips[] = {0x00, 0x01, 0x7f, 0x80, 0xff, 0x0a, 0x12};
+    for (size_t i = 0; i < n; i++) {
+        for (size_t r = 0; r <= sizeof flips; r++) {
+            memcpy(b, good, n);
+            size_t bl = n;
+            if (r == sizeof flips)
+                bl = i;
+            else
+                b[i] = flips[r];
+            char err[512], *js = NULL;
+            int rc = ab_pb_to_json(ALLES, b, bl, 0, &js, err, sizeof err);
+            if (rc != 0) {
+                assert_int_equal(rc, AB_EINVAL);
+                assert_null(js);
+                continue;
+            }
+            uint8_t *pb = NULL;
+            size_t pn;
+            rc = ab_json_to_pb(ALLES, js, strlen(js), &pb, &pn, err, sizeof err);
+            if (rc != 0)
+                print_error("%s\n  for %s\n", err, js);
+            assert_int_equal(rc, 0);
+            free(pb);
+            free(js);
+        }
+    }
+    free(b);
+    free(good);
 }
 
 /* ---- descriptors as ab_schema_set_load() builds them ---- */
@@ -908,6 +1069,8 @@ main(void)
         cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_bad_json_and_no_values_in_errors),
         cmocka_unit_test(test_runtime_like_descriptors),
+        cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_damaged_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
