@@ -252,6 +252,43 @@ int ab_client_run(ab_client_t *self, int timeout_ms);
 /* Makes ab_client_run() return. Async-signal-safe. */
 void ab_client_stop(ab_client_t *self);
 
+/* ---- protoc-c's own service stubs through the broker ------------------------------------ */
+
+/*
+ * protoc-c generates for every method `pkg__svc__method(ProtobufCService *service, input,
+ * closure, closure_data)`. These make its stubs work through the broker; include
+ * <protobuf-c/protobuf-c.h> to use them (the types are only declared here). For typed stubs
+ * with deadlines and typed providers, see protoc-gen-amtsbote and amtsbote_generate().
+ */
+struct ProtobufCService;
+struct ProtobufCServiceDescriptor;
+
+/*
+ * A ProtobufCService whose invoke packs the input, calls "package.Service/Method" (the name in
+ * `desc`) with ab_call() on `client` with `timeout_ms` (0: 30000), and runs the closure before it
+ * returns: with the unpacked output (borrowed for the closure's duration), or with NULL on any
+ * failure (ab_client_last_error() says why when the call failed; an output that does not unpack
+ * leaves it unchanged). `client` is borrowed and must outlive the service. Returns NULL for a
+ * NULL argument or when out of memory. Free with ab_protobuf_service_destroy() (or
+ * protobuf_c_service_destroy()).
+ */
+struct ProtobufCService *ab_protobuf_service_new(ab_client_t *client,
+                                                 const struct ProtobufCServiceDescriptor *desc,
+                                                 int timeout_ms);
+
+/* Frees a service made by ab_protobuf_service_new(). Accepts NULL; sets *service_p to NULL. */
+void ab_protobuf_service_destroy(struct ProtobufCService **service_p);
+
+/*
+ * Offers every method of `impl` (a service implemented with protoc-c's PKG__SVC__INIT) as
+ * "package.Service" and dispatches each call to impl->invoke with the unpacked input. The
+ * closure answers: with its output, or with NULL for an error reply (the caller sees
+ * AB_EPROVIDER); it must run exactly once and may run later, but the input is valid only during
+ * invoke. A request that does not unpack is answered with an error. `impl` is borrowed and must
+ * outlive the offer; ab_withdraw(client, desc->name) withdraws it. Returns as ab_offer().
+ */
+int ab_protobuf_service_offer(ab_client_t *client, struct ProtobufCService *impl);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif
