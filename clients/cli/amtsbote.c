@@ -10,6 +10,7 @@
 #include "amtsbote.h"
 #include "amtsbote/v1/amtsbote.pb-c.h"
 #include "cli.h"
+#include "pbjson.h"
 #include "tunnel.h"
 
 #include <errno.h>
@@ -76,16 +77,18 @@ static const char *s_usage =
     "\n"
     "Commands:\n"
     "  call SERVICE/METHOD [--data STRING | --file FILE] [--purpose TEXT] [--raw]\n"
-    "      Calls one method and writes the reply bytes, unchanged, to stdout. The request is\n"
-    "      STRING, the contents of FILE ('-' for stdin), or stdin when neither is given.\n"
-    "      --purpose names the legal basis of the call, e.g. 'BMG §34'. --raw sends and prints\n"
-    "      bytes as they are (the only mode for now).\n"
+    "      Calls one method and prints the reply. The request is STRING, the contents of\n"
+    "      FILE ('-' for stdin), or stdin when neither is given. When the service has a\n"
+    "      registered interface (amtsbote schema push), the request is JSON (proto3 JSON\n"
+    "      mapping; empty means {}) and the reply is printed as JSON; otherwise, or with\n"
+    "      --raw, bytes are sent and printed as they are. --purpose names the legal basis\n"
+    "      of the call, e.g. 'BMG §34'.\n"
     "      Example:\n"
     "        amtsbote --broker tcp://127.0.0.1:7450 --as bund.bmi \\\n"
     "          call meldewesen.v1.Melderegister/Meldebescheinigung \\\n"
-    "          --purpose 'BMG §34' --file anfrage.bin > antwort.bin\n"
+    "          --purpose 'BMG §34' --data '{\"name\": {\"familienname\": \"Muster\"}}'\n"
     "\n"
-    "  serve SERVICE (--exec CMD | --echo) [--concurrency N] [--verbose]\n"
+    "  serve SERVICE (--exec CMD | --echo) [--raw] [--concurrency N] [--verbose]\n"
     "      Offers SERVICE (package.Service for every method, or package.Service/Method) until\n"
     "      SIGINT or SIGTERM, then withdraws it, lets running commands finish (up to 5 s) and\n"
     "      exits 0. Prints 'ready: serving SERVICE as PARTICIPANT' once the broker accepted it.\n"
@@ -95,6 +98,9 @@ static const char *s_usage =
     "                  exit answers PROVIDER_ERROR with the first line of its stderr (keep\n"
     "                  personal data out of it). A command still running at the call's deadline\n"
     "                  is killed.\n"
+    "                  When SERVICE has a registered interface, CMD reads the request as\n"
+    "                  JSON and writes the reply as JSON (proto3 JSON mapping; --raw: bytes\n"
+    "                  as they are); output that does not fit the interface is an error reply.\n"
     "      --echo      answers every call with its request (for tests).\n"
     "      --concurrency N  commands run at once (default 4); further calls wait their turn.\n"
     "      Example:\n"
@@ -125,7 +131,7 @@ static const char *s_usage =
     "Examples with mutual TLS:\n"
     "  amtsbote --broker tls://broker.example.org:7443 --cert bund.bmi.crt \\\n"
     "    --key bund.bmi.key --ca chain.pem \\\n"
-    "    call meldewesen.v1.Melderegister/Meldebescheinigung --data x\n"
+    "    call meldewesen.v1.Melderegister/Meldebescheinigung --data '{}'\n"
     "  amtsbote --broker tls://broker.example.org:7443 --cert bund.bmi.crt \\\n"
     "    --key bund.bmi.key --ca chain.pem tunnel --listen tcp://127.0.0.1:7451\n"
     "    (then e.g. pyzmq: zmq.Context().socket(zmq.DEALER).connect('tcp://127.0.0.1:7451'))\n"
@@ -394,10 +400,13 @@ static int
 s_cmd_call(const opts_t *opts, int argc, char **argv)
 {
     const char *service = NULL, *data = NULL, *file = NULL, *purpose = NULL, *val = NULL;
+    int raw = 0;
     for (int i = 0; i < argc; i++) {
         int m;
-        if (strcmp(argv[i], "--raw") == 0)
+        if (strcmp(argv[i], "--raw") == 0) {
+            raw = 1;
             continue;
+        }
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(s_usage, stdout);
             return EXIT_OK;
@@ -470,6 +479,35 @@ s_cmd_call(const opts_t *opts, int argc, char **argv)
         code = cli_report(client, rc);
         goto done;
     }
+    /* JSON through the registered interface, unless --raw or there is none */
+    ab_schema_set_t *set = NULL;
+    const ProtobufCMethodDescriptor *method = NULL;
+    uint8_t *packed = NULL;
+    if (!raw) {
+        code = cli_fetch_method(opts, client, service, &set, &method);
+        if (code == 1) {
+            fprintf(stderr,
+                    "amtsbote: note: %.*s has no registered interface; the request is sent "
+                    "as it is (--raw)\n",
+                    (int)strcspn(service, "/"), service);
+            code = 0;
+        } else if (code != 0) {
+            goto done;
+        } else {
+            char err[512];
+            size_t plen = 0;
+            int empty = req_len == 0;
+            if (ab_json_to_pb(method->input, empty ? "{}" : req, empty ? 2 : req_len, &packed,
+                              &plen, err, sizeof err) != 0) {
+                fprintf(stderr, "amtsbote: INVALID_ARGUMENT: the request is not %s in JSON: %s\n",
+                        method->input->name, err);
+                code = EXIT_MALFORMED;
+                goto done;
+            }
+            req = packed;
+            req_len = plen;
+        }
+    }
     void *reply = NULL;
     size_t reply_len = 0;
     rc = ab_call(client, service, req, req_len, opts->timeout_ms, &reply, &reply_len);
@@ -477,13 +515,30 @@ s_cmd_call(const opts_t *opts, int argc, char **argv)
         code = cli_report(client, rc);
         goto done;
     }
-    if ((reply_len && fwrite(reply, 1, reply_len, stdout) != reply_len) || fflush(stdout) != 0) {
+    char *json = NULL;
+    if (method) {
+        char err[512];
+        if (ab_pb_to_json(method->output, reply, reply_len, AB_JSON_PRETTY, &json, err,
+                          sizeof err) != 0) {
+            fprintf(stderr, "amtsbote: MALFORMED: the reply is not a valid %s: %s\n",
+                    method->output->name, err);
+            code = EXIT_OTHER;
+            ab_free(reply);
+            goto done;
+        }
+    }
+    if ((json && (fputs(json, stdout) == EOF || putchar('\n') == EOF)) ||
+        (!json && reply_len && fwrite(reply, 1, reply_len, stdout) != reply_len) ||
+        fflush(stdout) != 0) {
         fprintf(stderr, "amtsbote: IO_ERROR: cannot write the reply to stdout: %s\n",
                 strerror(errno));
         code = EXIT_OTHER;
     }
+    free(json);
     ab_free(reply);
 done:
+    ab_schema_set_destroy(&set);
+    free(packed);
     ab_client_destroy(&client);
     free(owned);
     return code;
@@ -548,6 +603,7 @@ typedef struct job {
     size_t in_len, in_off;
     uint8_t *out;
     size_t out_len, out_cap;
+    char *in_json; /* the request as JSON, when the interface is registered */
     char errline[MAX_ERRLINE + 1];
     size_t errline_len;
     int errline_done;
@@ -558,7 +614,7 @@ typedef struct job {
     uint64_t started;
 } job_t;
 
-enum { KILL_DEADLINE = 1, KILL_SHUTDOWN, KILL_TOO_LARGE };
+enum { KILL_DEADLINE = 1, KILL_SHUTDOWN, KILL_TOO_LARGE, KILL_BAD_INPUT };
 
 typedef struct qnode {
     struct qnode *next;
@@ -568,7 +624,8 @@ typedef struct qnode {
 typedef struct {
     ab_client_t *client;
     const char *service;
-    const char *exec; /* NULL: --echo */
+    const char *exec;     /* NULL: --echo */
+    ab_schema_set_t *set; /* the registered interface: requests and replies are JSON for CMD */
     int concurrency;
     int verbose;
     int stopping;
@@ -682,6 +739,8 @@ s_close_fd(int *fd)
     }
 }
 
+static void s_job_kill(job_t *job, int why);
+
 /* Starts CMD for `req`; answers the request itself when that fails. */
 static void
 s_job_start(serve_t *srv, ab_request_t *req)
@@ -735,6 +794,18 @@ s_job_start(serve_t *srv, ab_request_t *req)
     job->err_fd = err[0];
     job->in = ab_request_payload(req, &job->in_len);
     job->started = started;
+    if (srv->set) {
+        const ProtobufCMethodDescriptor *m = cli_find_method(srv->set, ab_request_method(req));
+        char e[512];
+        if (m == NULL ||
+            ab_pb_to_json(m->input, job->in, job->in_len, 0, &job->in_json, e, sizeof e) != 0) {
+            /* the broker validated it: this is a method the interface we fetched lacks */
+            s_job_kill(job, KILL_BAD_INPUT);
+        } else {
+            job->in = (const uint8_t *)job->in_json;
+            job->in_len = strlen(job->in_json);
+        }
+    }
     fcntl(job->in_fd, F_SETFL, fcntl(job->in_fd, F_GETFL) | O_NONBLOCK);
     fcntl(job->out_fd, F_SETFL, fcntl(job->out_fd, F_GETFL) | O_NONBLOCK);
     fcntl(job->err_fd, F_SETFL, fcntl(job->err_fd, F_GETFL) | O_NONBLOCK);
@@ -774,6 +845,29 @@ s_job_finish(serve_t *srv, job_t *job)
         snprintf(text, sizeof text, "the provider shut down while the command was running");
     } else if (!job->exited) {
         snprintf(text, sizeof text, "the command's exit status is unknown");
+    } else if (job->killed == KILL_BAD_INPUT) {
+        snprintf(text, sizeof text,
+                 "the provider's copy of the interface of %s is out of date; "
+                 "restart it",
+                 ab_request_method(job->req));
+    } else if (WIFEXITED(job->wstatus) && WEXITSTATUS(job->wstatus) == 0 && srv->set) {
+        const ProtobufCMethodDescriptor *m = cli_find_method(srv->set, ab_request_method(job->req));
+        uint8_t *pb = NULL;
+        size_t len = 0;
+        char e[400];
+        size_t n = job->out_len;
+        while (n > 0 && (job->out[n - 1] == '\n' || job->out[n - 1] == ' ' ||
+                         job->out[n - 1] == '\r' || job->out[n - 1] == '\t'))
+            n--;
+        if (ab_json_to_pb(m->output, n ? (const char *)job->out : "{}", n ? n : 2, &pb, &len, e,
+                          sizeof e) == 0) {
+            s_log_call(srv, job->req, job->in_len, len, job->started, "ok");
+            ab_reply(&job->req, pb, len);
+        } else {
+            snprintf(text, sizeof text, "the command's output is not %s in JSON: %s",
+                     m->output->name, e);
+        }
+        free(pb);
     } else if (WIFEXITED(job->wstatus) && WEXITSTATUS(job->wstatus) == 0) {
         s_log_call(srv, job->req, job->in_len, job->out_len, job->started, "ok");
         ab_reply(&job->req, job->out, job->out_len);
@@ -793,6 +887,7 @@ s_job_finish(serve_t *srv, job_t *job)
     s_close_fd(&job->out_fd);
     s_close_fd(&job->err_fd);
     free(job->out);
+    free(job->in_json);
     free(job);
     srv->running--;
 }
@@ -1144,12 +1239,14 @@ s_cmd_serve(const opts_t *opts, int argc, char **argv)
     memset(&srv, 0, sizeof srv);
     srv.concurrency = DEFAULT_CONCURRENCY;
     srv.verbose = opts->verbose;
-    int echo = 0;
+    int echo = 0, raw = 0;
     const char *val = NULL;
     for (int i = 0; i < argc; i++) {
         int m;
         if (strcmp(argv[i], "--echo") == 0) {
             echo = 1;
+        } else if (strcmp(argv[i], "--raw") == 0) {
+            raw = 1;
         } else if (strcmp(argv[i], "--verbose") == 0 || strcmp(argv[i], "-v") == 0) {
             srv.verbose = 1;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -1185,13 +1282,24 @@ s_cmd_serve(const opts_t *opts, int argc, char **argv)
     int code = cli_connect(opts, &srv.client);
     if (code != 0)
         return code;
+    if (srv.exec && !raw) {
+        code = cli_fetch_set(opts, srv.client, srv.service, &srv.set);
+        if (code == 1) {
+            code = 0; /* no registered interface: bytes as they are */
+        } else if (code != 0) {
+            ab_client_destroy(&srv.client);
+            return code;
+        }
+    }
     int rc = ab_offer(srv.client, srv.service, s_on_request, &srv);
     if (rc != 0) {
         code = cli_report(srv.client, rc);
+        ab_schema_set_destroy(&srv.set);
         ab_client_destroy(&srv.client);
         return code;
     }
-    printf("ready: serving %s as %s\n", srv.service, ab_client_participant(srv.client));
+    printf("ready: serving %s as %s%s\n", srv.service, ab_client_participant(srv.client),
+           srv.set ? " (JSON)" : "");
     fflush(stdout);
 
     rc = s_serve_loop(&srv);
@@ -1210,6 +1318,7 @@ s_cmd_serve(const opts_t *opts, int argc, char **argv)
             ab_reply_error(&req, "the provider is shutting down");
     }
     ab_client_destroy(&srv.client);
+    ab_schema_set_destroy(&srv.set);
     return code;
 }
 

@@ -59,6 +59,14 @@ int cli_connect(const opts_t *opts, ab_client_t **client_p);
 /* `amtsbote schema ...` (schema_cli.c). */
 int cli_cmd_schema(const opts_t *opts, int argc, char **argv);
 
+/* Fetches the registered descriptor set that defines `name` (a service, SERVICE/METHOD, a
+ * message or a file): 0 with the set (caller destroys it), 1 when nothing registered defines
+ * it, or an exit code (error printed). */
+int cli_fetch_set(const opts_t *opts, ab_client_t *client, const char *name, ab_schema_set_t **set);
+
+/* The method `pkg.Service/Method` in `set`, or NULL. */
+const ProtobufCMethodDescriptor *cli_find_method(const ab_schema_set_t *set, const char *method);
+
 /* Fetches the registered interface of `method` (pkg.Service/Method) from the broker: 0 with the
  * loaded set (caller destroys it) and the method, 1 when no registered file defines the
  * service, or an exit code (error printed). */

@@ -422,35 +422,50 @@ cli_cmd_schema(const opts_t *opts, int argc, char **argv)
 }
 
 int
-cli_fetch_method(const opts_t *opts, ab_client_t *client, const char *method, ab_schema_set_t **set,
-                 const ProtobufCMethodDescriptor **m)
+cli_fetch_set(const opts_t *opts, ab_client_t *client, const char *name, ab_schema_set_t **set)
 {
     *set = NULL;
-    *m = NULL;
     Amtsbote__V1__SchemaGetReply *r = NULL;
-    int code = s_get(opts, client, method, 0, &r, 1);
+    int code = s_get(opts, client, name, 0, &r, 1);
     if (code != 0)
         return code;
     ab_schema_error_t err;
     if (ab_schema_set_load(r->descriptor_set.data, r->descriptor_set.len, set, &err) != 0) {
         fprintf(stderr,
                 "amtsbote: SCHEMA_INVALID: the registered interface of %s does not load: %s %s\n",
-                method, err.path, err.text);
-        amtsbote__v1__schema_get_reply__free_unpacked(r, NULL);
-        return EXIT_OTHER;
+                name, err.path, err.text);
+        code = EXIT_OTHER;
     }
     amtsbote__v1__schema_get_reply__free_unpacked(r, NULL);
+    return code;
+}
+
+const ProtobufCMethodDescriptor *
+cli_find_method(const ab_schema_set_t *set, const char *method)
+{
     const char *slash = strchr(method, '/');
     char svc[512];
-    snprintf(svc, sizeof svc, "%.*s", slash ? (int)(slash - method) : (int)strlen(method), method);
-    const ProtobufCServiceDescriptor *s = ab_schema_service(*set, svc);
-    if (s && slash)
-        *m = protobuf_c_service_descriptor_get_method_by_name(s, slash + 1);
+    if (slash == NULL || (size_t)(slash - method) >= sizeof svc)
+        return NULL;
+    snprintf(svc, sizeof svc, "%.*s", (int)(slash - method), method);
+    const ProtobufCServiceDescriptor *s = ab_schema_service(set, svc);
+    return s ? protobuf_c_service_descriptor_get_method_by_name(s, slash + 1) : NULL;
+}
+
+int
+cli_fetch_method(const opts_t *opts, ab_client_t *client, const char *method, ab_schema_set_t **set,
+                 const ProtobufCMethodDescriptor **m)
+{
+    *m = NULL;
+    int code = cli_fetch_set(opts, client, method, set);
+    if (code != 0)
+        return code;
+    *m = cli_find_method(*set, method);
     if (*m == NULL) {
+        const char *slash = strchr(method, '/');
         fprintf(stderr,
-                "amtsbote: UNKNOWN_SERVICE: the registered interface of %s has no method "
-                "%s\n",
-                svc, slash ? slash + 1 : "(none given)");
+                "amtsbote: UNKNOWN_SERVICE: the registered interface of %.*s has no method %s\n",
+                (int)strcspn(method, "/"), method, slash ? slash + 1 : "(none given)");
         ab_schema_set_destroy(set);
         return EXIT_UNKNOWN_SERVICE;
     }
