@@ -698,6 +698,36 @@ test_wrappers_struct_value(void **state)
 }
 
 static void
+test_field_mask(void **state)
+{
+    (void)state;
+    s_round(ALLES, "{\"maske\":\"\"}", NULL);
+    s_round(ALLES, "{\"maske\":\"a.fooBar,b,haupt.adresseZwei\"}", NULL);
+    size_t n;
+    uint8_t *b = s_pb(ALLES, "{\"maske\":\"a.fooBar,b\"}", &n);
+    Jsontest__V3__Alles *a = jsontest__v3__alles__unpack(NULL, n, b);
+    assert_int_equal(a->maske->n_paths, 2);
+    assert_string_equal(a->maske->paths[0], "a.foo_bar");
+    assert_string_equal(a->maske->paths[1], "b");
+    jsontest__v3__alles__free_unpacked(a, NULL);
+    free(b);
+    s_refused(ALLES, "{\"maske\":[\"a\"]}", "field `maske`: expected string, got array");
+
+    /* a path that has no lowerCamelCase form cannot be written */
+    Google__Protobuf__FieldMask fm = GOOGLE__PROTOBUF__FIELD_MASK__INIT;
+    char *paths[] = {"foo__bar"};
+    fm.n_paths = 1;
+    fm.paths = paths;
+    Jsontest__V3__Alles msg = JSONTEST__V3__ALLES__INIT;
+    msg.maske = &fm;
+    uint8_t buf[32];
+    n = jsontest__v3__alles__pack(&msg, buf);
+    char err[256], *out = NULL;
+    assert_int_equal(ab_pb_to_json(ALLES, buf, n, 0, &out, err, sizeof err), AB_EINVAL);
+    assert_string_equal(err, "field `maske`: field mask path cannot be written in lowerCamelCase");
+}
+
+static void
 test_any_refused(void **state)
 {
     (void)state;
@@ -1065,6 +1095,7 @@ main(void)
         cmocka_unit_test(test_timestamps),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_wrappers_struct_value),
+        cmocka_unit_test(test_field_mask),
         cmocka_unit_test(test_any_refused),
         cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_bad_json_and_no_values_in_errors),
