@@ -486,10 +486,11 @@ s_cmd_call(const opts_t *opts, int argc, char **argv)
     if (!raw) {
         code = cli_fetch_method(opts, client, service, &set, &method);
         if (code == 1) {
-            fprintf(stderr,
-                    "amtsbote: note: %.*s has no registered interface; the request is sent "
-                    "as it is (--raw)\n",
-                    (int)strcspn(service, "/"), service);
+            if (isatty(2)) /* for a person at a terminal; scripts see the bytes unchanged */
+                fprintf(stderr,
+                        "amtsbote: note: %.*s has no registered interface; the request is sent "
+                        "as it is (--raw)\n",
+                        (int)strcspn(service, "/"), service);
             code = 0;
         } else if (code != 0) {
             goto done;

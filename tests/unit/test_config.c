@@ -78,11 +78,17 @@ test_file_then_flags(void **state)
     const char *path = write_file("# broker of the Land\n"
                                   "listen:\n  - tcp://127.0.0.1:7450\n  - ipc:///tmp/b.sock\n"
                                   "heartbeat_ms: 2000\nheartbeat_timeout_ms: 9000\n"
-                                  "log_level: debug\n");
+                                  "log_level: debug\n"
+                                  "require_schema:\n  - meldewesen.*\n");
     brk_config_t c;
-    const char *a[] = {"--config", path, "--heartbeat-ms", "1500", NULL};
+    const char *a[] = {"--config", path, "--heartbeat-ms", "1500", "--require-schema",
+                       "land.by.v1.Grundbuch", NULL};
     assert_int_equal(load(&c, a), 0);
     assert_int_equal(c.nlisten, 2);
+    /* list settings add up: the file's pattern and the flag's */
+    assert_int_equal(c.nrequire_schema, 2);
+    assert_string_equal(c.require_schema[0], "meldewesen.*");
+    assert_string_equal(c.require_schema[1], "land.by.v1.Grundbuch");
     assert_int_equal(c.heartbeat_ms, 1500); /* the flag wins */
     assert_int_equal(c.heartbeat_timeout_ms, 9000);
     assert_string_equal(c.log_level, "debug");
@@ -147,7 +153,7 @@ test_bad_files(void **state)
         {"listen: tcp://127.0.0.1:1\nheartbeat_ms: fast\n", ":2:15: setting 'heartbeat_ms'"},
         {"listen: tcp://127.0.0.1:1\nlog: {a: 1}\n", "unknown setting 'log'"},
         {"- a\n- b\n", "mapping of setting"},
-        {"listen: tcp://127.0.0.1:1\nheartbeat_ms: [1, 2]\n", "only 'listen' takes a list"},
+        {"listen: tcp://127.0.0.1:1\nheartbeat_ms: [1, 2]\n", "only 'listen' and 'require_schema' take a list"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = write_file(cases[i].text);
