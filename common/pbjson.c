@@ -386,8 +386,12 @@ s_present(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
         return *(const void *const *)p != NULL;
     case PROTOBUF_C_TYPE_BOOL:
         return *(const protobuf_c_boolean *)p != 0;
+    case PROTOBUF_C_TYPE_FLOAT:
+        /* by value, as the packer: -0.0 is the default too (and is not packed), NaN is not */
+        return *(const float *)p != 0;
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return *(const double *)p != 0;
     default: {
-        /* by bits, as the packer: -0.0 is not the default */
         uint64_t bits = 0;
         memcpy(&bits, p, s_elem_size(f->type));
         return bits != 0;

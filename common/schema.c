@@ -32,6 +32,7 @@ typedef struct {
     uint8_t *required_slot; /* per field: slot + 1 in the required bitmap, 0 when optional */
     int proto3;
     int map_entry;
+    int merge_unsafe; /* see s_merge_unsafe() */
 } s_aux_t;
 #define S_AUX_MAGIC 0x41427831u
 
@@ -683,6 +684,65 @@ s_build_message(ab_schema_set_t *set, s_type_t *t, ab_schema_error_t *err)
     return d->field_ranges ? 0 : AB_ENOMEM;
 }
 
+/* ---- after pass 2: which messages protobuf-c cannot merge ---- */
+
+/* A singular message field that occurs twice in a payload is merged by protobuf-c's unpack;
+ * protobuf-c 1.4 fails that merge whenever the message has a oneof (set in either occurrence
+ * or in none), and merges nested singular messages the same way. Such types are marked here
+ * so that ab_schema_validate() refuses the second occurrence instead of promising a payload
+ * that does not unpack. */
+static int
+s_has_oneof(const ProtobufCMessageDescriptor *d)
+{
+    for (unsigned k = 0; k < d->n_fields; k++)
+        if (d->fields[k].flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
+            return 1;
+    return 0;
+}
+
+static int
+s_merges_nested(const ProtobufCFieldDescriptor *f)
+{
+    return f->type == PROTOBUF_C_TYPE_MESSAGE && f->label != PROTOBUF_C_LABEL_REPEATED &&
+           !(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF);
+}
+
+static void
+s_mark_merge_unsafe(ab_schema_set_t *set)
+{
+    s_type_t *t, *tmp;
+    HASH_ITER(hh, set->types, t, tmp)
+    {
+        if (t->kind == S_MSG) {
+            const ProtobufCMessageDescriptor *d = t->desc;
+            ((s_aux_t *)d->reserved1)->merge_unsafe = s_has_oneof(d);
+        }
+    }
+    /* unsafe spreads to messages with a singular message field of an unsafe type; a chain
+     * longer than the rounds allow is cut short by marking every such message unsafe */
+    int changed = 1;
+    for (int round = 0; changed; round++) {
+        changed = 0;
+        HASH_ITER(hh, set->types, t, tmp)
+        {
+            if (t->kind != S_MSG)
+                continue;
+            const ProtobufCMessageDescriptor *d = t->desc;
+            s_aux_t *aux = (s_aux_t *)d->reserved1;
+            for (unsigned k = 0; k < d->n_fields && !aux->merge_unsafe; k++) {
+                const ProtobufCFieldDescriptor *f = &d->fields[k];
+                if (!s_merges_nested(f))
+                    continue;
+                const s_aux_t *sub = ((const ProtobufCMessageDescriptor *)f->descriptor)->reserved1;
+                if (sub->merge_unsafe || round >= 64) {
+                    aux->merge_unsafe = 1;
+                    changed = 1;
+                }
+            }
+        }
+    }
+}
+
 /* ---- pass 2: services ---- */
 
 static const char *s_sort_methods_base; /* only during qsort, one thread */
@@ -822,6 +882,8 @@ ab_schema_set_load(const uint8_t *data, size_t len, ab_schema_set_t **out, ab_sc
         if (rc == 0 && t->kind == S_MSG)
             rc = s_build_message(set, t, err);
     }
+    if (rc == 0)
+        s_mark_merge_unsafe(set);
     HASH_ITER(hh, set->types, t, tmp)
     {
         if (rc == 0 && t->kind == S_SVC)
@@ -1022,6 +1084,20 @@ s_wire_type(ProtobufCType t)
 static int s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int depth,
                   s_path_t *p);
 
+/* Whether protobuf-c may fail to merge two occurrences of message d (s_mark_merge_unsafe());
+ * for descriptors not built here, any oneof or singular message field counts. */
+static int
+s_merge_unsafe(const ProtobufCMessageDescriptor *d)
+{
+    const s_aux_t *aux = d->reserved1;
+    if (d->message_init == NULL && aux != NULL && aux->magic == S_AUX_MAGIC)
+        return aux->merge_unsafe;
+    for (unsigned k = 0; k < d->n_fields; k++)
+        if ((d->fields[k].flags & PROTOBUF_C_FIELD_FLAG_ONEOF) || s_merges_nested(&d->fields[k]))
+            return 1;
+    return 0;
+}
+
 /* Index of the element of repeated field `id` whose tag starts at `at`, counted from `b`. */
 static size_t
 s_element_index(const uint8_t *b, size_t len, size_t at, uint32_t id)
@@ -1107,7 +1183,7 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
     if (aux != NULL && (d->message_init != NULL || aux->magic != S_AUX_MAGIC))
         aux = NULL;
     int proto3 = aux ? aux->proto3 : 0;
-    uint64_t seen = 0;
+    uint64_t seen = 0, seen_msg = 0;
     size_t i = 0, at = 0;
     while (i < len) {
         uint64_t tag, v;
@@ -1166,6 +1242,15 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
         } else {
             rc =
                 s_fail(p, "wire type %u does not fit a field of type %s", wt, s_type_name(f->type));
+        }
+        if (rc == 0 && wt == 2 && s_merges_nested(f)) {
+            unsigned k = (unsigned)(f - d->fields);
+            int again = k < 64 ? (int)((seen_msg >> k) & 1) : s_element_index(b, len, at, id) > 0;
+            if (k < 64)
+                seen_msg |= 1ull << k;
+            if (again && s_merge_unsafe(f->descriptor))
+                rc = s_fail(p, "message field occurs twice and its oneofs cannot be merged; "
+                               "send it once");
         }
         if (rc < 0)
             return rc;

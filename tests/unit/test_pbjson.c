@@ -377,6 +377,16 @@ test_floats(void **state)
     s_round(SKALARE, "{\"fFloat\":\"-Infinity\",\"fDouble\":\"Infinity\"}", NULL);
     /* protobuf-c's packer takes -0.0 for the proto3 default (repeated keeps it: ALLES_JSON) */
     s_round(SKALARE, "{\"fFloat\":-0.0,\"fDouble\":-0.0}", "{}");
+    /* -0.0 on the wire (another encoder wrote it) prints as the default too, as protobuf-c
+     * would not pack it again: printing, reading back and printing gives the same text
+     * (found by tests/fuzz/fuzz_schema_payload) */
+    {
+        static const uint8_t neg_zero[] = {0x5d, 0, 0, 0, 0x80,                 /* fFloat */
+                                           0x61, 0, 0, 0, 0,    0, 0, 0, 0x80}; /* fDouble */
+        char *j = s_json(SKALARE, neg_zero, sizeof neg_zero, 0);
+        assert_string_equal(j, "{}");
+        free(j);
+    }
     s_round(SKALARE, "{\"fFloat\":1.1754944e-38,\"fDouble\":1.7976931348623157e+308}", NULL);
     s_round(SKALARE, "{\"fFloat\":16777216,\"fDouble\":9007199254740993}",
             "{\"fFloat\":16777216,\"fDouble\":9007199254740992}");

@@ -461,6 +461,51 @@ test_invalid_payloads_named(void **state)
     ab_schema_set_destroy(&set);
 }
 
+/* protobuf-c 1.4 merges a singular message field that occurs twice, and fails when the
+ * message has a oneof (set or not): such a payload is refused, naming the field, and the same
+ * field sent once or a type without oneofs twice is fine (found by
+ * tests/fuzz/fuzz_schema_payload). */
+static void
+test_repeated_singular_message_merge(void **state)
+{
+    (void)state;
+    ab_schema_set_t *set = s_load("required.pb");
+    const ProtobufCMessageDescriptor *d = ab_schema_message(set, "schematest.v1.Pflicht");
+    assert_non_null(d);
+    /* kennung "", nummer 15, kind { kennung "", nummer 1 } twice; Pflicht has oneof auswahl */
+    static const uint8_t twice[] = {0x0a, 0x00, 0x10, 0x0f, 0x7a, 0x04, 0x0a, 0x00,
+                                    0x10, 0x01, 0x7a, 0x04, 0x0a, 0x00, 0x10, 0x01};
+    /* protobuf-c itself cannot unpack it, with the generated descriptor too */
+    assert_null(schematest__v1__pflicht__unpack(NULL, sizeof twice, twice));
+    assert_null(protobuf_c_message_unpack(d, NULL, sizeof twice, twice));
+    ab_schema_error_t err = {{0}, {0}};
+    assert_int_equal(ab_schema_validate(d, twice, sizeof twice, &err), AB_EINVAL);
+    assert_string_equal(err.path, "kind");
+    assert_non_null(strstr(err.text, "occurs twice"));
+    assert_int_equal(
+        ab_schema_validate(&schematest__v1__pflicht__descriptor, twice, sizeof twice, NULL),
+        AB_EINVAL);
+    /* once is fine */
+    assert_int_equal(ab_schema_validate(d, twice, 10, NULL), 0);
+    /* the oneof set in either occurrence or both makes no difference to protobuf-c */
+    static const uint8_t oneof_set[] = {0x0a, 0x00, 0x10, 0x0f, 0x7a, 0x06, 0x0a, 0x00,
+                                        0x10, 0x01, 0xa8, 0x01, 0x05, 0x7a, 0x06, 0x0a,
+                                        0x00, 0x10, 0x01, 0xa8, 0x01, 0x05};
+    assert_null(protobuf_c_message_unpack(d, NULL, sizeof oneof_set, oneof_set));
+    assert_int_equal(ab_schema_validate(d, oneof_set, sizeof oneof_set, NULL), AB_EINVAL);
+    ab_schema_set_destroy(&set);
+
+    /* Inner has no oneof: two occurrences of f_inner merge, validate and unpack */
+    set = s_load("allkinds.pb");
+    d = ab_schema_message(set, "schematest.v1.AllKinds");
+    static const uint8_t inner_twice[] = {0x52, 0x03, 0x0a, 0x01, 'x', 0x52, 0x02, 0x10, 0x07};
+    assert_int_equal(ab_schema_validate(d, inner_twice, sizeof inner_twice, NULL), 0);
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, sizeof inner_twice, inner_twice);
+    assert_non_null(m);
+    protobuf_c_message_free_unpacked(m, NULL);
+    ab_schema_set_destroy(&set);
+}
+
 static void
 test_nesting_bounded(void **state)
 {
@@ -559,6 +604,7 @@ main(void)
         cmocka_unit_test(test_round_trip_through_runtime_descriptor),
         cmocka_unit_test(test_proto2_required_and_defaults),
         cmocka_unit_test(test_invalid_payloads_named),
+        cmocka_unit_test(test_repeated_singular_message_merge),
         cmocka_unit_test(test_nesting_bounded),
         cmocka_unit_test(test_bad_sets_refused),
     };
