@@ -18,6 +18,13 @@
  *
  * Every request carries its slot index and a sequence number in its first 8 bytes; an echo that
  * does not carry what was sent, or has the wrong length, counts as an error.
+ *
+ * With --request FILE --reply FILE (Amtsbote mode only) the payloads are fixed, real messages
+ * instead: every call sends the request file's bytes to --service, the provider answers every
+ * call with the reply file's bytes, and a reply that differs from them counts as an error. Nothing
+ * is stamped (a schema-validating broker must see the messages as they are); each call's latency
+ * comes from its slot, which the completion callback gets as its argument. bench/run_schema.sh
+ * uses this to measure what the broker's schema validation costs.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -37,7 +44,7 @@
 
 #include "amtsbote.h"
 
-#define SERVICE "bench.v1.Echo/Echo"
+#define DEFAULT_SERVICE "bench.v1.Echo/Echo"
 #define CALLER_ID "bund.bench"
 #define PROVIDER_ID "kommune.bench.worker"
 #define STAMP_LEN 8
@@ -66,6 +73,11 @@ typedef struct {
     int timeout_ms;
     pid_t hop_pid;   /* the broker or forwarder, for its CPU time; 0: not measured */
     const char *pki; /* for tls:// brokers: a certs/pki.sh directory with both participants */
+    const char *service;
+    const char *request_file, *reply_file; /* fixed payloads; NULL: stamped echoes */
+    /* the files' contents, read before the fork; NULL in echo mode */
+    unsigned char *request, *reply;
+    size_t request_len, reply_len;
 } opts_t;
 
 typedef struct bench bench_t;
@@ -84,7 +96,7 @@ struct bench {
     slot_t *slots;
     uint32_t *free_slots; /* stack of idle slot indices */
     int nfree;
-    unsigned char *req; /* request buffer, stamped before each send */
+    unsigned char *req; /* request buffer, stamped before each send (not with --request) */
     uint64_t *lat;      /* nanoseconds, one per measured call */
     long nlat;
     int record;
@@ -140,7 +152,7 @@ s_note_error(bench_t *b, const char *what, const char *detail)
                  detail ? detail : "");
 }
 
-/* Takes an idle slot, stamps the request buffer for it and starts its clock. */
+/* Takes an idle slot, stamps the request buffer for it (unless fixed) and starts its clock. */
 static slot_t *
 s_slot_take(bench_t *b, int client)
 {
@@ -148,8 +160,10 @@ s_slot_take(bench_t *b, int client)
     s->busy = 1;
     s->seq++;
     s->client = client;
-    s_put32(b->req, s->idx);
-    s_put32(b->req + 4, s->seq);
+    if (!b->o.request) {
+        s_put32(b->req, s->idx);
+        s_put32(b->req + 4, s->seq);
+    }
     s->t0 = s_now_ns();
     return s;
 }
@@ -167,7 +181,12 @@ s_slot_done(bench_t *b, slot_t *s, int ok, const unsigned char *reply, size_t le
 {
     uint64_t now = s_now_ns();
     if (ok) {
-        if (len != b->o.size)
+        if (b->o.reply) {
+            if (len != b->o.reply_len || memcmp(reply, b->o.reply, len) != 0)
+                s_note_error(b, "the reply is not the provider's fixed reply", NULL);
+            else if (b->record && b->nlat < b->o.count)
+                b->lat[b->nlat++] = now - s->t0;
+        } else if (len != b->o.size)
             s_note_error(b, "echo has the wrong length", NULL);
         else if (s_get32(reply) != s->idx || s_get32(reply + 4) != s->seq)
             s_note_error(b, "echo does not carry the request's stamp", NULL);
@@ -187,11 +206,16 @@ s_in_flight(const bench_t *b)
 
 /* ---- Amtsbote ----------------------------------------------------------------------------- */
 
+/* Answers a call with its own payload, or with the fixed reply when `arg` (the options) has one. */
 static void
 s_echo(ab_client_t *client, ab_request_t *req, void *arg)
 {
     (void)client;
-    (void)arg;
+    const opts_t *o = arg;
+    if (o->reply) {
+        ab_reply(&req, o->reply, o->reply_len);
+        return;
+    }
     size_t len = 0;
     const void *data = ab_request_payload(req, &len);
     ab_reply(&req, data, len);
@@ -227,7 +251,7 @@ s_ab_provider(const opts_t *o, int ready_fd, int ctl)
     if (rc == 0)
         rc = ab_client_connect(c, o->uri, 5000);
     if (rc == 0)
-        rc = ab_offer(c, SERVICE, s_echo, NULL);
+        rc = ab_offer(c, o->service, s_echo, (void *)o);
     if (rc != 0) {
         fprintf(stderr, "bench_calls: provider: %s: %s\n", ab_err_name(rc),
                 c ? ab_client_last_error(c) : "");
@@ -266,8 +290,14 @@ s_ab_done(ab_client_t *client, int status, const void *reply, size_t reply_len, 
     (void)client;
     slot_t *s = arg;
     bench_t *b = s->b;
-    if (status != 0)
-        s_note_error(b, "call failed", errtext && errtext[0] ? errtext : ab_err_name(status));
+    if (status != 0 && !b->first_error[0]) {
+        char why[200];
+        snprintf(why, sizeof why, "%s%s%s", ab_err_name(status), errtext && errtext[0] ? ": " : "",
+                 errtext ? errtext : "");
+        s_note_error(b, "call failed", why);
+    } else if (status != 0) {
+        b->errors++;
+    }
     s_slot_done(b, s, status == 0, reply, reply_len);
 }
 
@@ -310,8 +340,8 @@ s_ab_phase(bench_t *b, long limit, uint64_t end_ns)
         while (may_send && b->nfree > 0 && b->sent < limit) {
             slot_t *s = s_slot_take(b, next_client);
             next_client = (next_client + 1) % b->o.clients;
-            int rc = ab_call_async(b->ab[s->client], SERVICE, b->req, b->o.size, b->o.timeout_ms,
-                                   s_ab_done, s);
+            int rc = ab_call_async(b->ab[s->client], b->o.service, b->req, b->o.size,
+                                   b->o.timeout_ms, s_ab_done, s);
             if (rc != 0) {
                 fprintf(stderr, "bench_calls: ab_call_async: %s: %s\n", ab_err_name(rc),
                         ab_client_last_error(b->ab[s->client]));
@@ -628,22 +658,27 @@ s_pct_us(const uint64_t *v, long n, double p)
 static void
 s_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: bench_calls --mode amtsbote --broker URI | --mode floor --endpoint URI\n"
-            "                   [--latency] [--inflight N] [--clients N] [--size BYTES]\n"
-            "                   [--count N] [--seconds S] [--warmup N] [--timeout-ms MS]\n"
-            "  --latency     1 call in flight; report p50/p99/p99.9 (default: throughput)\n"
-            "  --inflight N  calls kept in flight (default 100; 1 with --latency)\n"
-            "  --clients N   caller connections sharing the calls in flight (default 1)\n"
-            "  --size BYTES  request and reply payload, >= %d (default 100)\n"
-            "  --count N     stop after N measured calls (default 200000)\n"
-            "  --seconds S   stop starting calls after S seconds (default 3)\n"
-            "  --warmup N    unmeasured calls first (default 2000)\n"
-            "  --timeout-ms  per-call deadline in Amtsbote mode (default 10000)\n"
-            "  --hop-pid PID also report the CPU time per call of the broker or forwarder\n"
-            "  --pki DIR     for a tls:// broker: certs/pki.sh directory with certificates for\n"
-            "                " CALLER_ID " and " PROVIDER_ID "\n",
-            STAMP_LEN);
+    fprintf(
+        f,
+        "usage: bench_calls --mode amtsbote --broker URI | --mode floor --endpoint URI\n"
+        "                   [--latency] [--inflight N] [--clients N] [--size BYTES]\n"
+        "                   [--count N] [--seconds S] [--warmup N] [--timeout-ms MS]\n"
+        "                   [--service NAME] [--request FILE --reply FILE]\n"
+        "  --latency     1 call in flight; report p50/p99/p99.9 (default: throughput)\n"
+        "  --inflight N  calls kept in flight (default 100; 1 with --latency)\n"
+        "  --clients N   caller connections sharing the calls in flight (default 1)\n"
+        "  --size BYTES  request and reply payload, >= %d (default 100)\n"
+        "  --count N     stop after N measured calls (default 200000)\n"
+        "  --seconds S   stop starting calls after S seconds (default 3)\n"
+        "  --warmup N    unmeasured calls first (default 2000)\n"
+        "  --timeout-ms  per-call deadline in Amtsbote mode (default 10000)\n"
+        "  --hop-pid PID also report the CPU time per call of the broker or forwarder\n"
+        "  --pki DIR     for a tls:// broker: certs/pki.sh directory with certificates for\n"
+        "                " CALLER_ID " and " PROVIDER_ID "\n"
+        "  --service S   service/method to offer and call (default " DEFAULT_SERVICE ")\n"
+        "  --request F   Amtsbote mode: send F's bytes unchanged in every call (replaces --size)\n"
+        "  --reply F     with --request: the provider answers every call with F's bytes\n",
+        STAMP_LEN);
 }
 
 static int
@@ -677,6 +712,9 @@ s_parse(int argc, char **argv, opts_t *o)
                                              {"timeout-ms", required_argument, NULL, 't'},
                                              {"hop-pid", required_argument, NULL, 'p'},
                                              {"pki", required_argument, NULL, 'P'},
+                                             {"service", required_argument, NULL, 'V'},
+                                             {"request", required_argument, NULL, 'Q'},
+                                             {"reply", required_argument, NULL, 'R'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     *o = (opts_t){.mode = MODE_NONE,
@@ -686,7 +724,8 @@ s_parse(int argc, char **argv, opts_t *o)
                   .count = 200000,
                   .seconds = 3,
                   .warmup = 2000,
-                  .timeout_ms = 10000};
+                  .timeout_ms = 10000,
+                  .service = DEFAULT_SERVICE};
     const char *broker = NULL, *endpoint = NULL;
     int ch;
     long v;
@@ -751,6 +790,15 @@ s_parse(int argc, char **argv, opts_t *o)
         case 'P':
             o->pki = optarg;
             break;
+        case 'V':
+            o->service = optarg;
+            break;
+        case 'Q':
+            o->request_file = optarg;
+            break;
+        case 'R':
+            o->reply_file = optarg;
+            break;
         case 'p':
             if (s_parse_long(optarg, "--hop-pid", 1, INT32_MAX, &v))
                 return -1;
@@ -786,6 +834,42 @@ s_parse(int argc, char **argv, opts_t *o)
         fprintf(stderr, "bench_calls: --clients must not exceed --inflight\n");
         return -1;
     }
+    if (!o->request_file != !o->reply_file) {
+        fprintf(stderr, "bench_calls: --request and --reply go together\n");
+        return -1;
+    }
+    if (o->request_file && o->mode != MODE_AMTSBOTE) {
+        fprintf(stderr, "bench_calls: --request/--reply need --mode amtsbote (the floor echoes "
+                        "and routes by the stamp)\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads a whole payload file (at most MAX_SIZE bytes) into *out. Returns 0, or -1 after saying
+ * why. */
+static int
+s_read_file(const char *path, unsigned char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "bench_calls: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    unsigned char *buf = malloc(MAX_SIZE + 1);
+    size_t n = buf ? fread(buf, 1, MAX_SIZE + 1, f) : 0;
+    int bad = !buf || ferror(f) || n > MAX_SIZE;
+    fclose(f);
+    if (bad) {
+        fprintf(stderr, "bench_calls: %s: %s\n", path,
+                !buf           ? "out of memory"
+                : n > MAX_SIZE ? "larger than 16 MiB"
+                               : "read error");
+        free(buf);
+        return -1;
+    }
+    *out = buf;
+    *len = n;
     return 0;
 }
 
@@ -851,6 +935,11 @@ main(int argc, char **argv)
     static bench_t b; /* static: the client arrays are large and must start zeroed */
     if (s_parse(argc, argv, &b.o) != 0)
         return 2;
+    if (b.o.request_file && (s_read_file(b.o.request_file, &b.o.request, &b.o.request_len) != 0 ||
+                             s_read_file(b.o.reply_file, &b.o.reply, &b.o.reply_len) != 0))
+        return 2;
+    if (b.o.request)
+        b.o.size = b.o.request_len;
     const opts_t *o = &b.o;
 
     struct sigaction sa;
@@ -865,15 +954,18 @@ main(int argc, char **argv)
 
     b.slots = calloc((size_t)o->inflight, sizeof *b.slots);
     b.free_slots = calloc((size_t)o->inflight, sizeof *b.free_slots);
-    b.req = malloc(o->size);
+    b.req = malloc(o->size ? o->size : 1);
     b.lat = malloc((size_t)o->count * sizeof *b.lat);
     if (!b.slots || !b.free_slots || !b.req || !b.lat) {
         fprintf(stderr, "bench_calls: out of memory\n");
         return 1;
     }
     memset(b.lat, 0, (size_t)o->count * sizeof *b.lat); /* fault the pages in before measuring */
-    for (size_t i = 0; i < o->size; i++)
-        b.req[i] = (unsigned char)('a' + i % 26);
+    if (o->request)
+        memcpy(b.req, o->request, o->size);
+    else
+        for (size_t i = 0; i < o->size; i++)
+            b.req[i] = (unsigned char)('a' + i % 26);
     for (int i = 0; i < o->inflight; i++) {
         b.slots[i] = (slot_t){.b = &b, .idx = (uint32_t)i};
         b.free_slots[o->inflight - 1 - i] = (uint32_t)i;
@@ -932,7 +1024,7 @@ main(int argc, char **argv)
     double secs = (double)(t1 - t0) / 1e9;
     printf("result system=%s scenario=%s inflight=%d size=%zu clients=%d calls=%ld errors=%ld "
            "seconds=%.3f calls_per_s=%.0f p50_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f "
-           "stalls=%ld cpu_caller_us=%.2f cpu_echo_us=%.2f cpu_hop_us=%.2f\n",
+           "stalls=%ld cpu_caller_us=%.2f cpu_echo_us=%.2f cpu_hop_us=%.2f",
            o->mode == MODE_AMTSBOTE ? "amtsbote" : "floor", o->latency ? "latency" : "throughput",
            o->inflight, o->size, o->clients, b.completed, b.errors, secs,
            secs > 0 ? (double)b.completed / secs : 0.0, s_pct_us(b.lat, b.nlat, 0.50),
@@ -940,6 +1032,10 @@ main(int argc, char **argv)
            b.nlat ? (double)b.lat[b.nlat - 1] / 1000.0 : 0.0, b.stalls,
            s_per_call(c0.self, c1.self, b.completed), s_per_call(c0.echo, c1.echo, b.completed),
            s_per_call(c0.hop, c1.hop, b.completed));
+    if (o->request) /* what the fixed payloads were; size= above is the request's */
+        printf(" service=%s request_size=%zu reply_size=%zu", o->service, o->request_len,
+               o->reply_len);
+    printf("\n");
     if (b.errors > 0)
         fprintf(stderr, "bench_calls: %ld errors; first: %s\n", b.errors, b.first_error);
     return rc == 0 && b.errors == 0 ? 0 : 1;
