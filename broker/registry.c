@@ -345,11 +345,10 @@ s_validate(brk_registry_t *self, const ProtobufCMessageDescriptor *d, const uint
     if (ab_schema_validate(d, data, len, &e) == 0)
         return 0;
     self->st.invalid++;
-    s_verdict(v, AB_ESCHEMA_INVALID, e.path, "%s is not a valid %s: %s%s%s", what, d->name,
-              e.path[0] && strcmp(e.path, d->name) != 0 ? "field " : "",
-              strcmp(e.path, d->name) != 0 ? e.path : "", e.path[0] ? ": " : "");
-    size_t n = strlen(v->text);
-    snprintf(v->text + n, sizeof v->text - n, "%s", e.text);
+    /* an error about the message as a whole has no field path */
+    int whole = e.path[0] == '\0' || strcmp(e.path, d->name) == 0;
+    s_verdict(v, AB_ESCHEMA_INVALID, whole ? "" : e.path, "%s is not a valid %s: %s%s%s%s", what,
+              d->name, whole ? "" : "field ", whole ? "" : e.path, whole ? "" : ": ", e.text);
     return AB_ESCHEMA_INVALID;
 }
 

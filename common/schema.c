@@ -988,34 +988,69 @@ ab_schema_is_map_entry(const ProtobufCMessageDescriptor *d)
 
 /* ---- validation: a walk over the wire bytes, no allocation ---- */
 
+/*
+ * Where the walk is: one frame per field entered. Nothing is formatted on the way (that cost
+ * more than the walk itself); the path text is made only when something is wrong.
+ */
 typedef struct {
-    char path[256];
-    size_t len;
+    const ProtobufCFieldDescriptor *f;
+    const uint8_t *msg; /* the enclosing message's bytes, to number a repeated element */
+    size_t msg_len;
+    size_t at; /* where the field's tag starts in msg */
+} s_frame_t;
+
+typedef struct {
+    s_frame_t frames[S_MAX_DEPTH + 4];
+    int n;
     ab_schema_error_t *err;
 } s_path_t;
 
-static size_t s_path_push(s_path_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static size_t s_element_index(const uint8_t *b, size_t len, size_t at, uint32_t id);
 
-static size_t
-s_path_push(s_path_t *p, const char *fmt, ...)
+static void
+s_path_push(s_path_t *p, const ProtobufCFieldDescriptor *f, const uint8_t *msg, size_t msg_len,
+            size_t at)
 {
-    size_t was = p->len;
-    if (p->len < sizeof p->path - 1) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(p->path + p->len, sizeof p->path - p->len, fmt, ap);
-        va_end(ap);
-        if (n > 0)
-            p->len += (size_t)n < sizeof p->path - p->len ? (size_t)n : sizeof p->path - 1 - p->len;
+    if (p->n < (int)(sizeof p->frames / sizeof p->frames[0])) {
+        s_frame_t *fr = &p->frames[p->n];
+        fr->f = f;
+        fr->msg = msg;
+        fr->msg_len = msg_len;
+        fr->at = at;
     }
-    return was;
+    p->n++;
 }
 
 static void
-s_path_pop(s_path_t *p, size_t was)
+s_path_pop(s_path_t *p)
 {
-    p->len = was;
-    p->path[was] = '\0';
+    p->n--;
+}
+
+/* Writes the path of the frames, e.g. `antwort.adressen[2].plz`. */
+static void
+s_path_format(const s_path_t *p, char *out, size_t cap)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    int n = p->n < (int)(sizeof p->frames / sizeof p->frames[0])
+                ? p->n
+                : (int)(sizeof p->frames / sizeof p->frames[0]);
+    for (int i = 0; i < n && len < cap - 1; i++) {
+        const s_frame_t *fr = &p->frames[i];
+        const ProtobufCFieldDescriptor *f = fr->f;
+        int w;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED && fr->msg != NULL &&
+            (f->type == PROTOBUF_C_TYPE_MESSAGE || f->type == PROTOBUF_C_TYPE_STRING ||
+             f->type == PROTOBUF_C_TYPE_BYTES))
+            w = snprintf(out + len, cap - len, "%s%s[%zu]", i ? "." : "", f->name,
+                         s_element_index(fr->msg, fr->msg_len, fr->at, f->id));
+        else
+            w = snprintf(out + len, cap - len, "%s%s", i ? "." : "", f->name);
+        if (w < 0)
+            break;
+        len += (size_t)w < cap - len ? (size_t)w : cap - 1 - len;
+    }
 }
 
 static int s_fail(s_path_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1024,7 +1059,7 @@ static int
 s_fail(s_path_t *p, const char *fmt, ...)
 {
     if (p->err) {
-        snprintf(p->err->path, sizeof p->err->path, "%s", p->path);
+        s_path_format(p, p->err->path, sizeof p->err->path);
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(p->err->text, sizeof p->err->text, fmt, ap);
@@ -1034,9 +1069,13 @@ s_fail(s_path_t *p, const char *fmt, ...)
 }
 
 /* Reads a varint; returns its length in bytes, 0 when truncated or longer than 10 bytes. */
-static size_t
+static inline size_t
 s_varint(const uint8_t *b, size_t len, uint64_t *v)
 {
+    if (len > 0 && b[0] < 0x80) { /* tags and short lengths: one byte */
+        *v = b[0];
+        return 1;
+    }
     uint64_t r = 0;
     for (size_t i = 0; i < len && i < 10; i++) {
         r |= (uint64_t)(b[i] & 0x7f) << (7 * i);
@@ -1138,9 +1177,25 @@ s_check_value(const ProtobufCFieldDescriptor *f, const uint8_t *b, size_t len, i
               int proto3, s_path_t *p)
 {
     if (f->type == PROTOBUF_C_TYPE_STRING) {
-        if (memchr(b, 0, len) != NULL)
+        /* ASCII eight bytes at a time, short tails byte by byte; from the first byte >= 0x80
+         * on, the full check */
+        size_t i = 0;
+        for (; i + 8 <= len; i += 8) {
+            uint64_t w;
+            memcpy(&w, b + i, 8);
+            if (w & 0x8080808080808080ull)
+                break;
+            if ((w - 0x0101010101010101ull) & ~w & 0x8080808080808080ull)
+                return s_fail(p, "string contains a NUL byte");
+        }
+        for (; i < len && b[i] < 0x80; i++)
+            if (b[i] == 0)
+                return s_fail(p, "string contains a NUL byte");
+        if (i == len)
+            return 0;
+        if (memchr(b + i, 0, len - i) != NULL)
             return s_fail(p, "string contains a NUL byte");
-        if (proto3 && !ab_utf8_valid((const char *)b, len))
+        if (proto3 && !ab_utf8_valid((const char *)b + i, len - i))
             return s_fail(p, "string is not valid UTF-8");
         return 0;
     }
@@ -1185,6 +1240,7 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
     int proto3 = aux ? aux->proto3 : 0;
     uint64_t seen = 0, seen_msg = 0;
     size_t i = 0, at = 0;
+    unsigned hint = 0;
     while (i < len) {
         uint64_t tag, v;
         at = i;
@@ -1221,17 +1277,18 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
         default:
             return s_fail(p, "field %u uses wire type %u (groups are not supported)", id, wt);
         }
-        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, id);
+        /* fields mostly come in number order, or repeat: try the next one and this one */
+        const ProtobufCFieldDescriptor *f = NULL;
+        if (hint < d->n_fields && d->fields[hint].id == id)
+            f = &d->fields[hint];
+        else if (hint > 0 && d->fields[hint - 1].id == id)
+            f = &d->fields[hint - 1];
+        else
+            f = protobuf_c_message_descriptor_get_field(d, id);
         if (f == NULL)
             continue; /* unknown to this version: a newer sender may know more */
-        size_t was;
-        if (f->label == PROTOBUF_C_LABEL_REPEATED &&
-            (f->type == PROTOBUF_C_TYPE_MESSAGE || f->type == PROTOBUF_C_TYPE_STRING ||
-             f->type == PROTOBUF_C_TYPE_BYTES))
-            was = s_path_push(p, "%s%s[%zu]", p->len ? "." : "", f->name,
-                              s_element_index(b, len, at, id));
-        else
-            was = s_path_push(p, "%s%s", p->len ? "." : "", f->name);
+        hint = (unsigned)(f - d->fields) + 1;
+        s_path_push(p, f, b, len, at);
         unsigned want = s_wire_type(f->type);
         int rc = 0;
         if (wt == want) {
@@ -1254,7 +1311,7 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
         }
         if (rc < 0)
             return rc;
-        s_path_pop(p, was);
+        s_path_pop(p);
         if (f->label == PROTOBUF_C_LABEL_REQUIRED && aux != NULL) {
             unsigned k = (unsigned)(f - d->fields);
             if (aux->required_slot[k])
@@ -1265,7 +1322,7 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
                 seen |= 1ull << k;
         }
     }
-    for (unsigned k = 0; k < d->n_fields; k++) {
+    for (unsigned k = 0; (aux == NULL || aux->n_required > 0) && k < d->n_fields; k++) {
         const ProtobufCFieldDescriptor *f = &d->fields[k];
         if (f->label != PROTOBUF_C_LABEL_REQUIRED)
             continue;
@@ -1273,9 +1330,9 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
                       : k < 64 ? (seen >> k) & 1
                                : 1;
         if (!present) {
-            size_t was = s_path_push(p, "%s%s", p->len ? "." : "", f->name);
+            s_path_push(p, f, NULL, 0, 0);
             int rc = s_fail(p, "required field is missing");
-            s_path_pop(p, was);
+            s_path_pop(p);
             return rc;
         }
     }
@@ -1290,8 +1347,9 @@ ab_schema_validate(const ProtobufCMessageDescriptor *d, const uint8_t *data, siz
 {
     if (d == NULL || (data == NULL && len > 0))
         return AB_EINVAL;
-    s_path_t p = {.len = 0, .err = err};
-    p.path[0] = '\0';
+    s_path_t p;
+    p.n = 0;
+    p.err = err;
     int rc = s_walk(d, data, len, 0, &p);
     if (rc < 0 && err != NULL && err->path[0] == '\0')
         snprintf(err->path, sizeof err->path, "%s", d->name);
