@@ -467,9 +467,12 @@ s_registry_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, 
     size_t out_len = 0;
     const char *schema = "";
     brk_verdict_t v;
-    (void)now;
-    if (brk_registry_call(self->registry, caller->participant, hdr->service, data, len, ab_now_ms(),
-                          &out, &out_len, &schema, &v) != 0) {
+    (void)now; /* the loop's clock is monotonic; the registry records wall-clock time */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t wall = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    if (brk_registry_call(self->registry, caller->participant, hdr->service, data, len, wall, &out,
+                          &out_len, &schema, &v) != 0) {
         s_send_verdict(self, &caller->peer, corr, corr_len, hdr->service, &v);
         return;
     }

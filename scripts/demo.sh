@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Amtsbote in one command: installs what is missing, builds, makes a development PKI, starts a
-# broker with the embedded configuration below (mutual TLS), lets a municipality
-# (kommune.09162000.meldeamt) offer the registration service and a ministry (bund.bmi) call it,
-# each known to the broker by its certificate alone, prints the exchange and a short throughput
-# and latency measurement, and stops everything it started.
+# broker with the embedded configuration below (mutual TLS), lets a ministry (bund.bmi) publish
+# the registration offices' interface (proto/examples/meldewesen/v1/meldewesen.proto), a
+# municipality (kommune.09162000.meldeamt) offer it from a shell script that speaks JSON, and the
+# ministry call it with JSON, each known to the broker by its certificate alone; shows a request
+# and an interface change the broker refuses, a short throughput and latency measurement, and
+# stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -57,19 +59,37 @@ done
 [ -n "$uri" ] || { echo "demo: the broker did not start; its log:" >&2; cat "$work/broker.log" >&2; exit 1; }
 echo "    broker ready on $uri"
 
-# The municipality's registration office: a legacy case system reached through a command.
+# as_ PARTICIPANT: the CLI's TLS options for that participant's certificate
+as_() { echo "--cert $pki/$1.crt --key $pki/$1.key --ca $pki/ca/chain.pem"; }
+
+echo "==> bund.bmi publishes the interface meldewesen.v1 (amtsbote schema push)"
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) schema push \
+  proto/examples/meldewesen/v1/meldewesen.proto --proto-path proto/examples | sed 's/^/    /'
+
+# The municipality's registration office: a legacy case system reached through a command. The
+# request arrives as JSON on stdin, the answer leaves as JSON on stdout; the broker checks both
+# against the published interface.
 cat >"$work/meldeamt.sh" <<'SH'
 #!/bin/sh
-# Reads the request on stdin, answers on stdout; the broker says who asks and why.
 request=$(cat)
-echo "Meldebescheinigung for [$request], issued by kommune.09162000.meldeamt to $AMTSBOTE_CALLER (purpose: ${AMTSBOTE_PURPOSE:-none})"
+name=$(printf '%s' "$request" | sed -n 's/.*"familienname": *"\([^"]*\)".*/\1/p')
+cat <<JSON
+{"aktenzeichen": "MB-09162000-2026-0001",
+ "name": {"familienname": "$name", "vornamen": ["Erika"]},
+ "geburtsdatum": {"jahr": 1964, "monat": 8, "tag": 12},
+ "aktuelleWohnung": {"anschrift": {"strasse": "Marienplatz", "hausnummer": "8",
+   "postleitzahl": "80331", "wohnort": "München", "gemeindeschluessel": "09162000"},
+   "status": "HAUPTWOHNUNG", "einzug": {"jahr": 2019, "monat": 5, "tag": 1}},
+ "ausstellendeBehoerde": "Landeshauptstadt München, Meldebehörde",
+ "vermerke": {"auskunftssperre": "keine", "zweck": "$AMTSBOTE_PURPOSE"},
+ "gefunden": true}
+JSON
 SH
 chmod +x "$work/meldeamt.sh"
 
 echo "==> kommune.09162000.meldeamt offers meldewesen.v1.Melderegister"
 mkfifo "$work/provider.out"
-# as_ PARTICIPANT: the CLI's TLS options for that participant's certificate
-as_() { echo "--cert $pki/$1.crt --key $pki/$1.key --ca $pki/ca/chain.pem"; }
 # shellcheck disable=SC2046
 build/amtsbote --broker "$uri" $(as_ kommune.09162000.meldeamt) \
   serve meldewesen.v1.Melderegister --exec "$work/meldeamt.sh" >"$work/provider.out" 2>"$work/provider.log" &
@@ -78,13 +98,33 @@ exec 4<"$work/provider.out"
 read -r -t 10 ready <&4 || { echo "demo: the provider did not start:" >&2; cat "$work/provider.log" >&2; exit 1; }
 echo "    $ready"
 
-echo "==> bund.bmi calls meldewesen.v1.Melderegister/Meldebescheinigung"
-request="Familienname=Mustermann; Vorname=Erika; Geburtsdatum=1964-08-12"
+echo "==> bund.bmi calls meldewesen.v1.Melderegister/Meldebescheinigung (JSON in, JSON out)"
+request='{"name": {"familienname": "Mustermann", "vornamen": ["Erika"]}, "geburtsdatum": {"jahr": 1964, "monat": 8, "tag": 12}, "geburtsort": "Berlin", "art": "EINFACH"}'
 echo "    request: $request"
+echo "    reply:"
 # shellcheck disable=SC2046
-reply=$(build/amtsbote --broker "$uri" $(as_ bund.bmi) call meldewesen.v1.Melderegister/Meldebescheinigung \
-  --purpose "BMG §34" --data "$request")
-echo "    reply:   $reply"
+build/amtsbote --broker "$uri" $(as_ bund.bmi) call meldewesen.v1.Melderegister/Meldebescheinigung \
+  --purpose "BMG §34" --data "$request" | sed 's/^/      /'
+
+echo "==> a request that does not fit the interface is refused, naming the field"
+set +e
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) call meldewesen.v1.Melderegister/Meldebescheinigung \
+  --data '{"geburtsdatum": {"jahr": "neunzehnhundert"}}' 2>"$work/err.txt"
+echo "    exit code $?: $(cat "$work/err.txt")"
+set -e
+
+echo "==> a breaking change to the published interface is refused with the rule it breaks"
+mkdir -p "$work/v2/meldewesen/v1"
+sed 's|  string postleitzahl = 3;|  uint32 postleitzahl = 3;|' proto/examples/meldewesen/v1/meldewesen.proto \
+  >"$work/v2/meldewesen/v1/meldewesen.proto"
+set +e
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) schema check \
+  "$work/v2/meldewesen/v1/meldewesen.proto" --proto-path "$work/v2" >"$work/check.txt" 2>&1
+echo "    exit code $?:"
+set -e
+sed 's/^/      /' "$work/check.txt"
 
 echo "==> a service nobody offers gives a clear error"
 set +e
@@ -94,9 +134,11 @@ code=$?
 set -e
 echo "    exit code $code: $(cat "$work/err.txt")"
 
-echo "==> what the broker offers now (amtsbote services)"
+echo "==> what the broker offers now (amtsbote services, amtsbote schema list)"
 # shellcheck disable=SC2046
 build/amtsbote --broker "$uri" $(as_ bund.bmi) services | sed 's/^/    /'
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) schema list | sed 's/^/    /'
 
 if [ -x build/bench/bench_calls ]; then
   echo "==> a short measurement through the broker (an echo provider, 100 B payloads, 1 s each)"
@@ -110,5 +152,5 @@ if [ -x build/bench/bench_calls ]; then
 fi
 
 echo "==> what the broker logged (metadata only, never payloads)"
-grep -E 'event=(tls_session|offer|provider_gone)' "$work/broker.log" | sed 's/^/    /' | head -n 12
+grep -E 'event=(tls_session|offer|schema_pushed|call_refused|provider_gone)' "$work/broker.log" | sed 's/^/    /' | head -n 12
 echo "==> done; stopping everything the demo started"

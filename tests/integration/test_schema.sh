@@ -121,7 +121,7 @@ grep -E '^meldewesen/v1/meldewesen.proto +1 +bund.bmi' "$work/out" >/dev/null &&
 as bund.bmi schema push "$work/v2/meldewesen/v1/meldewesen.proto" --proto-path "$work/v2" >"$work/out" 2>&1
 expect "push an addition" 0 $? "$work/out" "updated, version 2"
 as kommune.09162000 schema show meldewesen.v1.Melderegister/Meldebescheinigung >"$work/out" 2>&1
-expect "show by method" 0 $? "$work/out" "version:   2" "$work/out" \
+expect "show by method" 0 $? "$work/out" "version:   2" "$work/out" "pushed at: $(date -u +%Y-%m-%d)T" "$work/out" \
   "meldewesen.v1.Melderegister/Meldebescheinigung(meldewesen.v1.MeldebescheinigungAnfrage) returns (meldewesen.v1.Meldebescheinigung)" \
   "$work/out" "message meldewesen.v1.Anschrift"
 as kommune.09162000 schema show meldewesen/v1/meldewesen.proto --version 1 --descriptor-set "$work/got.pb" >"$work/out" 2>&1
