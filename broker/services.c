@@ -118,18 +118,15 @@ static void s_send_error(brk_services_t *self, const brk_peer_t *to, const uint8
                          size_t corr_len, const char *service, int err, const char *fmt, ...)
     __attribute__((format(printf, 7, 8)));
 
+/* An ERROR with `code`, `text` and, where one is at fault, the field path. */
 static void
-s_send_error(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
-             const char *service, int err, const char *fmt, ...)
+s_send_err(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
+           const char *service, int code, const char *text, const char *field)
 {
-    char text[AB_MAX_ERROR_TEXT];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
-    va_end(ap);
     Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
-    e.code = ab_err_to_wire(err);
-    e.text = text;
+    e.code = ab_err_to_wire(code);
+    e.text = (char *)text;
+    e.field = (char *)(field ? field : "");
     ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
     h.version = AB_PROTOCOL_VERSION;
     h.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
@@ -140,23 +137,24 @@ s_send_error(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, si
     self->io->send(self->io->ctx, to, &h, NULL);
 }
 
-/* An error that names a field path (SCHEMA_INVALID). */
+static void
+s_send_error(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
+             const char *service, int err, const char *fmt, ...)
+{
+    char text[AB_MAX_ERROR_TEXT];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    s_send_err(self, to, corr, corr_len, service, err, text, NULL);
+}
+
+/* A verdict of the registry: an error that may name a field path (SCHEMA_INVALID). */
 static void
 s_send_verdict(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
                const char *service, const brk_verdict_t *v)
 {
-    Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
-    e.code = ab_err_to_wire(v->code);
-    e.text = (char *)v->text;
-    e.field = (char *)v->field;
-    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
-    h.version = AB_PROTOCOL_VERSION;
-    h.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
-    h.correlation_id.data = (uint8_t *)corr;
-    h.correlation_id.len = corr_len;
-    h.service = (char *)(service ? service : "");
-    h.error = &e;
-    self->io->send(self->io->ctx, to, &h, NULL);
+    s_send_err(self, to, corr, corr_len, service, v->code, v->text, v->field);
 }
 
 static const uint8_t *
