@@ -1172,6 +1172,42 @@ s_element_index(const uint8_t *b, size_t len, size_t at, uint32_t id)
     return count;
 }
 
+/* Whether field `id` occurs before byte `at`; stops at the first occurrence, so that a field
+ * repeated many times costs one scan (the second occurrence is refused). */
+static int
+s_occurs_before(const uint8_t *b, size_t len, size_t at, uint32_t id)
+{
+    size_t i = 0;
+    while (i < at && i < len) {
+        uint64_t tag, v;
+        size_t n = s_varint(b + i, len - i, &tag);
+        if (n == 0)
+            return 0;
+        if ((tag >> 3) == id)
+            return 1;
+        i += n;
+        switch (tag & 7) {
+        case 0:
+            n = s_varint(b + i, len - i, &v);
+            i = n ? i + n : len;
+            break;
+        case 1:
+            i += 8;
+            break;
+        case 5:
+            i += 4;
+            break;
+        case 2:
+            n = s_varint(b + i, len - i, &v);
+            i = n && v <= len - i - n ? i + n + (size_t)v : len;
+            break;
+        default:
+            return 0;
+        }
+    }
+    return 0;
+}
+
 static int
 s_check_value(const ProtobufCFieldDescriptor *f, const uint8_t *b, size_t len, int depth,
               int proto3, s_path_t *p)
@@ -1245,7 +1281,9 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
         uint64_t tag, v;
         at = i;
         size_t n = s_varint(b + i, len - i, &tag);
-        if (n == 0 || tag > UINT32_MAX)
+        /* protobuf-c reads at most 5 bytes of a tag or a length: padded longer ones are
+         * refused here too, or a validated payload would not unpack */
+        if (n == 0 || n > 5 || tag > UINT32_MAX)
             return s_fail(p, "malformed field tag at byte %zu", at);
         i += n;
         uint32_t id = (uint32_t)(tag >> 3);
@@ -1270,6 +1308,8 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
         case 2:
             if ((n = s_varint(b + i, len - i, &v)) == 0 || v > len - i - n)
                 goto truncated;
+            if (n > 5)
+                return s_fail(p, "length of field %u at byte %zu takes more than 5 bytes", id, at);
             val = b + i + n;
             vlen = (size_t)v;
             i += n + vlen;
@@ -1300,12 +1340,12 @@ s_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int de
             rc =
                 s_fail(p, "wire type %u does not fit a field of type %s", wt, s_type_name(f->type));
         }
-        if (rc == 0 && wt == 2 && s_merges_nested(f)) {
+        if (rc == 0 && wt == 2 && s_merges_nested(f) && s_merge_unsafe(f->descriptor)) {
             unsigned k = (unsigned)(f - d->fields);
-            int again = k < 64 ? (int)((seen_msg >> k) & 1) : s_element_index(b, len, at, id) > 0;
+            int again = k < 64 ? (int)((seen_msg >> k) & 1) : s_occurs_before(b, len, at, id);
             if (k < 64)
                 seen_msg |= 1ull << k;
-            if (again && s_merge_unsafe(f->descriptor))
+            if (again)
                 rc = s_fail(p, "message field occurs twice and its oneofs cannot be merged; "
                                "send it once");
         }

@@ -506,6 +506,46 @@ test_repeated_singular_message_merge(void **state)
     ab_schema_set_destroy(&set);
 }
 
+/* protobuf-c reads at most 5 bytes of a tag or a length prefix; a varint padded with 0x80
+ * bytes beyond that is refused, 5 bytes are fine (found by tests/fuzz/fuzz_schema_payload). */
+static void
+test_padded_varints(void **state)
+{
+    (void)state;
+    ab_schema_set_t *set = s_load("allkinds.pb");
+    const ProtobufCMessageDescriptor *d = ab_schema_message(set, "schematest.v1.AllKinds");
+    static const struct {
+        uint8_t bytes[8];
+        size_t len;
+        const char *text; /* NULL: valid */
+    } cases[] = {
+        /* f_string = "a", the tag (0x4a) padded to 6 and to 5 bytes */
+        {{0xca, 0x80, 0x80, 0x80, 0x80, 0x00, 0x01, 'a'}, 8, "malformed field tag at byte 0"},
+        {{0xca, 0x80, 0x80, 0x80, 0x00, 0x01, 'a'}, 7, NULL},
+        /* the same with the length (1) padded */
+        {{0x4a, 0x81, 0x80, 0x80, 0x80, 0x80, 0x00, 'a'},
+         8,
+         "length of field 9 at byte 0 takes more than 5 bytes"},
+        {{0x4a, 0x81, 0x80, 0x80, 0x80, 0x00, 'a'}, 7, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ab_schema_error_t err = {{0}, {0}};
+        int rc = ab_schema_validate(d, cases[i].bytes, cases[i].len, &err);
+        ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, cases[i].len, cases[i].bytes);
+        if (cases[i].text == NULL) {
+            assert_int_equal(rc, 0);
+            assert_non_null(m);
+            assert_string_equal(((Schematest__V1__AllKinds *)m)->f_string, "a");
+        } else {
+            assert_int_equal(rc, AB_EINVAL);
+            assert_string_equal(err.text, cases[i].text);
+            assert_null(m);
+        }
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    ab_schema_set_destroy(&set);
+}
+
 static void
 test_nesting_bounded(void **state)
 {
@@ -605,6 +645,7 @@ main(void)
         cmocka_unit_test(test_proto2_required_and_defaults),
         cmocka_unit_test(test_invalid_payloads_named),
         cmocka_unit_test(test_repeated_singular_message_merge),
+        cmocka_unit_test(test_padded_varints),
         cmocka_unit_test(test_nesting_bounded),
         cmocka_unit_test(test_bad_sets_refused),
     };
