@@ -95,7 +95,8 @@ s_set_new(const uint8_t *data, size_t len, ab_schema_error_t *err)
         snprintf(err->text, sizeof err->text, "out of memory");
         return NULL;
     }
-    memcpy(s->bytes, data, len);
+    if (len > 0) /* an empty set may come as NULL */
+        memcpy(s->bytes, data, len);
     s->len = len;
     s->refs = 1;
     if (ab_schema_set_load(s->bytes, len, &s->set, err) != 0) {
@@ -545,7 +546,8 @@ s_get_row(void *arg, const brk_store_schema_t *row)
     s_get_ctx_t *x = arg;
     if ((x->bytes = malloc(row->set_len ? row->set_len : 1)) == NULL)
         return AB_ENOMEM;
-    memcpy(x->bytes, row->set, row->set_len);
+    if (row->set_len > 0)
+        memcpy(x->bytes, row->set, row->set_len);
     x->len = row->set_len;
     x->file.version = row->version;
     x->file.pushed_at_ms = row->pushed_at_ms;
