@@ -123,13 +123,37 @@ s_find(const ab_schema_set_t *set, const char *name)
     return t;
 }
 
+/* A protobuf identifier as protoc accepts it: a letter or '_', then letters, digits, '_'.
+ * Names end up in JSON keys and values, error texts and logs, so nothing else gets through
+ * (bytes that are not UTF-8 would make JSON that no parser reads). `dotted` allows a package:
+ * identifiers joined by single dots. */
+static int
+s_ident(const char *s, int dotted)
+{
+    if (s == NULL || s[0] == '\0')
+        return 0;
+    int start = 1;
+    for (; *s; s++) {
+        char c = *s;
+        int letter = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+        if (dotted && c == '.' && !start && s[1] != '\0') {
+            start = 1;
+            continue;
+        }
+        if (!letter && (start || c < '0' || c > '9'))
+            return 0;
+        start = 0;
+    }
+    return 1;
+}
+
 /* ---- pass 1: every named type, so that fields can refer to ones declared later ---- */
 
 static int
 s_add_type(ab_schema_set_t *set, const char *scope, const char *short_name, int kind,
            const file_proto_t *file, const void *proto, ab_schema_error_t *err)
 {
-    if (short_name == NULL || short_name[0] == '\0' || strchr(short_name, '.') != NULL) {
+    if (!s_ident(short_name, 0)) {
         s_err(err, file->name, "a type in file %s has no valid name", file->name);
         return AB_EINVAL;
     }
@@ -233,8 +257,8 @@ s_build_enum(ab_schema_set_t *set, s_type_t *t, ab_schema_error_t *err)
     if (!vals || !by_name || !numbers)
         return AB_ENOMEM;
     for (unsigned i = 0; i < n; i++) {
-        if (e->value[i]->name == NULL || e->value[i]->name[0] == '\0') {
-            s_err(err, t->name, "enum %s has a value without a name", t->name);
+        if (!s_ident(e->value[i]->name, 0)) {
+            s_err(err, t->name, "enum %s has a value without a valid name", t->name);
             return AB_EINVAL;
         }
         vals[i].name = e->value[i]->name;
@@ -518,8 +542,8 @@ s_build_message(ab_schema_set_t *set, s_type_t *t, ab_schema_error_t *err)
     for (unsigned i = 0; i < n; i++) {
         const field_proto_t *f = m->field[i];
         ProtobufCFieldDescriptor *fd = &fields[i];
-        if (f->name == NULL || f->name[0] == '\0') {
-            s_err(err, t->name, "message %s has a field without a name", t->name);
+        if (!s_ident(f->name, 0)) {
+            s_err(err, t->name, "message %s has a field without a valid name", t->name);
             return AB_EINVAL;
         }
         if (!f->has_number || f->number < 1 || (uint32_t)f->number > S_MAX_FIELD_NUMBER ||
@@ -766,8 +790,8 @@ s_build_service(ab_schema_set_t *set, s_type_t *t, ab_schema_error_t *err)
         return AB_ENOMEM;
     for (unsigned i = 0; i < n; i++) {
         const Google__Protobuf__MethodDescriptorProto *mp = s->method[i];
-        if (mp->name == NULL || mp->name[0] == '\0') {
-            s_err(err, t->name, "service %s has a method without a name", t->name);
+        if (!s_ident(mp->name, 0)) {
+            s_err(err, t->name, "service %s has a method without a valid name", t->name);
             return AB_EINVAL;
         }
         const char *types[2] = {mp->input_type, mp->output_type};
@@ -863,6 +887,10 @@ ab_schema_set_load(const uint8_t *data, size_t len, ab_schema_set_t **out, ab_sc
             rc = AB_EINVAL;
         }
         const char *pkg = f->package ? f->package : "";
+        if (pkg[0] != '\0' && !s_ident(pkg, 1)) {
+            s_err(err, f->name, "file %s: the package is not a valid name", f->name);
+            rc = AB_EINVAL;
+        }
         for (size_t k = 0; k < f->n_message_type && rc == 0; k++)
             rc = s_collect_message(set, pkg, f->message_type[k], f, err);
         for (size_t k = 0; k < f->n_enum_type && rc == 0; k++)

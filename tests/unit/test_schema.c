@@ -546,6 +546,66 @@ test_padded_varints(void **state)
     ab_schema_set_destroy(&set);
 }
 
+/* Names become JSON keys and values: a name that is not an identifier (here bytes that are
+ * not UTF-8, which made JSON no parser reads back) refuses the set; found by
+ * tests/fuzz/fuzz_schema_load. */
+static void
+test_names_are_identifiers(void **state)
+{
+    (void)state;
+    size_t len;
+    uint8_t *buf = s_read("required.pb", &len);
+    static const struct {
+        int what; /* 0 field, 1 message, 2 enum value, 3 package */
+        const char *name;
+        const char *text; /* NULL: loads */
+    } cases[] = {
+        {0, "\xff\xff\xff\x7f", "message schematest.v1.Pflicht has a field without a valid name"},
+        {0, "1st", "message schematest.v1.Pflicht has a field without a valid name"},
+        {0, "a b", "message schematest.v1.Pflicht has a field without a valid name"},
+        {0, "_ok_2", NULL},
+        {1,
+         "Pfl\xc3\xbc"
+         "cht",
+         "a type in file schematest/v1/required.proto has no valid name"},
+        {1, "a.b", "a type in file schematest/v1/required.proto has no valid name"},
+        {2, "NIEDRIG-1", "enum schematest.v1.Stufe has a value without a valid name"},
+        {3, "schematest..v1", "file schematest/v1/required.proto: the package is not a valid name"},
+        {3, "schematest.v1.", "file schematest/v1/required.proto: the package is not a valid name"},
+        {3, ".schematest", "file schematest/v1/required.proto: the package is not a valid name"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        Google__Protobuf__FileDescriptorSet *fds =
+            google__protobuf__file_descriptor_set__unpack(NULL, len, buf);
+        assert_non_null(fds);
+        Google__Protobuf__FileDescriptorProto *f = fds->file[fds->n_file - 1];
+        char **slot = cases[i].what == 0   ? &f->message_type[0]->field[0]->name
+                      : cases[i].what == 1 ? &f->message_type[0]->name
+                      : cases[i].what == 2 ? &f->enum_type[0]->value[0]->name
+                                           : &f->package;
+        char *was = *slot;
+        *slot = (char *)cases[i].name;
+        uint8_t *out = malloc(google__protobuf__file_descriptor_set__get_packed_size(fds));
+        size_t n = google__protobuf__file_descriptor_set__pack(fds, out);
+        *slot = was;
+        google__protobuf__file_descriptor_set__free_unpacked(fds, NULL);
+        ab_schema_set_t *set = NULL;
+        ab_schema_error_t err = {{0}, {0}};
+        int rc = ab_schema_set_load(out, n, &set, &err);
+        if (cases[i].text == NULL) {
+            if (rc != 0)
+                fail_msg("%s: %s: %s", cases[i].name, err.path, err.text);
+            ab_schema_set_destroy(&set);
+        } else {
+            assert_int_equal(rc, AB_EINVAL);
+            assert_null(set);
+            assert_string_equal(err.text, cases[i].text);
+        }
+        free(out);
+    }
+    free(buf);
+}
+
 static void
 test_nesting_bounded(void **state)
 {
@@ -646,6 +706,7 @@ main(void)
         cmocka_unit_test(test_invalid_payloads_named),
         cmocka_unit_test(test_repeated_singular_message_merge),
         cmocka_unit_test(test_padded_varints),
+        cmocka_unit_test(test_names_are_identifiers),
         cmocka_unit_test(test_nesting_bounded),
         cmocka_unit_test(test_bad_sets_refused),
     };
