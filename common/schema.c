@@ -33,7 +33,22 @@ typedef struct {
     int proto3;
     int map_entry;
     int merge_unsafe; /* see s_merge_unsafe() */
+    /* for s_fast(): field index + 1 by number (numbers up to dense_max), a kind byte a field */
+    uint16_t *dense;
+    unsigned dense_max;
+    uint8_t *kind;
 } s_aux_t;
+
+/* A field's kind byte (s_fast()): the wire type it wants and what to check. */
+enum {
+    K_WT = 0x07,       /* the wire type of one value */
+    K_STRING = 0x08,   /* NUL-free, UTF-8 in proto3 */
+    K_MSG = 0x10,      /* walk it */
+    K_PACKABLE = 0x20, /* repeated scalar: wire type 2 is a packed run */
+    K_REQUIRED = 0x40,
+    K_MERGE = 0x80, /* a second occurrence cannot be merged by protobuf-c (s_merge_unsafe) */
+};
+#define S_DENSE_MAX 255
 #define S_AUX_MAGIC 0x41427831u
 
 /* One named type of the set. */
@@ -829,6 +844,43 @@ s_build_service(ab_schema_set_t *set, s_type_t *t, ab_schema_error_t *err)
     return 0;
 }
 
+static unsigned s_wire_type(ProtobufCType t);
+static int s_merge_unsafe(const ProtobufCMessageDescriptor *d);
+
+/* The tables s_fast() walks with: one kind byte a field, indexes by field number. */
+static int
+s_build_fast(ab_schema_set_t *set, const ProtobufCMessageDescriptor *d)
+{
+    s_aux_t *aux = (s_aux_t *)d->reserved1;
+    unsigned max = 0;
+    for (unsigned k = 0; k < d->n_fields; k++)
+        if (d->fields[k].id > max)
+            max = d->fields[k].id;
+    aux->dense_max = max < S_DENSE_MAX ? max : S_DENSE_MAX;
+    aux->dense = s_alloc(set, sizeof *aux->dense * (aux->dense_max + 1));
+    aux->kind = s_alloc(set, d->n_fields ? d->n_fields : 1);
+    if (aux->dense == NULL || aux->kind == NULL)
+        return AB_ENOMEM;
+    for (unsigned k = 0; k < d->n_fields; k++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[k];
+        uint8_t kind = (uint8_t)s_wire_type(f->type);
+        if (f->type == PROTOBUF_C_TYPE_STRING)
+            kind |= K_STRING;
+        if (f->type == PROTOBUF_C_TYPE_MESSAGE)
+            kind |= K_MSG;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED && s_is_packable(f->type))
+            kind |= K_PACKABLE;
+        if (f->label == PROTOBUF_C_LABEL_REQUIRED)
+            kind |= K_REQUIRED;
+        if (s_merges_nested(f) && s_merge_unsafe(f->descriptor))
+            kind |= K_MERGE;
+        aux->kind[k] = kind;
+        if (f->id <= aux->dense_max)
+            aux->dense[f->id] = (uint16_t)(k + 1);
+    }
+    return 0;
+}
+
 int
 ab_schema_set_load(const uint8_t *data, size_t len, ab_schema_set_t **out, ab_schema_error_t *err)
 {
@@ -912,6 +964,11 @@ ab_schema_set_load(const uint8_t *data, size_t len, ab_schema_set_t **out, ab_sc
     }
     if (rc == 0)
         s_mark_merge_unsafe(set);
+    HASH_ITER(hh, set->types, t, tmp)
+    {
+        if (rc == 0 && t->kind == S_MSG)
+            rc = s_build_fast(set, t->desc);
+    }
     HASH_ITER(hh, set->types, t, tmp)
     {
         if (rc == 0 && t->kind == S_SVC)
@@ -1409,9 +1466,170 @@ truncated:
     return s_fail(p, "field at byte %zu runs past the end of the message", at);
 }
 
+/* A string's bytes: no NUL, and UTF-8 when proto3. Returns 0 when they are fine. ASCII goes
+ * eight bytes at a time, two-byte sequences (umlauts, ß) inline, longer ones through
+ * ab_utf8_valid() one sequence at a time. */
+static int
+s_text_bad(const uint8_t *b, size_t len, int proto3)
+{
+    size_t i = 0;
+    while (i < len) {
+        if (i + 8 <= len) {
+            uint64_t w;
+            memcpy(&w, b + i, 8);
+            if ((w & 0x8080808080808080ull) == 0) {
+                if ((w - 0x0101010101010101ull) & ~w & 0x8080808080808080ull)
+                    return 1;
+                i += 8;
+                continue;
+            }
+        }
+        uint8_t c = b[i];
+        if (c < 0x80) {
+            if (c == 0)
+                return 1;
+            i++;
+        } else if (!proto3) {
+            i++;
+        } else if (c >= 0xc2 && c <= 0xdf) {
+            if (i + 1 >= len || (b[i + 1] & 0xc0) != 0x80)
+                return 1;
+            i += 2;
+        } else {
+            size_t n = (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+            if (n == 0 || n > len - i || !ab_utf8_valid((const char *)b + i, n))
+                return 1;
+            i += n;
+        }
+    }
+    return 0;
+}
+
+/*
+ * The walk for descriptors built here, with their kind tables and nothing else: no path, no
+ * reasons. Returns 0 when the payload is valid; 1 when it may not be, and then s_walk() decides
+ * and says why (it is the reference: this one accepts only what s_walk() accepts).
+ */
+static int
+s_fast(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len, int depth)
+{
+    const s_aux_t *aux = d->reserved1;
+    const uint8_t *end = p + len;
+    uint64_t seen_req = 0, seen_msg = 0;
+    while (p < end) {
+        uint64_t v;
+        size_t n;
+        uint32_t tag;
+        if (*p < 0x80) {
+            tag = *p++;
+        } else {
+            /* protobuf-c reads at most 5 bytes of a tag or a length (see s_walk()) */
+            if ((n = s_varint(p, (size_t)(end - p), &v)) == 0 || n > 5 || v > UINT32_MAX)
+                return 1;
+            tag = (uint32_t)v;
+            p += n;
+        }
+        uint32_t id = tag >> 3;
+        unsigned wt = tag & 7;
+        const uint8_t *val = p;
+        size_t vlen = 0;
+        switch (wt) {
+        case 0:
+            if (p < end && *p < 0x80)
+                p++;
+            else if ((n = s_varint(p, (size_t)(end - p), &v)) == 0)
+                return 1;
+            else
+                p += n;
+            break;
+        case 1:
+        case 5:
+            vlen = wt == 1 ? 8 : 4;
+            if ((size_t)(end - p) < vlen)
+                return 1;
+            p += vlen;
+            break;
+        case 2:
+            if (p < end && *p < 0x80) {
+                v = *p;
+                n = 1;
+            } else if ((n = s_varint(p, (size_t)(end - p), &v)) == 0 || n > 5) {
+                return 1;
+            }
+            if (v > (uint64_t)(end - p) - n)
+                return 1;
+            val = p + n;
+            vlen = (size_t)v;
+            p = val + vlen;
+            break;
+        default:
+            return 1;
+        }
+        if (id == 0)
+            return 1;
+        unsigned idx;
+        if (id <= aux->dense_max) {
+            if ((idx = aux->dense[id]) == 0)
+                continue; /* unknown to this version */
+        } else {
+            const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, id);
+            if (f == NULL)
+                continue;
+            idx = (unsigned)(f - d->fields) + 1;
+        }
+        unsigned k = aux->kind[idx - 1];
+        if (wt == (k & K_WT)) {
+            if (k & K_STRING) {
+                if (s_text_bad(val, vlen, aux->proto3))
+                    return 1;
+            } else if (k & K_MSG) {
+                if (depth + 1 > S_MAX_DEPTH ||
+                    s_fast(d->fields[idx - 1].descriptor, val, vlen, depth + 1) != 0)
+                    return 1;
+                if (k & K_MERGE) {
+                    if (idx > 64 || (seen_msg >> (idx - 1)) & 1)
+                        return 1;
+                    seen_msg |= 1ull << (idx - 1);
+                }
+            }
+        } else if (wt == 2 && (k & K_PACKABLE)) {
+            unsigned want = k & K_WT;
+            if (want == 5 || want == 1) {
+                if (vlen % (want == 5 ? 4 : 8) != 0)
+                    return 1;
+            } else {
+                for (const uint8_t *q = val, *qe = val + vlen; q < qe; q += n)
+                    if ((n = s_varint(q, (size_t)(qe - q), &v)) == 0)
+                        return 1;
+            }
+        } else {
+            return 1;
+        }
+        if (k & K_REQUIRED)
+            seen_req |= 1ull << (aux->required_slot[idx - 1] - 1);
+    }
+    if (aux->n_required > 0 &&
+        seen_req != (aux->n_required >= 64 ? ~0ull : (1ull << aux->n_required) - 1))
+        return 1;
+    return 0;
+}
+
 int
 ab_schema_validate(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
                    ab_schema_error_t *err)
+{
+    if (d == NULL || (data == NULL && len > 0))
+        return AB_EINVAL;
+    const s_aux_t *aux = d->reserved1;
+    if (d->message_init == NULL && aux != NULL && aux->magic == S_AUX_MAGIC && aux->kind != NULL &&
+        s_fast(d, data ? data : (const uint8_t *)"", len, 0) == 0)
+        return 0;
+    return ab_schema_validate_reference(d, data, len, err);
+}
+
+int
+ab_schema_validate_reference(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+                             ab_schema_error_t *err)
 {
     if (d == NULL || (data == NULL && len > 0))
         return AB_EINVAL;

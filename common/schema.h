@@ -62,4 +62,10 @@ int ab_schema_is_map_entry(const ProtobufCMessageDescriptor *d);
 int ab_schema_validate(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
                        ab_schema_error_t *err);
 
+/* The same check by the slower walk that keeps the path as it goes: ab_schema_validate() runs
+ * a table-driven walk first and this one only to say where a payload is wrong. Both must
+ * always agree; tests and fuzz targets call this to compare them. */
+int ab_schema_validate_reference(const ProtobufCMessageDescriptor *d, const uint8_t *data,
+                                 size_t len, ab_schema_error_t *err);
+
 #endif

@@ -606,6 +606,99 @@ test_names_are_identifiers(void **state)
     free(buf);
 }
 
+/* Strings through the fast walk and the reference walk: the same verdicts, with the reason. */
+static void
+test_text_checks(void **state)
+{
+    (void)state;
+    ab_schema_set_t *set = s_load("service.pb");
+    const ProtobufCMessageDescriptor *p3 = ab_schema_message(set, "schematest.v1.AllKinds");
+    const ProtobufCMessageDescriptor *p2 = ab_schema_message(set, "schematest.v1.Pflicht");
+    static const struct {
+        const char *s;
+        size_t len;
+        const char *p3; /* proto3 verdict: NULL valid, else a piece of the reason */
+        const char *p2; /* proto2 (no UTF-8 check) */
+    } cases[] = {
+        {"Stra\xc3\x9f"
+         "e",
+         7, NULL, NULL},
+        {"sechzehn Zeichen", 16, NULL, NULL},
+        {"abcdefg\0hij", 11, "NUL", "NUL"},
+        {"\xc3\xbc\0", 3, "NUL", "NUL"},
+        {"\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\0x", 10, "NUL", "NUL"},
+        {"abc\xc3", 4, "UTF-8", NULL},
+        {"\xc0\x80", 2, "UTF-8", NULL},
+        {"\xe2\x82\xac", 3, NULL, NULL},
+        {"\xed\xa0\x80", 3, "UTF-8", NULL},
+        {"\xf0\x9f\x98\x80 ok", 7, NULL, NULL},
+        {"\xf4\x90\x80\x80", 4, "UTF-8", NULL},
+        {"\xe2\x82", 2, "UTF-8", NULL},
+        {"\xff\xfe", 2, "UTF-8", NULL},
+        {"12345678\xc3\xa4"
+         "12345678\xc3",
+         19, "UTF-8", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint8_t buf[64];
+        /* AllKinds.f_string (9) */
+        size_t n = 0;
+        buf[n++] = 0x4a;
+        buf[n++] = (uint8_t)cases[i].len;
+        memcpy(buf + n, cases[i].s, cases[i].len);
+        n += cases[i].len;
+        ab_schema_error_t err = {{0}, {0}};
+        int rc = ab_schema_validate(p3, buf, n, &err);
+        if (cases[i].p3 == NULL ? rc != 0
+                                : rc != AB_EINVAL || strstr(err.text, cases[i].p3) == NULL ||
+                                      strcmp(err.path, "f_string") != 0)
+            fail_msg("proto3 case %zu: rc %d, `%s`: %s", i, rc, err.path, err.text);
+        /* Pflicht: kennung (1) and nummer (2) */
+        n = 0;
+        buf[n++] = 0x0a;
+        buf[n++] = (uint8_t)cases[i].len;
+        memcpy(buf + n, cases[i].s, cases[i].len);
+        n += cases[i].len;
+        buf[n++] = 0x10;
+        buf[n++] = 0x01;
+        rc = ab_schema_validate(p2, buf, n, &err);
+        if (cases[i].p2 == NULL ? rc != 0
+                                : rc != AB_EINVAL || strstr(err.text, cases[i].p2) == NULL)
+            fail_msg("proto2 case %zu: rc %d: %s", i, rc, err.text);
+    }
+    ab_schema_set_destroy(&set);
+}
+
+/* The table-driven walk and the reference walk agree on every damaged copy of real messages. */
+static void
+test_fast_and_reference_agree(void **state)
+{
+    (void)state;
+    ab_schema_set_t *set = s_load("service.pb");
+    const ProtobufCMessageDescriptor *d = ab_schema_message(set, "schematest.v1.AllKinds");
+    uint8_t *orig;
+    size_t len = s_pack_allkinds(&orig);
+    uint8_t *buf = malloc(len);
+    srand(4711);
+    size_t accepted = 0;
+    for (int round = 0; round < 20000; round++) {
+        memcpy(buf, orig, len);
+        int flips = 1 + rand() % 3;
+        for (int k = 0; k < flips; k++)
+            buf[rand() % len] = (uint8_t)rand();
+        size_t cut = round % 5 == 0 ? (size_t)rand() % len : len;
+        int fast = ab_schema_validate(d, buf, cut, NULL);
+        int ref = ab_schema_validate_reference(d, buf, cut, NULL);
+        if (fast != ref)
+            fail_msg("round %d: fast %d, reference %d", round, fast, ref);
+        accepted += fast == 0;
+    }
+    assert_true(accepted > 100); /* both kinds of verdict were exercised */
+    free(buf);
+    free(orig);
+    ab_schema_set_destroy(&set);
+}
+
 static void
 test_nesting_bounded(void **state)
 {
@@ -707,6 +800,8 @@ main(void)
         cmocka_unit_test(test_repeated_singular_message_merge),
         cmocka_unit_test(test_padded_varints),
         cmocka_unit_test(test_names_are_identifiers),
+        cmocka_unit_test(test_text_checks),
+        cmocka_unit_test(test_fast_and_reference_agree),
         cmocka_unit_test(test_nesting_bounded),
         cmocka_unit_test(test_bad_sets_refused),
     };
