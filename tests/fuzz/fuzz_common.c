@@ -147,7 +147,12 @@ int
 ab_fuzz_check_payload(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len)
 {
     ab_schema_error_t err;
-    if (ab_schema_validate(d, data, len, &err) != 0)
+    int verdict = ab_schema_validate(d, data, len, &err);
+    /* the table-driven walk may accept only what the reference walk accepts */
+    int reference = ab_schema_validate_reference(d, data, len, NULL);
+    AB_FUZZ_CHECK(verdict == reference, "%s: table walk says %d, reference walk %d", d->name,
+                  verdict, reference);
+    if (verdict != 0)
         return 0;
     ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, data);
     AB_FUZZ_CHECK(m != NULL, "%s: validated payload of %zu bytes does not unpack", d->name, len);
