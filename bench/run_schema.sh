@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run_schema.sh [--quick] [--profile] - what the broker's schema validation costs.
+# bench/run_schema.sh [--quick] [--reps N] [--profile] - what the broker's schema validation costs.
 #
 # Two brokers of the same binary on free loopback ports, side by side: one whose registry holds
 # proto/examples/meldewesen/v1/meldewesen.proto (pushed with `amtsbote schema push`), so that
@@ -16,6 +16,7 @@
 # goal is reported, never asserted.
 #
 #   --quick     2 repetitions of 1.5 s runs (< 30 s); default 5 repetitions of 3 s (< 90 s)
+#   --reps N    N repetitions (1 to 50) instead: on a noisy machine more give a steadier median
 #   --profile   also `perf record` the validating broker during one more run and bench_schema's
 #               validation loop, and add the top symbols to the report (needs perf)
 #   AMTSBOTE_BUILD_DIR   build tree to use (default: <repo>/build)
@@ -25,20 +26,29 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 build=${AMTSBOTE_BUILD_DIR:-$root/build}
 
-quick=0 profile=0
-for arg in "$@"; do
-    case "$arg" in
+quick=0 profile=0 want_reps=0
+while (($# > 0)); do
+    case "$1" in
     --quick) quick=1 ;;
+    --reps)
+        [[ ${2:-} =~ ^[0-9]+$ ]] && ((${2} >= 1 && ${2} <= 50)) || {
+            echo "run_schema.sh: --reps takes 1 to 50" >&2
+            exit 2
+        }
+        want_reps=$2
+        shift
+        ;;
     --profile) profile=1 ;;
     -h | --help)
         sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
         exit 0
         ;;
     *)
-        echo "usage: bench/run_schema.sh [--quick] [--profile]" >&2
+        echo "usage: bench/run_schema.sh [--quick] [--reps N] [--profile]" >&2
         exit 2
         ;;
     esac
+    shift
 done
 
 if ((quick)); then
@@ -46,6 +56,7 @@ if ((quick)); then
 else
     reps=5 secs=3 micro_iter=200000 micro_rep=9
 fi
+((want_reps > 0)) && reps=$want_reps
 warmup=2000
 service=meldewesen.v1.Melderegister/Meldebescheinigung
 req_type=meldewesen.v1.MeldebescheinigungAnfrage
