@@ -141,6 +141,9 @@ typedef void s_name_fn(void *arg, const char *full, int kind);
 static void
 s_walk_message(const msg_proto_t *m, const char *scope, s_name_fn *fn, void *arg)
 {
+    /* a map field's entry message is protoc's, not the interface's: not listed, not claimable */
+    if (m->options && m->options->has_map_entry && m->options->map_entry)
+        return;
     char full[512];
     snprintf(full, sizeof full, "%s%s%s", scope, scope[0] ? "." : "", m->name);
     fn(arg, full, K_MSG);

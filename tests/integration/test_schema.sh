@@ -124,6 +124,7 @@ as kommune.09162000 schema show meldewesen.v1.Melderegister/Meldebescheinigung >
 expect "show by method" 0 $? "$work/out" "version:   2" "$work/out" "pushed at: $(date -u +%Y-%m-%d)T" "$work/out" \
   "meldewesen.v1.Melderegister/Meldebescheinigung(meldewesen.v1.MeldebescheinigungAnfrage) returns (meldewesen.v1.Meldebescheinigung)" \
   "$work/out" "message meldewesen.v1.Anschrift"
+grep -q "VermerkeEntry" "$work/out" && bad "show lists a map entry as a message" || ok "map entries are not listed"
 as kommune.09162000 schema show meldewesen/v1/meldewesen.proto --version 1 --descriptor-set "$work/got.pb" >"$work/out" 2>&1
 expect "show version 1" 0 $? "$work/out" "version:   1"
 cmp -s "$work/got.pb" "$work/v1.pb" && ok "version 1's descriptor set comes back as pushed" || bad "descriptor set of version 1 differs"
