@@ -625,8 +625,9 @@ typedef struct qnode {
 typedef struct {
     ab_client_t *client;
     const char *service;
-    const char *exec;     /* NULL: --echo */
-    ab_schema_set_t *set; /* the registered interface: requests and replies are JSON for CMD */
+    const char *exec;      /* NULL: --echo */
+    ab_schema_set_t *set;  /* the registered interface: requests and replies are JSON for CMD */
+    uint64_t refused_seen; /* replies the broker refused, already reported */
     int concurrency;
     int verbose;
     int stopping;
@@ -1227,6 +1228,15 @@ s_serve_loop(serve_t *srv)
         if (rc < 0)
             break;
         rc = 0;
+        /* a reply the broker refused: its caller got an error; say why here, where the
+         * provider's operator looks */
+        const char *why = NULL;
+        uint64_t refused = ab_client_refused_replies(srv->client, &why);
+        if (refused > srv->refused_seen) {
+            fprintf(stderr, "amtsbote: serve: the broker refused %llu reply(ies); the latest: %s\n",
+                    (unsigned long long)(refused - srv->refused_seen), why);
+            srv->refused_seen = refused;
+        }
     }
     free(pfds);
     free(owners);

@@ -203,6 +203,9 @@ kill "$serve_pid"; wait "$serve_pid" 2>/dev/null
 serve kommune.kaputt meldewesen.v1.Melderegister --raw --exec 'cat >/dev/null; printf "\012\001\377"' || exit 1
 as bund.bmi call meldewesen.v1.Melderegister/Meldebescheinigung --data "$req" >"$work/out" 2>&1
 expect "invalid reply refused" 7 $? "$work/out" "does not match the interface of meldewesen.v1.Melderegister/Meldebescheinigung"
+sleep 0.3
+grep -q "the broker refused 1 reply(ies); the latest: meldewesen.v1.Melderegister/Meldebescheinigung: SCHEMA_INVALID: .*(field aktenzeichen)" "$work/serve.log" &&
+  ok "the provider is told why its reply was refused" || bad "provider's stderr: $(tail -3 "$work/serve.log")"
 kill "$serve_pid"; wait "$serve_pid" 2>/dev/null
 serve kommune.json meldewesen.v1.Melderegister --exec 'cat >/dev/null; echo "{\"foo\": 1}"' || exit 1
 as bund.bmi call meldewesen.v1.Melderegister/Meldebescheinigung --data "$req" >"$work/out" 2>&1

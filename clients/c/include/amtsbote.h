@@ -150,6 +150,14 @@ int ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms);
  */
 const char *ab_client_last_error(const ab_client_t *self);
 
+/*
+ * How many replies this provider sent that the broker refused (a reply that does not fit the
+ * registered interface: SCHEMA_INVALID with the field); the caller got an error instead. With
+ * `last_reason` (may be NULL) the text of the latest refusal: method, error name, reason and
+ * field, never payload contents. Borrowed; valid until the next call on `self`.
+ */
+uint64_t ab_client_refused_replies(const ab_client_t *self, const char **last_reason);
+
 /* The participant address the broker saw for this client (from its HELLO). Borrowed. */
 const char *ab_client_participant(const ab_client_t *self);
 

@@ -158,6 +158,8 @@ struct ab_client {
     ab_request_t *requests;
     volatile sig_atomic_t stop;
     char last_error[S_ERRLEN];
+    uint64_t refused_replies; /* replies of ours the broker refused (SCHEMA_INVALID, ...) */
+    char last_refusal[S_ERRLEN];
     /* sends queued during dispatch (see the top of this file) */
     int dispatching;      /* depth of ab_client_process() calls running */
     uint64_t out_since;   /* when the oldest queued send was queued */
@@ -855,6 +857,21 @@ s_on_answer(ab_client_t *self, const ab_header_t *hdr, zmq_msg_t *body)
                  hdr->error && hdr->error->text ? hdr->error->text : "");
         self->hello_status = code;
         self->hello_waiting = 0;
+        return;
+    }
+    if (is_error && hdr->correlation_id.len == AB_MESSAGE_ID_LEN) {
+        /* the broker refused a reply we sent (its correlation is that reply's message id):
+         * nobody waits for this, so keep it where the provider's application can look */
+        int code = hdr->error ? ab_err_from_wire(hdr->error->code) : AB_EINTERNAL;
+        const char *field = hdr->error && hdr->error->field ? hdr->error->field : "";
+        self->refused_replies++;
+        snprintf(self->last_refusal, sizeof self->last_refusal, "%s: %s: %s%s%s",
+                 hdr->service ? hdr->service : "", ab_err_name(code),
+                 hdr->error && hdr->error->text ? hdr->error->text : "", field[0] ? " (field " : "",
+                 field[0] ? field : "");
+        if (field[0])
+            strncat(self->last_refusal, ")",
+                    sizeof self->last_refusal - strlen(self->last_refusal) - 1);
         return;
     }
     if (hdr->correlation_id.len != S_CORR_LEN)
@@ -1576,6 +1593,14 @@ fail:
     s_close_sockets(self, mon, 0);
     ab_tunnel_destroy(&self->tunnel);
     return rc;
+}
+
+uint64_t
+ab_client_refused_replies(const ab_client_t *self, const char **last_reason)
+{
+    if (last_reason)
+        *last_reason = self ? self->last_refusal : "";
+    return self ? self->refused_replies : 0;
 }
 
 const char *
