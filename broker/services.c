@@ -51,6 +51,9 @@ struct s_call {
     uint8_t corr[64];
     uint8_t corr_len;
     char service[AB_MAX_NAME + 1];
+    uint8_t msg_id[AB_MESSAGE_ID_LEN]; /* the caller's, for the audit trail */
+    uint8_t msg_id_len;
+    uint8_t classification;
     UT_hash_handle hh;
 };
 
@@ -69,7 +72,9 @@ struct brk_services {
     int draining;
     s_call_t *freelist;
     size_t nfree;
-    brk_registry_t *registry; /* borrowed; NULL: nothing is validated */
+    brk_registry_t *registry;        /* borrowed; NULL: nothing is validated */
+    const brk_services_gate_t *gate; /* borrowed; NULL: everything allowed, nothing recorded */
+    uint64_t now;                    /* of the message or tick being handled, ms */
     brk_ratelimit_t log_refused;
     brk_services_stats_t st;
 };
@@ -166,6 +171,63 @@ s_payload(brk_services_t *self, void *payload, size_t *len)
     return self->io->payload_bytes(payload, len);
 }
 
+/* ---- governance: policy, clearance, audit and metrics through the gate ------------------- */
+
+static int
+s_allowed(brk_services_t *self, const char *participant, const char *action, const char *resource,
+          const char *purpose, int classification, char *why, size_t cap, const char **rule)
+{
+    *rule = "";
+    if (!self->gate || !self->gate->allow)
+        return 0;
+    return self->gate->allow(self->gate->ctx, participant, action, resource, purpose ? purpose : "",
+                             classification, why, cap, rule);
+}
+
+static int
+s_cleared(brk_services_t *self, const char *participant, int classification)
+{
+    if (!self->gate || !self->gate->cleared || classification <= 1)
+        return 1; /* unspecified and OFFEN: everyone */
+    return self->gate->cleared(self->gate->ctx, participant, classification);
+}
+
+static void
+s_record(brk_services_t *self, brk_event_kind_t kind, const ab_header_t *hdr, const char *sender,
+         const char *target, const char *provider, void *payload, int outcome, const char *rule,
+         uint64_t latency_ms)
+{
+    if (!self->gate || !self->gate->record)
+        return;
+    size_t len = 0;
+    const uint8_t *data = payload ? s_payload(self, payload, &len) : NULL;
+    brk_event_t ev = {.kind = kind,
+                      .message_id = hdr ? hdr->message_id.data : NULL,
+                      .message_id_len = hdr ? hdr->message_id.len : 0,
+                      .sender = sender,
+                      .target = target ? target : "",
+                      .provider = provider ? provider : "",
+                      .purpose = hdr && hdr->purpose ? hdr->purpose : "",
+                      .classification = hdr ? (int)hdr->classification : 0,
+                      .payload = data,
+                      .payload_len = len,
+                      .outcome = outcome,
+                      .rule = rule ? rule : "",
+                      .latency_ms = latency_ms};
+    self->gate->record(self->gate->ctx, &ev);
+}
+
+/* A refusal by the policy: FORBIDDEN to the sender, counted, recorded. */
+static void
+s_forbid(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
+         const ab_header_t *hdr, const char *participant, const char *resource, const char *why,
+         const char *rule)
+{
+    self->st.forbidden++;
+    s_record(self, BRK_EV_REFUSED, hdr, participant, resource, NULL, NULL, AB_EFORBIDDEN, rule, 0);
+    s_send_err(self, to, corr, corr_len, resource, AB_EFORBIDDEN, why, NULL);
+}
+
 static void
 s_send_ack(brk_services_t *self, const brk_peer_t *to, const ab_header_t *req)
 {
@@ -212,6 +274,15 @@ s_call_fail(brk_services_t *self, s_call_t *c, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    if (self->gate && self->gate->record) {
+        ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+        h.message_id.data = c->msg_id;
+        h.message_id.len = c->msg_id_len;
+        h.classification = c->classification;
+        s_record(self, BRK_EV_FAILED, &h, c->caller_conn ? c->caller_conn->participant : "",
+                 c->service, c->provider ? c->provider->participant : "", NULL, err, NULL,
+                 self->now > c->started ? self->now - c->started : 0);
+    }
     s_send_error(self, &c->caller, c->corr, c->corr_len, c->service, err, "%s", text);
     s_call_free(self, c);
 }
@@ -383,14 +454,15 @@ s_lookup_for_call(brk_services_t *self, const char *method, s_service_t *out[2])
 
 /* Picks the provider with the fewest calls in flight among both offers, rotating among equals. */
 static s_conn_t *
-s_pick(s_service_t *const svc[2], int nsvc, s_conn_t *skip)
+s_pick(brk_services_t *self, s_service_t *const svc[2], int nsvc, s_conn_t *skip,
+       int classification)
 {
     s_conn_t *best = NULL;
     for (int i = 0; i < nsvc; i++) {
         s_service_t *s = svc[i];
         for (size_t k = 0; k < s->n; k++) {
             s_conn_t *p = s->providers[(s->rr + k) % s->n];
-            if (p == skip)
+            if (p == skip || !s_cleared(self, p->participant, classification))
                 continue;
             if (!best || p->inflight < best->inflight)
                 best = p;
@@ -498,7 +570,19 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
         s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EINVAL, "%s", why);
         return;
     }
+    const char *rule = "";
     if (!strncmp(hdr->service, BRK_SERVICE_BROKER "/", sizeof BRK_SERVICE_BROKER)) {
+        /* published interfaces are for every participant to read; the rest needs a rule */
+        const char *action = !strcmp(hdr->service, BRK_SERVICE_BROKER "/SchemaPush") ? "schema-push"
+                             : !strcmp(hdr->service, BRK_SERVICE_BROKER "/ListServices") ? "admin"
+                                                                                         : NULL;
+        char reason[AB_MAX_ERROR_TEXT];
+        if (action && s_allowed(self, caller->participant, action, hdr->service, hdr->purpose,
+                                (int)hdr->classification, reason, sizeof reason, &rule) != 0) {
+            s_forbid(self, &caller->peer, corr, corr_len, hdr, caller->participant, hdr->service,
+                     reason, rule);
+            return;
+        }
         if (!strcmp(hdr->service, BRK_SERVICE_BROKER "/ListServices")) {
             s_list_services(self, caller, hdr, corr, corr_len);
         } else if (self->registry && brk_registry_answers(hdr->service)) {
@@ -525,12 +609,21 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
                      (unsigned long long)self->cfg->max_calls_in_flight);
         return;
     }
+    char reason[AB_MAX_ERROR_TEXT];
+    if (s_allowed(self, caller->participant, "call", hdr->service, hdr->purpose,
+                  (int)hdr->classification, reason, sizeof reason, &rule) != 0) {
+        s_forbid(self, &caller->peer, corr, corr_len, hdr, caller->participant, hdr->service,
+                 reason, rule);
+        return;
+    }
     if (self->registry) {
         brk_verdict_t v;
         size_t len;
         const uint8_t *data = s_payload(self, payload, &len);
         if (brk_registry_check_call(self->registry, hdr->service, hdr->schema, data, len, 0, &v) !=
             0) {
+            s_record(self, BRK_EV_REFUSED, hdr, caller->participant, hdr->service, NULL, NULL,
+                     v.code, NULL, 0);
             if (v.code == AB_ESCHEMA_INVALID)
                 self->st.schema_invalid++;
             else
@@ -565,6 +658,9 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     memcpy(c->corr, corr, corr_len);
     size_t slen = strlen(hdr->service); /* checked above: at most AB_MAX_NAME */
     memcpy(c->service, hdr->service, slen + 1);
+    c->msg_id_len = (uint8_t)(hdr->message_id.len <= sizeof c->msg_id ? hdr->message_id.len : 0);
+    memcpy(c->msg_id, hdr->message_id.data, c->msg_id_len);
+    c->classification = (uint8_t)hdr->classification;
 
     uint8_t token[8];
     for (int i = 0; i < 8; i++)
@@ -581,9 +677,19 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     for (int attempt = 0;; attempt++) {
         s_service_t *svc[2];
         int nsvc = s_lookup_for_call(self, hdr->service, svc);
-        s_conn_t *p = attempt < 4 ? s_pick(svc, nsvc, skip) : NULL;
+        s_conn_t *p = attempt < 4 ? s_pick(self, svc, nsvc, skip, (int)hdr->classification) : NULL;
         if (!p) {
-            if (skip) {
+            if (!skip && nsvc > 0) {
+                /* there are providers, but none may receive a message of this level */
+                snprintf(reason, sizeof reason,
+                         "no provider of %s is cleared for classification %s", hdr->service,
+                         hdr->classification ==
+                                 AMTSBOTE__V1__CLASSIFICATION__VS_NUR_FUER_DEN_DIENSTGEBRAUCH
+                             ? "VS-NUR-FUER-DEN-DIENSTGEBRAUCH"
+                             : "of this call");
+                s_forbid(self, &caller->peer, corr, corr_len, hdr, caller->participant,
+                         hdr->service, reason, "clearance");
+            } else if (skip) {
                 self->st.unavailable++;
                 s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
                              "no provider of %s is keeping up (send queue full)", hdr->service);
@@ -595,6 +701,9 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
             s_call_release(self, c);
             return;
         }
+        if (attempt == 0) /* before the send: it takes the payload, whose digest is recorded */
+            s_record(self, BRK_EV_CALL, hdr, caller->participant, hdr->service, p->participant,
+                     payload, 0, NULL, 0);
         int rc = self->io->send(self->io->ctx, &p->peer, &fwd, payload);
         if (rc == 0) {
             c->provider = p;
@@ -653,6 +762,8 @@ s_handle_answer(brk_services_t *self, s_conn_t *provider, const ab_header_t *hdr
                         "suppressed=%llu",
                         provider->participant, c->service, ab_err_name(v.code), v.field,
                         (unsigned long long)held);
+            s_record(self, BRK_EV_REFUSED, hdr, provider->participant, c->service,
+                     provider->participant, NULL, v.code, NULL, 0);
             s_send_verdict(self, &provider->peer, hdr->message_id.data, hdr->message_id.len,
                            c->service, &v);
             s_send_error(self, &c->caller, c->corr, c->corr_len, c->service, AB_EPROVIDER,
@@ -662,6 +773,21 @@ s_handle_answer(brk_services_t *self, s_conn_t *provider, const ab_header_t *hdr
             s_call_free(self, c);
             return;
         }
+    }
+    const char *caller_name = c->caller_conn ? c->caller_conn->participant : "";
+    if (hdr->kind == AMTSBOTE__V1__KIND__KIND_REPLY &&
+        !s_cleared(self, caller_name, (int)hdr->classification)) {
+        /* never to a participant cleared below the message's level */
+        char reason[AB_MAX_ERROR_TEXT];
+        snprintf(reason, sizeof reason,
+                 "the reply of %s is classified above the clearance of %s; it was not delivered",
+                 c->service, caller_name);
+        s_forbid(self, &provider->peer, hdr->message_id.data, hdr->message_id.len, hdr,
+                 provider->participant, c->service, reason, "clearance");
+        s_send_error(self, &c->caller, c->corr, c->corr_len, c->service, AB_EFORBIDDEN,
+                     "the reply to your call of %s is classified above your clearance", c->service);
+        s_call_free(self, c);
+        return;
     }
     ab_header_t out = AMTSBOTE__V1__HEADER__INIT;
     Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
@@ -686,6 +812,10 @@ s_handle_answer(brk_services_t *self, s_conn_t *provider, const ab_header_t *hdr
         out.error = &e;
         payload = NULL;
     }
+    if (self->gate && self->gate->record) /* before the send: it takes the payload */
+        s_record(self, BRK_EV_REPLY, hdr, provider->participant, c->service, provider->participant,
+                 payload, hdr->kind == AMTSBOTE__V1__KIND__KIND_ERROR ? AB_EPROVIDER : 0, NULL,
+                 self->now > c->started ? self->now - c->started : 0);
     int rc = self->io->send(self->io->ctx, &c->caller, &out, payload);
     if (rc == 0)
         self->st.replies++;
@@ -698,6 +828,7 @@ void
 brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *participant,
                     const ab_header_t *hdr, void *payload, uint64_t now)
 {
+    self->now = now;
     s_conn_t *conn = s_conn_get(self, from, participant, now);
     if (!conn)
         return; /* out of memory: the sender will time out */
@@ -754,6 +885,14 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
                          BRK_SERVICE_BROKER);
             return;
         }
+        char reason[AB_MAX_ERROR_TEXT];
+        const char *rule = "";
+        if (s_allowed(self, conn->participant, "offer", hdr->service, hdr->purpose,
+                      (int)hdr->classification, reason, sizeof reason, &rule) != 0) {
+            s_forbid(self, from, corr, corr_len, hdr, conn->participant, hdr->service, reason,
+                     rule);
+            return;
+        }
         brk_verdict_t v;
         if (self->registry && brk_registry_check_offer(self->registry, hdr->service, &v) != 0) {
             s_send_verdict(self, from, corr, corr_len, hdr->service, &v);
@@ -794,6 +933,7 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
 uint64_t
 brk_services_tick(brk_services_t *self, uint64_t now)
 {
+    self->now = now;
     s_call_t *c;
     while ((c = s_first_call(self)) != NULL && c->deadline.at <= now) {
         self->st.deadline_exceeded++;
@@ -852,6 +992,12 @@ void
 brk_services_set_registry(brk_services_t *self, brk_registry_t *reg)
 {
     self->registry = reg;
+}
+
+void
+brk_services_set_gate(brk_services_t *self, const brk_services_gate_t *gate)
+{
+    self->gate = gate;
 }
 
 void

@@ -50,9 +50,10 @@ typedef struct brk_services_stats {
     uint64_t deadline_exceeded;
     uint64_t provider_gone;
     uint64_t unavailable;
-    uint64_t late_replies; /* answers for calls no longer pending, dropped */
-    uint64_t lost_replies; /* answers whose caller had gone, dropped */
+    uint64_t late_replies;   /* answers for calls no longer pending, dropped */
+    uint64_t lost_replies;   /* answers whose caller had gone, dropped */
     uint64_t schema_invalid; /* calls and replies refused by the registry */
+    uint64_t forbidden;      /* calls, replies and offers refused by the policy */
     size_t in_flight;
     size_t connections;
     size_t providers;
@@ -85,6 +86,50 @@ uint64_t brk_services_tick(brk_services_t *self, uint64_t now);
  * calls in flight fail with PROVIDER_GONE.
  */
 void brk_services_peer_gone(brk_services_t *self, const brk_peer_t *peer);
+
+/* What happened to a call, for the audit log and the metrics (brk_services_gate_t.record). */
+typedef enum {
+    BRK_EV_CALL = 1, /* routed to a provider */
+    BRK_EV_REPLY,    /* its answer (a reply, or the provider's own error) went to the caller */
+    BRK_EV_REFUSED,  /* a call, reply or offer refused by the policy or the registry */
+    BRK_EV_FAILED,   /* a routed call ended without an answer: deadline, provider gone, shutdown */
+} brk_event_kind_t;
+
+typedef struct brk_event {
+    brk_event_kind_t kind;
+    const uint8_t *message_id; /* of the call (16 bytes), or of the reply */
+    size_t message_id_len;
+    const char *sender;     /* the participant that sent the message */
+    const char *target;     /* package.Service/Method (or the offered service) */
+    const char *provider;   /* the answering participant, when known; else "" */
+    const char *purpose;    /* "" when none */
+    int classification;     /* amtsbote.v1.Classification; 0 unspecified */
+    const uint8_t *payload; /* for its SHA-256 only: never stored, never logged */
+    size_t payload_len;
+    int outcome;         /* 0, or the AB_E* the message was answered with */
+    const char *rule;    /* the policy rule that decided a refusal, or "" */
+    uint64_t latency_ms; /* BRK_EV_REPLY, BRK_EV_FAILED: from the call to its end */
+} brk_event_t;
+
+/*
+ * The governance the services consult (all optional; NULL members are skipped): `allow` decides
+ * whether `participant` may do `action` ("call", "offer", "schema-push", "admin") on `resource`
+ * with `purpose` at `classification`: 0, or AB_EFORBIDDEN with the reason in why (naming the
+ * rule) and the rule's name in *rule. `cleared` says whether a participant may receive a message
+ * of that classification. `record` is told about every call's events.
+ */
+typedef struct brk_services_gate {
+    int (*allow)(void *ctx, const char *participant, const char *action, const char *resource,
+                 const char *purpose, int classification, char *why, size_t why_cap,
+                 const char **rule);
+    int (*cleared)(void *ctx, const char *participant, int classification);
+    void (*record)(void *ctx, const brk_event_t *ev);
+    void *ctx;
+} brk_services_gate_t;
+
+/* Sets the gate (borrowed; must outlive the services; NULL: everything allowed, nothing
+ * recorded). */
+void brk_services_set_gate(brk_services_t *self, const brk_services_gate_t *gate);
 
 /* Checks every CALL, reply and OFFER against `reg` (borrowed; NULL: no checks) and lets it
  * answer its own broker methods (amtsbote.v1.Broker/Schema*). */

@@ -570,11 +570,155 @@ test_reused_routing_id_inherits_nothing(void **state)
     assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__UNKNOWN_SERVICE);
 }
 
+/* ---- the gate: policy, clearance and events ---- */
+
+typedef struct {
+    int events[8]; /* count by brk_event_kind_t */
+    int last_outcome;
+    char last_rule[64];
+    char last_provider[64];
+    uint64_t last_latency;
+} gate_log_t;
+
+static gate_log_t G;
+
+/* Allows bund.* to call, kommune.* to offer; nobody may push schemas; kommune.vs is cleared for
+ * VS-NfD. */
+static int
+gate_allow(void *ctx, const char *participant, const char *action, const char *resource,
+           const char *purpose, int classification, char *why, size_t cap, const char **rule)
+{
+    (void)ctx;
+    (void)resource;
+    (void)classification;
+    if (!strcmp(action, "call") && !strncmp(participant, "bund.", 5)) {
+        if (strstr(resource, "Melderegister") && strcmp(purpose, "BMG §34") != 0) {
+            *rule = "melde-zweck";
+            snprintf(why, cap, "rule melde-zweck requires the purpose BMG §34");
+            return AB_EFORBIDDEN;
+        }
+        *rule = "bund-calls";
+        return 0;
+    }
+    if (!strcmp(action, "offer") && !strncmp(participant, "kommune.", 8))
+        return 0;
+    *rule = "default";
+    snprintf(why, cap, "no rule allows %s to %s %s", participant, action, resource);
+    return AB_EFORBIDDEN;
+}
+
+static int
+gate_cleared(void *ctx, const char *participant, int classification)
+{
+    (void)ctx;
+    return classification <= 1 || !strcmp(participant, "kommune.vs");
+}
+
+static void
+gate_record(void *ctx, const brk_event_t *ev)
+{
+    gate_log_t *g = ctx;
+    g->events[ev->kind]++;
+    g->last_outcome = ev->outcome;
+    snprintf(g->last_rule, sizeof g->last_rule, "%s", ev->rule);
+    snprintf(g->last_provider, sizeof g->last_provider, "%s", ev->provider);
+    g->last_latency = ev->latency_ms;
+}
+
+static const brk_services_gate_t GATE = {gate_allow, gate_cleared, gate_record, &G};
+
+static void
+test_gate_policy_clearance_events(void **state)
+{
+    brk_services_t *s = *state;
+    memset(&G, 0, sizeof G);
+    brk_services_set_gate(s, &GATE);
+    /* an offer needs a rule */
+    brk_peer_t p = peer("land.by.x");
+    ab_header_t h = hdr(AMTSBOTE__V1__KIND__KIND_OFFER, "x.v1.S", "o1");
+    brk_services_handle(s, &p, "land.by.x", &h, NULL, 0);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__FORBIDDEN);
+    assert_non_null(strstr(last()->err_text, "no rule allows land.by.x to offer x.v1.S"));
+    assert_int_equal(G.events[BRK_EV_REFUSED], 1);
+    offer(s, "kommune.offen", "x.v1.S", 0);
+    offer(s, "kommune.vs", "x.v1.S", 0);
+
+    /* a call without the purpose a rule requires: FORBIDDEN naming the rule */
+    call(s, "bund.bmi", "x.v1.S/Melderegister", "c1", 0, 1);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__FORBIDDEN);
+    assert_non_null(strstr(last()->err_text, "rule melde-zweck"));
+    assert_string_equal(G.last_rule, "melde-zweck");
+    /* a municipality may not call at all */
+    call(s, "kommune.x", "x.v1.S/M", "c2", 0, 1);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__FORBIDDEN);
+
+    /* classified: only the cleared provider gets it, every time */
+    for (int i = 0; i < 4; i++) {
+        brk_peer_t b = peer("bund.bmi");
+        ab_header_t c = hdr(AMTSBOTE__V1__KIND__KIND_CALL, "x.v1.S/M", "c3");
+        c.classification = AMTSBOTE__V1__CLASSIFICATION__VS_NUR_FUER_DEN_DIENSTGEBRAUCH;
+        int payload = 1;
+        brk_services_handle(s, &b, "bund.bmi", &c, &payload, 10);
+        const sent_t fwd = *last();
+        assert_int_equal(fwd.kind, AMTSBOTE__V1__KIND__KIND_CALL);
+        assert_memory_equal(fwd.to.id, "kommune.vs", fwd.to.len);
+        assert_string_equal(G.last_provider, "kommune.vs");
+        answer(s, "kommune.vs", &fwd, AMTSBOTE__V1__KIND__KIND_REPLY, 25);
+        assert_int_equal(G.last_latency, 15);
+    }
+    assert_int_equal(G.events[BRK_EV_CALL], 4);
+    assert_int_equal(G.events[BRK_EV_REPLY], 4);
+
+    /* without the cleared provider: FORBIDDEN, not UNKNOWN_SERVICE */
+    brk_peer_t vs = peer("kommune.vs");
+    ab_header_t w = hdr(AMTSBOTE__V1__KIND__KIND_WITHDRAW, "x.v1.S", "w");
+    brk_services_handle(s, &vs, "kommune.vs", &w, NULL, 30);
+    brk_peer_t b = peer("bund.bmi");
+    ab_header_t c = hdr(AMTSBOTE__V1__KIND__KIND_CALL, "x.v1.S/M", "c4");
+    c.classification = AMTSBOTE__V1__CLASSIFICATION__VS_NUR_FUER_DEN_DIENSTGEBRAUCH;
+    int payload = 1;
+    brk_services_handle(s, &b, "bund.bmi", &c, &payload, 31);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__FORBIDDEN);
+    assert_non_null(strstr(last()->err_text, "cleared"));
+
+    /* a classified reply to a caller cleared below it is not delivered */
+    call(s, "bund.bmi", "x.v1.S/M", "c5", 0, 40);
+    const sent_t fwd = *last();
+    assert_memory_equal(fwd.to.id, "kommune.offen", fwd.to.len);
+    brk_peer_t o = peer("kommune.offen");
+    ab_header_t r = hdr(AMTSBOTE__V1__KIND__KIND_REPLY, NULL, NULL);
+    r.correlation_id.data = (uint8_t *)fwd.corr;
+    r.correlation_id.len = fwd.corr_len;
+    r.classification = AMTSBOTE__V1__CLASSIFICATION__VS_NUR_FUER_DEN_DIENSTGEBRAUCH;
+    int rp = 7;
+    brk_services_handle(s, &o, "kommune.offen", &r, &rp, 41);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__FORBIDDEN);
+    assert_memory_equal(last()->to.id, "bund.bmi", 8);
+    assert_false(last()->has_payload);
+
+    /* a call that ends at its deadline is recorded as failed */
+    int before = G.events[BRK_EV_FAILED];
+    call(s, "bund.bmi", "x.v1.S/M", "c6", 100, 50);
+    brk_services_tick(s, 151);
+    assert_int_equal(G.events[BRK_EV_FAILED], before + 1);
+    assert_int_equal(G.last_outcome, AB_EDEADLINE);
+    assert_int_equal(G.last_latency, 101);
+
+    /* pushing a schema is an action of its own */
+    ab_header_t push = hdr(AMTSBOTE__V1__KIND__KIND_CALL, "amtsbote.v1.Broker/SchemaPush", "p1");
+    brk_services_handle(s, &b, "bund.bmi", &push, &payload, 60);
+    assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__FORBIDDEN);
+    brk_services_stats_t st;
+    brk_services_stats(s, &st);
+    assert_true(st.forbidden >= 6);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gate_policy_clearance_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_provider_error_is_provider_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_balances_fewest_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prefers_idle_provider, setup, teardown),
