@@ -118,6 +118,13 @@ static const char *s_usage =
     "      checks a new version for what it would break, lists what is registered, shows one\n"
     "      file. 'amtsbote schema --help' says more.\n"
     "\n"
+    "  audit verify DIR [--cert BROKER_CERT] | audit query DIR --participant P\n"
+    "        [--since TIME] [--purpose TEXT]\n"
+    "      Reads the broker's audit log offline (no broker needed): verify checks the hash\n"
+    "      chain and the signed seals and names the first record changed, removed,\n"
+    "      reordered or cut off (exit 9); query lists what happened to a participant's data.\n"
+    "      'amtsbote audit --help' says more.\n"
+    "\n"
     "  tunnel [--listen tcp://127.0.0.1:PORT]\n"
     "      A sidecar for any ZeroMQ binding (pyzmq, JeroMQ, NetMQ): listens on loopback\n"
     "      (default: a free port) and relays each connection to the tls:// --broker with\n"
@@ -1707,6 +1714,8 @@ main(int argc, char **argv)
         run = s_cmd_tunnel;
     else if (strcmp(cmd, "schema") == 0)
         run = cli_cmd_schema;
+    else if (strcmp(cmd, "audit") == 0)
+        run = cli_cmd_audit;
     else if (strcmp(cmd, "help") == 0) {
         fputs(s_usage, stdout);
         return EXIT_OK;
