@@ -87,7 +87,11 @@ int brk_metrics_counter_add(brk_metrics_t *self, brk_metric_t id, const char *l1
  */
 int brk_metrics_observe(brk_metrics_t *self, brk_metric_t id, const char *l1, double value);
 
-/* Sets gauge `id` for label value `l1` (NULL when it has none). Returns as counter_add. */
+/*
+ * Sets gauge `id` for label value `l1` (NULL when it has none). A value folded into "other" (the
+ * family is full) is added to it, so set such gauges after brk_metrics_gauge_clear(), once per
+ * scrape. Returns as counter_add.
+ */
 int brk_metrics_gauge_set(brk_metrics_t *self, brk_metric_t id, const char *l1, double value);
 
 /* Forgets every label set of gauge `id` (a source calls it before setting current values, so
