@@ -187,7 +187,8 @@ s_list(const char *dir, unsigned **nums_p, size_t *n_p)
         nums[n++] = v;
     }
     closedir(d);
-    qsort(nums, n, sizeof *nums, s_cmp_uint);
+    if (n > 1)
+        qsort(nums, n, sizeof *nums, s_cmp_uint);
     *nums_p = nums;
     *n_p = n;
     return 0;
