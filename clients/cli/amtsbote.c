@@ -118,6 +118,12 @@ static const char *s_usage =
     "      checks a new version for what it would break, lists what is registered, shows one\n"
     "      file. 'amtsbote schema --help' says more.\n"
     "\n"
+    "  policy check FILE | policy explain FILE --as PARTICIPANT ACTION RESOURCE\n"
+    "                 [--purpose X] [--classification LEVEL]\n"
+    "      Offline, without a broker: validates an access policy file (exit 2 when bad), or\n"
+    "      says which rule allows or denies a request and why (exit 0 allowed, 9 denied).\n"
+    "      'amtsbote policy --help' says more.\n"
+    "\n"
     "  audit verify DIR [--cert BROKER_CERT] | audit query DIR --participant P\n"
     "        [--since TIME] [--purpose TEXT]\n"
     "      Reads the broker's audit log offline (no broker needed): verify checks the hash\n"
@@ -1714,6 +1720,8 @@ main(int argc, char **argv)
         run = s_cmd_tunnel;
     else if (strcmp(cmd, "schema") == 0)
         run = cli_cmd_schema;
+    else if (strcmp(cmd, "policy") == 0)
+        run = cli_cmd_policy;
     else if (strcmp(cmd, "audit") == 0)
         run = cli_cmd_audit;
     else if (strcmp(cmd, "help") == 0) {

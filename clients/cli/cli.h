@@ -59,6 +59,9 @@ int cli_connect(const opts_t *opts, ab_client_t **client_p);
 /* `amtsbote schema ...` (schema_cli.c). */
 int cli_cmd_schema(const opts_t *opts, int argc, char **argv);
 
+/* `amtsbote policy check|explain` (policy_cli.c): offline, no broker. */
+int cli_cmd_policy(const opts_t *opts, int argc, char **argv);
+
 /* `amtsbote audit verify|query` (audit_cli.c): reads a log directory offline. */
 int cli_cmd_audit(const opts_t *opts, int argc, char **argv);
 
