@@ -125,7 +125,10 @@ s_explain(const opts_t *opts, int argc, char **argv)
         printf("rule: %s (%s:%zu)\n", d.rule, file, d.rule_line);
     else
         printf("rule: none\n");
-    printf("why: %s: %s\n", s_why_name(d.why), d.reason);
+    if (allowed)
+        printf("why: %s\n", d.reason);
+    else
+        printf("why: %s: %s\n", s_why_name(d.why), d.reason);
     ab_policy_destroy(&pol);
     return allowed ? EXIT_OK : EXIT_FORBIDDEN;
 }
