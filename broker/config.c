@@ -66,6 +66,15 @@ static const s_setting_t s_settings[] = {
      "a TLS session with no traffic either way for this long is closed"},
     {"max_connections", T_UINT, OFF(max_connections), "5000", 1, 1000000, "N",
      "TLS sessions at once; more are refused"},
+    {"policy", T_STRING, OFF(policy), NULL, 0, 0, "FILE",
+     "access policy (YAML): who may call, offer, push schemas; default deny. Without it every "
+     "authenticated participant may do everything (development)"},
+    {"audit_dir", T_STRING, OFF(audit_dir), NULL, 0, 0, "DIR",
+     "write the hash-chained audit log of every decision here (created if missing)"},
+    {"audit_max_file_bytes", T_UINT, OFF(audit_max_file_bytes), "67108864", 65536, 17179869184ull,
+     "BYTES", "rotate the audit log at this size (the last hash is signed with --tls-key)"},
+    {"metrics", T_STRING, OFF(metrics), NULL, 0, 0, "HOST:PORT",
+     "serve /metrics, /healthz, /readyz and a status page on HOST:PORT (loopback)"},
     {"require_schema", T_LIST, OFF(require_schema), NULL, 0, OFF(nrequire_schema), "PATTERN",
      "services matching PATTERN (pkg.Service, or a prefix ending in '*') need a registered "
      "interface: OFFER and CALL are refused until one is pushed (repeatable)"},
@@ -452,7 +461,8 @@ brk_config_free(brk_config_t *cfg)
     cfg->data = NULL;
     free(cfg->log_level);
     cfg->log_level = NULL;
-    char **strings[] = {&cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca, &cfg->tls_crl};
+    char **strings[] = {&cfg->tls_cert, &cfg->tls_key,   &cfg->tls_ca, &cfg->tls_crl,
+                        &cfg->policy,   &cfg->audit_dir, &cfg->metrics};
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
         free(*strings[i]);
         *strings[i] = NULL;

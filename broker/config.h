@@ -37,6 +37,10 @@ typedef struct brk_config {
     uint64_t tls_handshake_timeout_ms;
     uint64_t tls_idle_timeout_ms;
     uint64_t max_connections;
+    char *policy;    /* access policy file (YAML); NULL: everything allowed */
+    char *audit_dir; /* audit log directory; NULL: no audit log */
+    uint64_t audit_max_file_bytes;
+    char *metrics; /* HOST:PORT of the metrics and health endpoint; NULL: none */
     char *require_schema[BRK_MAX_LISTEN]; /* service patterns that need a registered interface */
     size_t nrequire_schema;
 } brk_config_t;

@@ -22,6 +22,7 @@
 #include <zmq.h>
 
 #include "config.h"
+#include "gate.h"
 #include "log.h"
 #include "loop_zmq.h"
 #include "proto.h"
@@ -44,6 +45,7 @@ typedef struct {
     brk_services_io_t io;
     brk_store_t *store;
     brk_registry_t *registry;
+    brk_gate_t *gate;
     uv_timer_t tick;
     uv_timer_t grace;
     uv_timer_t linger; /* after the last answers: lets the TLS gateway relay them out */
@@ -79,6 +81,7 @@ s_on_tick(uv_timer_t *t)
     if (b->stopping > 1)
         return;
     uint64_t wait = brk_services_tick(b->svc, uv_now(b->loop));
+    brk_gate_flush(b->gate); /* this turn's decisions are on disk before its answers go out */
     brk_proto_flush(b->proto);
     uv_timer_start(&b->tick, s_on_tick, wait, 0);
 }
@@ -95,6 +98,30 @@ s_payload_bytes(void *payload, size_t *len)
 {
     *len = zmq_msg_size(payload);
     return zmq_msg_data(payload);
+}
+
+/* What the modules count, for /metrics. */
+static void
+s_metrics_source(void *arg, brk_metrics_t *m, brk_metrics_stats_t *out)
+{
+    (void)m;
+    s_broker_t *b = arg;
+    if (b->svc) {
+        brk_services_stats(b->svc, &out->services);
+        out->have_services = 1;
+    }
+    if (b->proto) {
+        brk_proto_stats(b->proto, &out->proto);
+        out->have_proto = 1;
+    }
+    if (b->registry) {
+        brk_registry_stats(b->registry, &out->registry);
+        out->have_registry = 1;
+    }
+    if (b->tls) {
+        brk_tls_gateway_stats(b->tls, &out->tls);
+        out->have_tls = 1;
+    }
 }
 
 static int
@@ -168,8 +195,10 @@ s_finish(s_broker_t *b)
         brk_services_fail_all(b->svc, AB_EUNAVAILABLE,
                               "the broker stopped before the provider answered");
     }
+    brk_gate_flush(b->gate); /* the last decisions, before their answers */
     brk_proto_flush(b->proto);
     s_log_stats(b, "stopped");
+    brk_metrics_close(brk_gate_metrics(b->gate)); /* its handles must not keep the loop alive */
     uv_timer_stop(&b->tick);
     uv_close((uv_handle_t *)&b->tick, NULL);
     uv_close((uv_handle_t *)&b->grace, NULL);
@@ -199,8 +228,10 @@ s_on_signal(uv_signal_t *h, int signum)
 {
     s_broker_t *b = h->data;
     if (signum == SIGHUP) {
+        brk_gate_reload(b->gate); /* the policy; an error keeps the old one */
         if (!b->tls) {
-            brk_log(BRK_LOG_INFO, "event=reload result=\"nothing to reload without tls://\"");
+            brk_log(BRK_LOG_INFO, "event=reload result=\"no tls:// listener: no certificates to "
+                                  "reload\"");
             return;
         }
         char err[512];
@@ -412,6 +443,11 @@ main(int argc, char **argv)
         fprintf(stderr, "amtsbote-broker: schema registry: %s\n", err);
         goto out;
     }
+    if (!(b.gate = brk_gate_new(&b.cfg, err, sizeof err))) {
+        fprintf(stderr, "amtsbote-broker: %s\n", err);
+        goto out;
+    }
+    brk_registry_set_push_check(b.registry, brk_gate_push_check, b.gate);
     brk_registry_stats_t rs;
     brk_registry_stats(b.registry, &rs);
     brk_log(BRK_LOG_INFO, "event=registry_loaded files=%zu types=%zu", rs.files, rs.types);
@@ -434,8 +470,11 @@ main(int argc, char **argv)
     b.io.ctx = b.proto;
     b.io.payload_bytes = s_payload_bytes;
     b.svc = brk_services_new(&b.cfg, &b.io);
-    if (b.svc)
+    if (b.svc) {
         brk_services_set_registry(b.svc, b.registry);
+        brk_services_set_gate(b.svc, brk_gate_services(b.gate));
+    }
+    brk_metrics_add_source(brk_gate_metrics(b.gate), s_metrics_source, &b);
     b.zs = brk_zsock_new(b.loop, b.router, ROUTER_BUDGET, s_read_router, s_after_batch, &b);
     if (!b.proto || !b.svc || !b.zs)
         goto out;
@@ -453,6 +492,10 @@ main(int argc, char **argv)
         b.sig[i].data = &b;
         uv_signal_start(&b.sig[i], s_on_signal, sigs[i]);
     }
+    if (brk_gate_listen(b.gate, b.loop, err, sizeof err) != 0) {
+        fprintf(stderr, "amtsbote-broker: --metrics: %s\n", err);
+        goto out;
+    }
     brk_log(BRK_LOG_INFO, "event=ready version=%s heartbeat_ms=%llu default_deadline_ms=%llu",
             AMTSBOTE_VERSION, (unsigned long long)b.cfg.heartbeat_ms,
             (unsigned long long)b.cfg.default_deadline_ms);
@@ -466,9 +509,14 @@ out:
     brk_tls_gateway_destroy(&b.tls);
     brk_zsock_destroy(&b.zs);
     brk_zap_destroy(&b.zap);
+    if (b.gate)
+        brk_metrics_close(brk_gate_metrics(b.gate));
     if (b.loop)
         uv_run(b.loop, UV_RUN_DEFAULT); /* let closed handles finish */
     brk_services_destroy(&b.svc);
+    brk_gate_destroy(&b.gate); /* flushes the audit log */
+    if (b.loop)
+        uv_run(b.loop, UV_RUN_DEFAULT); /* the metrics' memory is freed in close callbacks */
     brk_registry_destroy(&b.registry);
     brk_store_close(&b.store);
     brk_proto_destroy(&b.proto);

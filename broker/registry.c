@@ -56,6 +56,8 @@ typedef struct {
 struct brk_registry {
     const brk_config_t *cfg;
     brk_store_t *store;
+    brk_registry_push_check_fn *push_check;
+    void *push_ctx;
     s_file_t *files;
     s_name_t *names;
     brk_registry_stats_t st;
@@ -791,6 +793,13 @@ s_push(brk_registry_t *self, const char *participant, const uint8_t *data, size_
                 }
             }
         }
+        if (r->changed && self->push_check) {
+            char denied[512];
+            const char *pkg = r->proto->package ? r->proto->package : "";
+            if (self->push_check(self->push_ctx, participant, pkg, denied, sizeof denied) != 0)
+                s_problem(r, "policy", name, "%s may not publish package %s: %s", participant, pkg,
+                          denied);
+        }
         if (r->changed) {
             s_conflict_ctx_t cx = {self, r, name};
             s_walk_file(r->proto, s_conflict, &cx);
@@ -919,4 +928,11 @@ void
 brk_registry_stats(const brk_registry_t *self, brk_registry_stats_t *out)
 {
     *out = self->st;
+}
+
+void
+brk_registry_set_push_check(brk_registry_t *self, brk_registry_push_check_fn *fn, void *ctx)
+{
+    self->push_check = fn;
+    self->push_ctx = ctx;
 }

@@ -78,4 +78,12 @@ int brk_registry_call(brk_registry_t *self, const char *participant, const char 
 
 void brk_registry_stats(const brk_registry_t *self, brk_registry_stats_t *out);
 
+/* Asked for every file a push would change: may `participant` publish `package`? Returns 0, or
+ * non-zero with the reason (naming the rule) in why. */
+typedef int brk_registry_push_check_fn(void *ctx, const char *participant, const char *package,
+                                       char *why, size_t cap);
+
+/* Sets the check (NULL: only the first-publisher rule applies). `ctx` is borrowed. */
+void brk_registry_set_push_check(brk_registry_t *self, brk_registry_push_check_fn *fn, void *ctx);
+
 #endif

@@ -217,15 +217,18 @@ s_record(brk_services_t *self, brk_event_kind_t kind, const ab_header_t *hdr, co
     self->gate->record(self->gate->ctx, &ev);
 }
 
-/* A refusal by the policy: FORBIDDEN to the sender, counted, recorded. */
+/* A refusal by the gate: FORBIDDEN (or UNAVAILABLE when the gate cannot record decisions) to
+ * the sender, counted, recorded. */
 static void
 s_forbid(brk_services_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
          const ab_header_t *hdr, const char *participant, const char *resource, const char *why,
-         const char *rule)
+         const char *rule, int code)
 {
+    if (code != AB_EUNAVAILABLE)
+        code = AB_EFORBIDDEN;
     self->st.forbidden++;
-    s_record(self, BRK_EV_REFUSED, hdr, participant, resource, NULL, NULL, AB_EFORBIDDEN, rule, 0);
-    s_send_err(self, to, corr, corr_len, resource, AB_EFORBIDDEN, why, NULL);
+    s_record(self, BRK_EV_REFUSED, hdr, participant, resource, NULL, NULL, code, rule, 0);
+    s_send_err(self, to, corr, corr_len, resource, code, why, NULL);
 }
 
 static void
@@ -572,15 +575,16 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     }
     const char *rule = "";
     if (!strncmp(hdr->service, BRK_SERVICE_BROKER "/", sizeof BRK_SERVICE_BROKER)) {
-        /* published interfaces are for every participant to read; the rest needs a rule */
-        const char *action = !strcmp(hdr->service, BRK_SERVICE_BROKER "/SchemaPush") ? "schema-push"
-                             : !strcmp(hdr->service, BRK_SERVICE_BROKER "/ListServices") ? "admin"
-                                                                                         : NULL;
+        /* published interfaces are for every participant to read, pushing is checked per
+         * package by the registry; the list of offers is an administrative view */
+        int admin = !strcmp(hdr->service, BRK_SERVICE_BROKER "/ListServices");
         char reason[AB_MAX_ERROR_TEXT];
-        if (action && s_allowed(self, caller->participant, action, hdr->service, hdr->purpose,
-                                (int)hdr->classification, reason, sizeof reason, &rule) != 0) {
+        int grc = 0;
+        if (admin &&
+            (grc = s_allowed(self, caller->participant, "admin", "services.list", hdr->purpose,
+                             (int)hdr->classification, reason, sizeof reason, &rule)) != 0) {
             s_forbid(self, &caller->peer, corr, corr_len, hdr, caller->participant, hdr->service,
-                     reason, rule);
+                     reason, rule, grc);
             return;
         }
         if (!strcmp(hdr->service, BRK_SERVICE_BROKER "/ListServices")) {
@@ -610,10 +614,11 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
         return;
     }
     char reason[AB_MAX_ERROR_TEXT];
-    if (s_allowed(self, caller->participant, "call", hdr->service, hdr->purpose,
-                  (int)hdr->classification, reason, sizeof reason, &rule) != 0) {
+    int grc = 0;
+    if ((grc = s_allowed(self, caller->participant, "call", hdr->service, hdr->purpose,
+                         (int)hdr->classification, reason, sizeof reason, &rule)) != 0) {
         s_forbid(self, &caller->peer, corr, corr_len, hdr, caller->participant, hdr->service,
-                 reason, rule);
+                 reason, rule, grc);
         return;
     }
     if (self->registry) {
@@ -688,7 +693,7 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
                              ? "VS-NUR-FUER-DEN-DIENSTGEBRAUCH"
                              : "of this call");
                 s_forbid(self, &caller->peer, corr, corr_len, hdr, caller->participant,
-                         hdr->service, reason, "clearance");
+                         hdr->service, reason, "clearance", AB_EFORBIDDEN);
             } else if (skip) {
                 self->st.unavailable++;
                 s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
@@ -783,7 +788,7 @@ s_handle_answer(brk_services_t *self, s_conn_t *provider, const ab_header_t *hdr
                  "the reply of %s is classified above the clearance of %s; it was not delivered",
                  c->service, caller_name);
         s_forbid(self, &provider->peer, hdr->message_id.data, hdr->message_id.len, hdr,
-                 provider->participant, c->service, reason, "clearance");
+                 provider->participant, c->service, reason, "clearance", AB_EFORBIDDEN);
         s_send_error(self, &c->caller, c->corr, c->corr_len, c->service, AB_EFORBIDDEN,
                      "the reply to your call of %s is classified above your clearance", c->service);
         s_call_free(self, c);
@@ -887,10 +892,11 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
         }
         char reason[AB_MAX_ERROR_TEXT];
         const char *rule = "";
-        if (s_allowed(self, conn->participant, "offer", hdr->service, hdr->purpose,
-                      (int)hdr->classification, reason, sizeof reason, &rule) != 0) {
-            s_forbid(self, from, corr, corr_len, hdr, conn->participant, hdr->service, reason,
-                     rule);
+        int grc = 0;
+        if ((grc = s_allowed(self, conn->participant, "offer", hdr->service, hdr->purpose,
+                             (int)hdr->classification, reason, sizeof reason, &rule)) != 0) {
+            s_forbid(self, from, corr, corr_len, hdr, conn->participant, hdr->service, reason, rule,
+                     grc);
             return;
         }
         brk_verdict_t v;

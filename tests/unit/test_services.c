@@ -704,10 +704,11 @@ test_gate_policy_clearance_events(void **state)
     assert_int_equal(G.last_outcome, AB_EDEADLINE);
     assert_int_equal(G.last_latency, 101);
 
-    /* pushing a schema is an action of its own */
-    ab_header_t push = hdr(AMTSBOTE__V1__KIND__KIND_CALL, "amtsbote.v1.Broker/SchemaPush", "p1");
-    brk_services_handle(s, &b, "bund.bmi", &push, &payload, 60);
+    /* the list of offers is an administrative view */
+    ab_header_t list = hdr(AMTSBOTE__V1__KIND__KIND_CALL, "amtsbote.v1.Broker/ListServices", "l1");
+    brk_services_handle(s, &b, "bund.bmi", &list, &payload, 60);
     assert_int_equal(last()->err_code, AMTSBOTE__V1__ERROR_CODE__FORBIDDEN);
+    assert_non_null(strstr(last()->err_text, "admin services.list"));
     brk_services_stats_t st;
     brk_services_stats(s, &st);
     assert_true(st.forbidden >= 6);

@@ -1,0 +1,297 @@
+/* Governance: see gate.h. */
+#include "gate.h"
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "amtsbote.h"
+#include "audit.h"
+#include "log.h"
+#include "policy.h"
+
+struct brk_gate {
+    const brk_config_t *cfg;
+    ab_policy_t *policy; /* NULL: no policy file, everything allowed */
+    ab_audit_t *audit;   /* NULL: no audit log */
+    int audit_failed;
+    char audit_error[512];
+    brk_metrics_t *metrics;
+    brk_services_gate_t svc;
+};
+
+static int
+s_action(const char *name, ab_policy_action_t *out)
+{
+    return ab_policy_action_parse(name, out);
+}
+
+static int
+s_allow(void *ctx, const char *participant, const char *action, const char *resource,
+        const char *purpose, int classification, char *why, size_t cap, const char **rule)
+{
+    brk_gate_t *g = ctx;
+    if (g->audit_failed) {
+        snprintf(why, cap,
+                 "the broker cannot write its audit log and takes no decisions it cannot "
+                 "record (%s)",
+                 g->audit_error);
+        *rule = "audit";
+        return AB_EUNAVAILABLE;
+    }
+    if (g->policy == NULL)
+        return 0;
+    ab_policy_action_t a;
+    if (s_action(action, &a) != 0) {
+        snprintf(why, cap, "unknown action %s", action);
+        return AB_EFORBIDDEN;
+    }
+    ab_policy_decision_t d;
+    if (ab_policy_decide(g->policy, participant, a, resource, purpose, classification, &d))
+        return 0;
+    snprintf(why, cap, "%s", d.reason);
+    *rule = d.rule ? d.rule : "default-deny";
+    brk_metrics_counter_add(g->metrics, BRK_M_POLICY_DENIALS, *rule, NULL, 1);
+    return AB_EFORBIDDEN;
+}
+
+static int
+s_cleared(void *ctx, const char *participant, int classification)
+{
+    brk_gate_t *g = ctx;
+    return g->policy == NULL || ab_policy_cleared(g->policy, participant, classification);
+}
+
+static void
+s_record(void *ctx, const brk_event_t *ev)
+{
+    brk_gate_t *g = ctx;
+    const char *code = ev->outcome ? ab_err_name(ev->outcome) : NULL;
+    switch (ev->kind) {
+    case BRK_EV_CALL:
+        brk_metrics_counter_add(g->metrics, BRK_M_CALLS, ev->target, NULL, 1);
+        break;
+    case BRK_EV_REPLY:
+        brk_metrics_observe(g->metrics, BRK_M_CALL_LATENCY, ev->target,
+                            (double)ev->latency_ms / 1000.0);
+        if (ev->outcome)
+            brk_metrics_counter_add(g->metrics, BRK_M_CALL_ERRORS, ev->target, code, 1);
+        break;
+    case BRK_EV_REFUSED:
+    case BRK_EV_FAILED:
+        brk_metrics_counter_add(g->metrics, BRK_M_CALL_ERRORS, ev->target, code, 1);
+        break;
+    }
+    if (g->audit == NULL || g->audit_failed)
+        return;
+    ab_audit_record_t r;
+    memset(&r, 0, sizeof r);
+    if (ev->message_id && ev->message_id_len == sizeof r.id)
+        memcpy(r.id, ev->message_id, sizeof r.id);
+    r.kind = ev->kind == BRK_EV_CALL             ? AB_AUDIT_CALL
+             : ev->kind == BRK_EV_REPLY          ? AB_AUDIT_REPLY
+             : ev->kind == BRK_EV_FAILED         ? AB_AUDIT_FAILED
+             : ev->outcome == AB_EFORBIDDEN      ? AB_AUDIT_FORBIDDEN
+             : ev->outcome == AB_ESCHEMA_INVALID ? AB_AUDIT_INVALID
+                                                 : AB_AUDIT_ERROR;
+    r.sender = ev->sender;
+    r.target = ev->target;
+    r.purpose = ev->purpose;
+    r.classification = ev->classification ? ab_policy_level_name(ev->classification) : "";
+    r.payload = ev->payload;
+    r.payload_len = ev->payload_len;
+    r.outcome = code;
+    if (ab_audit_append(g->audit, &r) != 0 && !g->audit_failed) {
+        g->audit_failed = 1;
+        snprintf(g->audit_error, sizeof g->audit_error, "%s", ab_audit_error(g->audit));
+        brk_log(BRK_LOG_ERROR, "event=audit_failed reason=\"%s\"", g->audit_error);
+    }
+}
+
+int
+brk_gate_push_check(void *ctx, const char *participant, const char *package, char *why, size_t cap)
+{
+    const char *rule = "";
+    return s_allow(ctx, participant, "schema-push", package, "", 0, why, cap, &rule);
+}
+
+/* ---- readiness ---- */
+
+static int
+s_check_policy(void *arg, char *why, size_t cap)
+{
+    brk_gate_t *g = arg;
+    if (g->cfg->policy && g->policy == NULL) {
+        snprintf(why, cap, "no policy loaded from %s", g->cfg->policy);
+        return 1;
+    }
+    return 0;
+}
+
+static int
+s_check_audit(void *arg, char *why, size_t cap)
+{
+    brk_gate_t *g = arg;
+    if (g->audit_failed) {
+        snprintf(why, cap, "%s", g->audit_error);
+        return 1;
+    }
+    return 0;
+}
+
+/* The broker's certificate must stay valid for more than 7 days. */
+static int
+s_check_cert(void *arg, char *why, size_t cap)
+{
+    brk_gate_t *g = arg;
+    if (g->cfg->tls_cert == NULL)
+        return 0;
+    FILE *f = fopen(g->cfg->tls_cert, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    if (x == NULL) {
+        snprintf(why, cap, "cannot read %s", g->cfg->tls_cert);
+        return 1;
+    }
+    time_t soon = time(NULL) + 7 * 24 * 3600;
+    int bad = X509_cmp_time(X509_get0_notAfter(x), &soon) <= 0;
+    X509_free(x);
+    if (bad)
+        snprintf(why, cap, "%s expires within 7 days", g->cfg->tls_cert);
+    return bad;
+}
+
+brk_gate_t *
+brk_gate_new(const brk_config_t *cfg, char *err, size_t errlen)
+{
+    brk_gate_t *g = calloc(1, sizeof *g);
+    if (g == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    g->cfg = cfg;
+    g->svc.allow = s_allow;
+    g->svc.cleared = s_cleared;
+    g->svc.record = s_record;
+    g->svc.ctx = g;
+    if ((g->metrics = brk_metrics_new(0)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (cfg->policy) {
+        ab_policy_error_t pe;
+        if (ab_policy_load(cfg->policy, &g->policy, &pe) != 0) {
+            snprintf(err, errlen, "policy: %s", pe.message);
+            goto fail;
+        }
+        brk_log(BRK_LOG_INFO, "event=policy_loaded file=%s groups=%zu rules=%zu", cfg->policy,
+                ab_policy_group_count(g->policy), ab_policy_rule_count(g->policy));
+    } else {
+        brk_log(BRK_LOG_WARN, "event=no_policy reason=\"without --policy every authenticated "
+                              "participant may call, offer and push schemas (development)\"");
+    }
+    if (cfg->audit_dir) {
+        ab_audit_options_t o = {.max_file_bytes = (size_t)cfg->audit_max_file_bytes,
+                                .key_path = cfg->tls_key,
+                                .key_passphrase = NULL,
+                                .cert_path = cfg->tls_cert};
+        char aerr[512];
+        if ((g->audit = ab_audit_open(cfg->audit_dir, &o, aerr, sizeof aerr)) == NULL) {
+            snprintf(err, errlen, "audit log: %s", aerr);
+            goto fail;
+        }
+        brk_log(BRK_LOG_INFO, "event=audit_open dir=%s signed=%s", cfg->audit_dir,
+                cfg->tls_key ? "yes" : "no");
+    }
+    brk_metrics_add_check(g->metrics, "policy loaded", s_check_policy, g);
+    brk_metrics_add_check(g->metrics, "audit log writable", s_check_audit, g);
+    brk_metrics_add_check(g->metrics, "certificate valid for more than 7 days", s_check_cert, g);
+    return g;
+fail:
+    brk_gate_destroy(&g);
+    return NULL;
+}
+
+int
+brk_gate_listen(brk_gate_t *self, uv_loop_t *loop, char *err, size_t errlen)
+{
+    if (self->cfg->metrics == NULL)
+        return 0;
+    char bound[128];
+    if (brk_metrics_listen(self->metrics, loop, self->cfg->metrics, 0, bound, sizeof bound, err,
+                           errlen) != 0)
+        return -1;
+    brk_log(BRK_LOG_INFO, "event=metrics_listening address=%s", bound);
+    printf("metrics on http://%s/metrics\n", bound);
+    fflush(stdout);
+    return 0;
+}
+
+const brk_services_gate_t *
+brk_gate_services(brk_gate_t *self)
+{
+    return &self->svc;
+}
+
+brk_metrics_t *
+brk_gate_metrics(brk_gate_t *self)
+{
+    return self->metrics;
+}
+
+int
+brk_gate_flush(brk_gate_t *self)
+{
+    if (self->audit == NULL || self->audit_failed)
+        return self->audit_failed ? -1 : 0;
+    if (ab_audit_pending(self->audit) == 0)
+        return 0;
+    if (ab_audit_flush(self->audit) != 0) {
+        self->audit_failed = 1;
+        snprintf(self->audit_error, sizeof self->audit_error, "%s", ab_audit_error(self->audit));
+        brk_log(BRK_LOG_ERROR, "event=audit_failed reason=\"%s\" effect=\"decisions refused\"",
+                self->audit_error);
+        return -1;
+    }
+    return 0;
+}
+
+int
+brk_gate_reload(brk_gate_t *self)
+{
+    if (self->cfg->policy == NULL)
+        return 0;
+    ab_policy_t *p = NULL;
+    ab_policy_error_t pe;
+    if (ab_policy_load(self->cfg->policy, &p, &pe) != 0) {
+        brk_log(BRK_LOG_ERROR, "event=policy_reload result=failed reason=\"%s\" kept=old",
+                pe.message);
+        return -1;
+    }
+    ab_policy_destroy(&self->policy);
+    self->policy = p;
+    brk_log(BRK_LOG_INFO, "event=policy_reload result=ok groups=%zu rules=%zu",
+            ab_policy_group_count(p), ab_policy_rule_count(p));
+    return 0;
+}
+
+void
+brk_gate_destroy(brk_gate_t **self_p)
+{
+    if (self_p == NULL || *self_p == NULL)
+        return;
+    brk_gate_t *g = *self_p;
+    if (g->audit) {
+        if (!g->audit_failed && ab_audit_flush(g->audit) != 0)
+            brk_log(BRK_LOG_ERROR, "event=audit_failed reason=\"%s\"", ab_audit_error(g->audit));
+        ab_audit_close(&g->audit);
+    }
+    ab_policy_destroy(&g->policy);
+    brk_metrics_destroy(&g->metrics);
+    free(g);
+    *self_p = NULL;
+}

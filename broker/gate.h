@@ -1,0 +1,53 @@
+/*
+ * gate.h - governance: binds the access policy (common/policy), the audit log (common/audit)
+ * and the metrics (metrics) to the services' gate and to the broker's loop.
+ *
+ * Owns the loaded policy (swapped whole on SIGHUP, kept when the new file has an error), the
+ * open audit log (one record per decision, flushed with one fsync per loop turn before the
+ * turn's answers go out) and the metrics registry with its HTTP endpoint. When the audit log
+ * cannot be written, the gate refuses every further decision with UNAVAILABLE and /readyz says
+ * why: nothing is decided that is not recorded.
+ */
+#ifndef BRK_GATE_H
+#define BRK_GATE_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "config.h"
+#include "metrics.h"
+#include "services.h"
+
+typedef struct brk_gate brk_gate_t;
+
+/* Loads the policy (cfg->policy), opens the audit log (cfg->audit_dir, seals signed with
+ * cfg->tls_key) and creates the metrics. Returns NULL with the reason (file:line:col for a
+ * policy) in err. */
+brk_gate_t *brk_gate_new(const brk_config_t *cfg, char *err, size_t errlen);
+
+/* Serves the metrics on cfg->metrics, if set. Returns 0 or -1 with the reason in err. */
+int brk_gate_listen(brk_gate_t *self, uv_loop_t *loop, char *err, size_t errlen);
+
+/* The callbacks for brk_services_set_gate(); valid while the gate lives. */
+const brk_services_gate_t *brk_gate_services(brk_gate_t *self);
+
+/* A brk_registry_push_check_fn: the policy's `schema-push` of `package` (ctx: the gate). */
+int brk_gate_push_check(void *ctx, const char *participant, const char *package, char *why,
+                        size_t cap);
+
+/* The metrics, for sources and checks the broker registers. */
+brk_metrics_t *brk_gate_metrics(brk_gate_t *self);
+
+/* Writes the audit records of this loop turn (one write, one fsync). Returns 0, or -1 once the
+ * log has failed (logged once; from then on decisions are refused). */
+int brk_gate_flush(brk_gate_t *self);
+
+/* SIGHUP: loads the policy file again; on an error keeps the old one and logs file:line:col.
+ * Returns 0 when the new policy is in force, -1 otherwise. */
+int brk_gate_reload(brk_gate_t *self);
+
+/* Stops the HTTP endpoint, flushes and closes the audit log, frees the rest. NULL-safe. Run
+ * the loop once more afterwards for the HTTP handles to close. */
+void brk_gate_destroy(brk_gate_t **self_p);
+
+#endif

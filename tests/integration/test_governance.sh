@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Integration test of governance through the real broker: the access policy decides calls,
+# offers, schema pushes and the administrative view (FORBIDDEN naming the rule), purposes and
+# clearances; SIGHUP reloads the policy and keeps the old one on an error; every decision lands
+# in the hash-chained audit log, which verifies and answers a transparency query; /metrics counts
+# what was sent and /readyz is ready.
+#   test_governance.sh BROKER_BIN CLI_BIN PROTO_DIR
+set -uo pipefail
+BROKER=$1
+CLI=$2
+PROTO=$3
+work=$(mktemp -d /tmp/amtsbote-gov-XXXXXX)
+unset AMTSBOTE_BROKER AMTSBOTE_AS AMTSBOTE_CERT AMTSBOTE_KEY AMTSBOTE_CA AMTSBOTE_CRL AMTSBOTE_PROFILE
+export XDG_CONFIG_HOME=$work
+pids=()
+passed=0
+failed=0
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ok() { passed=$((passed + 1)); echo "ok - $1"; }
+bad() { failed=$((failed + 1)); echo "not ok - $1"; }
+expect() {
+  local name=$1 want=$2 got=$3
+  shift 3
+  if [ "$got" != "$want" ]; then bad "$name: exit code $got, want $want: $(head -c 400 "${1:-/dev/null}")"; return; fi
+  while [ $# -ge 2 ]; do
+    if ! grep -qF -- "$2" "$1"; then bad "$name: '$2' not in: $(head -c 400 "$1")"; return; fi
+    shift 2
+  done
+  ok "$name"
+}
+http_get() { # http_get PATH: prints the status line and the body of GET PATH
+  /usr/bin/python3 - "$metrics" "$1" <<'PY'
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen("http://" + sys.argv[1] + sys.argv[2], timeout=5) as r:
+        print(r.status); sys.stdout.write(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); sys.stdout.write(e.read().decode())
+PY
+}
+
+cat >"$work/policy.yaml" <<'YAML'
+groups:
+  bund: ["bund.*"]
+  meldeaemter: ["kommune.????????.meldeamt"]
+clearances:
+  kommune.09162000.meldeamt: VS-NUR-FUER-DEN-DIENSTGEBRAUCH
+  bund.bmi: VS-NUR-FUER-DEN-DIENSTGEBRAUCH
+rules:
+  - name: melde-auskunft
+    who: "@bund"
+    action: call
+    resource: "meldewesen.v1.Melderegister/*"
+    purposes: ["BMG §34"]
+  - name: melderegister-anbieten
+    who: "@meldeaemter"
+    action: offer
+    resource: "meldewesen.v1.Melderegister/*"
+  - name: meldewesen-veroeffentlichen
+    who: bund.bmi
+    action: schema-push
+    resource: "meldewesen.*"
+  - name: betrieb
+    who: bund.admin
+    action: admin
+    resource: "*"
+YAML
+
+mkfifo "$work/broker.out"
+"$BROKER" --listen 'tcp://127.0.0.1:*' --insecure-plain-identities --data "$work/data" \
+  --policy "$work/policy.yaml" --audit-dir "$work/audit" --metrics 127.0.0.1:0 \
+  >"$work/broker.out" 2>"$work/broker.log" &
+broker_pid=$!
+pids+=($broker_pid)
+exec 3<"$work/broker.out"
+uri="" metrics=""
+while IFS= read -r -t 10 line <&3; do
+  case "$line" in
+    "listening on tcp://"*) uri=${line#listening on } ;;
+    "metrics on http://"*) metrics=${line#metrics on http://}; metrics=${metrics%/metrics} ;;
+    ready) break ;;
+  esac
+done
+[ -n "$uri" ] && [ -n "$metrics" ] || { echo "broker did not start"; cat "$work/broker.log"; exit 1; }
+as() { local who=$1; shift; "$CLI" --broker "$uri" --as "$who" "$@"; }
+serve() {
+  local who=$1 fifo="$work/serve.$RANDOM"
+  shift
+  mkfifo "$fifo"
+  "$CLI" --broker "$uri" --as "$who" serve "$@" >"$fifo" 2>>"$work/serve.log" &
+  pids+=($!)
+  local l=""
+  read -r -t 10 l <"$fifo"
+  case "$l" in ready:*) return 0 ;; esac
+  echo "provider did not start: $l $(tail -2 "$work/serve.log")"
+  return 1
+}
+
+# --- schema push: allowed for bund.bmi on meldewesen.*, not for others
+as land.by.stmi schema push "$PROTO/meldewesen/v1/meldewesen.proto" --proto-path "$PROTO" >"$work/out" 2>&1
+expect "push without a rule refused" 9 $? "$work/out" "policy: meldewesen/v1/meldewesen.proto"
+as bund.bmi schema push "$PROTO/meldewesen/v1/meldewesen.proto" --proto-path "$PROTO" >"$work/out" 2>&1
+expect "push allowed by its rule" 0 $? "$work/out" "new, version 1"
+
+# --- offers
+as land.by.x serve meldewesen.v1.Melderegister --echo >"$work/out" 2>&1
+expect "offer without a rule refused" 9 $? "$work/out" "FORBIDDEN"
+serve kommune.09162000.meldeamt meldewesen.v1.Melderegister --raw --exec 'cat >/dev/null; printf ""' || exit 1
+ok "offer allowed by its rule"
+
+# --- calls: purpose, who, clearance
+as bund.bmi call --raw meldewesen.v1.Melderegister/Meldebescheinigung --data '' >"$work/out" 2>&1
+expect "call without a purpose" 9 $? "$work/out" "FORBIDDEN" "$work/out" "melde-auskunft"
+as bund.bmi call --raw meldewesen.v1.Melderegister/Meldebescheinigung --purpose 'BMG §99' --data '' >"$work/out" 2>&1
+expect "call with another purpose" 9 $? "$work/out" "BMG §34"
+for i in 1 2 3; do
+  as bund.bmi call --raw meldewesen.v1.Melderegister/Meldebescheinigung --purpose 'BMG §34' --data '' >"$work/out" 2>&1 ||
+    { bad "allowed call $i: $(cat "$work/out")"; break; }
+done
+ok "three allowed calls"
+as kommune.05315000.meldeamt call --raw meldewesen.v1.Melderegister/Meldebescheinigung --purpose 'BMG §34' --data '' >"$work/out" 2>&1
+expect "a municipality may not call" 9 $? "$work/out" "FORBIDDEN"
+as bund.bmi services >"$work/out" 2>&1
+expect "the administrative view needs admin" 9 $? "$work/out" "FORBIDDEN"
+as bund.admin services >"$work/out" 2>&1
+expect "admin sees the offers" 0 $? "$work/out" "meldewesen.v1.Melderegister"
+
+# --- metrics and health
+http_get /metrics >"$work/metrics.txt"
+grep -q '^amtsbote_service_calls_total{service="meldewesen.v1.Melderegister/Meldebescheinigung"} 3$' "$work/metrics.txt" &&
+  ok "/metrics counts the three routed calls" || bad "/metrics: $(grep -i calls_total "$work/metrics.txt" | head -3)"
+grep -q '^amtsbote_policy_denials_total{rule="melde-auskunft"} [2-9]' "$work/metrics.txt" &&
+  ok "/metrics counts denials by rule" || bad "denials: $(grep denials "$work/metrics.txt" | head -3)"
+http_get /readyz >"$work/ready.txt"
+head -1 "$work/ready.txt" | grep -q 200 && ok "/readyz is ready" || bad "/readyz: $(cat "$work/ready.txt")"
+http_get /healthz >"$work/health.txt"
+head -1 "$work/health.txt" | grep -q 200 && ok "/healthz" || bad "/healthz: $(cat "$work/health.txt")"
+
+# --- SIGHUP: a broken policy is refused and the old one stays; a good one takes over
+cp "$work/policy.yaml" "$work/policy.good"
+printf 'rules:\n  - who: "@nobody"\n    action: fly\n    resource: x\n' >"$work/policy.yaml"
+kill -HUP "$broker_pid"
+sleep 0.5
+grep -q 'event=policy_reload result=failed reason=".*policy.yaml:[0-9]*:[0-9]*' "$work/broker.log" &&
+  ok "broken policy refused with file:line:col" || bad "reload log: $(grep policy_reload "$work/broker.log")"
+as bund.bmi call --raw meldewesen.v1.Melderegister/Meldebescheinigung --purpose 'BMG §34' --data '' >"$work/out" 2>&1
+expect "the old policy is still in force" 0 $?
+sed 's|purposes: \["BMG §34"\]|purposes: ["BMG §45"]|' "$work/policy.good" >"$work/policy.yaml"
+kill -HUP "$broker_pid"
+sleep 0.5
+as bund.bmi call --raw meldewesen.v1.Melderegister/Meldebescheinigung --purpose 'BMG §34' --data '' >"$work/out" 2>&1
+expect "the reloaded policy decides" 9 $? "$work/out" "BMG §45"
+
+# --- the audit log: every decision, intact, queryable; payloads never in it
+kill "$broker_pid"
+wait "$broker_pid" 2>/dev/null
+exec 3<&-
+"$CLI" audit verify "$work/audit" >"$work/out" 2>&1
+expect "audit log intact" 0 $? "$work/out" "intact"
+"$CLI" audit query "$work/audit" --participant bund.bmi >"$work/out" 2>&1
+expect "transparency query" 0 $? "$work/out" "meldewesen.v1.Melderegister/Meldebescheinigung"
+grep -c '"kind":"forbidden"' "$work"/audit/audit-*.log | awk -F: '{s+=$NF} END {exit !(s >= 6)}' &&
+  ok "refusals are audited" || bad "forbidden records: $(grep -c forbidden "$work"/audit/audit-*.log)"
+grep -q '"kind":"call".*"purpose":"BMG §34"' "$work"/audit/audit-*.log && ok "calls are audited with their purpose" ||
+  bad "no call record"
+f=$(ls "$work"/audit/audit-*.log | head -1)
+/usr/bin/python3 - "$f" <<'PY'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+i = b.find(b'"sender":"bund.bmi"')
+b[i + 11] ^= 0x01
+open(p, "wb").write(bytes(b))
+PY
+"$CLI" audit verify "$work/audit" >"$work/out" 2>&1
+expect "a changed byte is found" 9 $? "$work/out" "audit-"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
