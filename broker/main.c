@@ -100,6 +100,14 @@ s_payload_bytes(void *payload, size_t *len)
     return zmq_msg_data(payload);
 }
 
+/* A refused TLS handshake, counted by category for /metrics. */
+static void
+s_on_tls_refused(void *arg, const char *category)
+{
+    s_broker_t *b = arg;
+    brk_metrics_counter_add(brk_gate_metrics(b->gate), BRK_M_TLS_HANDSHAKE_FAIL, category, NULL, 1);
+}
+
 /* What the modules count, for /metrics. */
 static void
 s_metrics_source(void *arg, brk_metrics_t *m, brk_metrics_stats_t *out)
@@ -325,6 +333,7 @@ s_open_tls(s_broker_t *b)
         fprintf(stderr, "amtsbote-broker: TLS: %s\n", err);
         return -1;
     }
+    brk_tls_gateway_on_refused(b->tls, s_on_tls_refused, b);
     for (size_t i = 0; i < b->cfg.nlisten; i++) {
         const char *uri = b->cfg.listen[i];
         char bound[256];

@@ -32,6 +32,8 @@ struct brk_tls_gateway {
     uint32_t next_addr;
     s_sess_t *sessions;
     int destroying;
+    void (*on_refused)(void *arg, const char *category);
+    void *on_refused_arg;
     int open_handles;
     brk_ratelimit_t refused_log;
     uint64_t last_activity; /* uv_now of the last bytes moved by any session */
@@ -128,9 +130,11 @@ s_close(s_sess_t *s, const char *why)
 }
 
 static void
-s_refuse(s_sess_t *s, const char *why)
+s_refuse(s_sess_t *s, const char *category, const char *why)
 {
     s->gw->st.refused++;
+    if (s->gw->on_refused)
+        s->gw->on_refused(s->gw->on_refused_arg, category);
     uint64_t held = 0;
     if (brk_log_allow(&s->gw->refused_log, &held))
         brk_log(BRK_LOG_WARN, "event=tls_refused peer=%s reason=\"%s\" suppressed=%llu", s->peer,
@@ -208,7 +212,7 @@ s_on_handshake(s_sess_t *s)
     if (ab_tls_participant(ab_tls_session_peer(s->tls), s->participant, why) != 0) {
         char line[AB_WHY_LEN + 32];
         snprintf(line, sizeof line, "bad identity: %s", why);
-        s_refuse(s, line);
+        s_refuse(s, "identity", line);
         return;
     }
     s->handshake_done = 1;
@@ -218,7 +222,7 @@ s_on_handshake(s_sess_t *s)
                    s->gw->cfg->tls_idle_timeout_ms);
     s->addr = s_addr_take(s->gw);
     if (!s->addr) {
-        s_refuse(s, "no loopback source address left");
+        s_refuse(s, "capacity", "no loopback source address left");
         return;
     }
     struct in_addr ia = {htonl(0x7f000000u | s->addr)};
@@ -265,7 +269,7 @@ s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     s_sess_t *s = stream->data;
     if (nread < 0) {
         if (!s->handshake_done)
-            s_refuse(s, "the client left during the handshake");
+            s_refuse(s, "client-left", "the client left during the handshake");
         else
             s_close(s,
                     nread == UV_EOF ? "the client closed the connection" : uv_strerror((int)nread));
@@ -285,7 +289,7 @@ s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         int rc = ab_tls_session_handshake(s->tls, why);
         s_flush_tls(s); /* handshake messages, or the alert that refuses it */
         if (rc < 0) {
-            s_refuse(s, why);
+            s_refuse(s, "handshake", why);
             return;
         }
         if (rc == 0)
@@ -320,7 +324,7 @@ s_on_timeout(uv_timer_t *t)
     char why[96];
     snprintf(why, sizeof why, "no handshake within %llu ms",
              (unsigned long long)s->gw->cfg->tls_handshake_timeout_ms);
-    s_refuse(s, why);
+    s_refuse(s, "timeout", why);
 }
 
 static void
@@ -357,7 +361,7 @@ s_on_connection(uv_stream_t *server, int status)
         snprintf(s->peer, sizeof s->peer, "%s:%u", ip, ntohs(in->sin_port));
     }
     if (gw->st.sessions > gw->cfg->max_connections) {
-        s_refuse(s, "too many connections (max_connections)");
+        s_refuse(s, "capacity", "too many connections (max_connections)");
         return;
     }
     s->tls = ab_tls_session_new(gw->ctx, 1, NULL);
@@ -514,6 +518,14 @@ brk_tls_gateway_quiet_ms(const brk_tls_gateway_t *gw)
             return 0; /* still writing to a client */
     uint64_t now = uv_now(gw->loop);
     return now > gw->last_activity ? now - gw->last_activity : 0;
+}
+
+void
+brk_tls_gateway_on_refused(brk_tls_gateway_t *self, void (*fn)(void *arg, const char *category),
+                           void *arg)
+{
+    self->on_refused = fn;
+    self->on_refused_arg = arg;
 }
 
 void

@@ -38,14 +38,15 @@ bash "$PKI" init "$pki" >/dev/null &&
 mkfifo "$work/broker.out"
 "$BROKER" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" --tls-key "$pki/broker.key" \
   --tls-ca "$pki/ca/chain.pem" --tls-crl "$pki/ca/crl.pem" --tls-handshake-timeout-ms 1000 \
-  --tls-idle-timeout-ms 2500 \
+  --tls-idle-timeout-ms 2500 --metrics 127.0.0.1:0 \
   --data "$work/data" --log-level debug >"$work/broker.out" 2>"$work/broker.log" &
 pids+=($!)
 exec 3<"$work/broker.out"
-tls=""
+tls="" metrics=""
 while IFS= read -r -t 10 line <&3; do
   case "$line" in
     "listening on tls://"*) tls=${line#listening on tls://} ;;
+    "metrics on http://"*) metrics=${line#metrics on http://} ;;
     ready) break ;;
   esac
 done
@@ -191,6 +192,13 @@ grep -q "event=tls_refused.*certificate revoked" "$work/broker.log" && ok "its r
 "$CLI" --broker "tcp://127.0.0.1:$p_bmi" --timeout 3000 call meldewesen.v1.Melderegister/Meldebescheinigung --data x >/dev/null 2>&1
 code=$?
 { [ $code = 4 ] || [ $code = 6 ]; } && ok "its service is gone (exit $code)" || bad "call after revocation: exit $code"
+
+# --- the refusals are counted by category in /metrics
+/usr/bin/python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$metrics', timeout=5).read().decode())" >"$work/metrics.txt" 2>&1
+grep -Eq '^amtsbote_tls_handshake_failures_total\{reason="handshake"\} [1-9]' "$work/metrics.txt" &&
+  grep -Eq '^amtsbote_tls_handshake_failures_total\{reason="timeout"\} [1-9]' "$work/metrics.txt" &&
+  ok "refused handshakes counted by category in /metrics" ||
+  bad "metrics: $(grep -E 'handshake|refused' "$work/metrics.txt" | head -5)"
 
 # --- a broker with --tls12: TLS 1.2 with ECDHE + AES-GCM is served, a CBC suite is refused
 mkfifo "$work/broker12.out"
