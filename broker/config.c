@@ -73,6 +73,9 @@ static const s_setting_t s_settings[] = {
      "write the hash-chained audit log of every decision here (created if missing)"},
     {"audit_max_file_bytes", T_UINT, OFF(audit_max_file_bytes), "67108864", 65536, 17179869184ull,
      "BYTES", "rotate the audit log at this size (the last hash is signed with --tls-key)"},
+    {"audit_background", T_BOOL, OFF(audit_background), "false", 0, 1, NULL,
+     "answer without waiting for the audit log's fsync (faster; a crash can lose the last "
+     "records); by default every answer waits until its decision is on disk"},
     {"metrics", T_STRING, OFF(metrics), NULL, 0, 0, "HOST:PORT",
      "serve /metrics, /healthz, /readyz and a status page on HOST:PORT (loopback)"},
     {"require_schema", T_LIST, OFF(require_schema), NULL, 0, OFF(nrequire_schema), "PATTERN",

@@ -3,6 +3,8 @@
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,19 @@ struct brk_gate {
     char audit_error[512];
     brk_metrics_t *metrics;
     brk_services_gate_t svc;
+    /* the audit log's write and fsync run on libuv's thread pool, one job at a time, while
+     * the loop goes on deciding; the answers queued before a job began go out when it ends */
+    uv_loop_t *loop;
+    uv_work_t work;
+    ab_audit_job_t job;
+    int job_running, job_drained;
+    size_t mark; /* answers queued when the running job began */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int job_done; /* under mu: the thread pool has finished the job */
+    brk_gate_release_fn *release;
+    brk_gate_queued_fn *queued;
+    void *hold_arg;
 };
 
 static int
@@ -174,6 +189,8 @@ brk_gate_new(const brk_config_t *cfg, char *err, size_t errlen)
         return NULL;
     }
     g->cfg = cfg;
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
     g->svc.allow = s_allow;
     g->svc.cleared = s_cleared;
     g->svc.record = s_record;
@@ -243,21 +260,118 @@ brk_gate_metrics(brk_gate_t *self)
     return self->metrics;
 }
 
-int
-brk_gate_flush(brk_gate_t *self)
+static void
+s_audit_failed(brk_gate_t *self)
 {
-    if (self->audit == NULL || self->audit_failed)
-        return self->audit_failed ? -1 : 0;
-    if (ab_audit_pending(self->audit) == 0)
-        return 0;
-    if (ab_audit_flush(self->audit) != 0) {
-        self->audit_failed = 1;
-        snprintf(self->audit_error, sizeof self->audit_error, "%s", ab_audit_error(self->audit));
-        brk_log(BRK_LOG_ERROR, "event=audit_failed reason=\"%s\" effect=\"decisions refused\"",
-                self->audit_error);
-        return -1;
+    if (self->audit_failed)
+        return;
+    self->audit_failed = 1;
+    snprintf(self->audit_error, sizeof self->audit_error, "%s", ab_audit_error(self->audit));
+    brk_log(BRK_LOG_ERROR, "event=audit_failed reason=\"%s\" effect=\"decisions refused\"",
+            self->audit_error);
+}
+
+static void
+s_work(uv_work_t *w)
+{
+    brk_gate_t *g = w->data;
+    ab_audit_flush_run(&g->job);
+    pthread_mutex_lock(&g->mu);
+    g->job_done = 1;
+    pthread_cond_signal(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static int s_begin(brk_gate_t *self, size_t queued);
+
+static void
+s_after_work(uv_work_t *w, int status)
+{
+    (void)status;
+    brk_gate_t *g = w->data;
+    if (g->job_drained) { /* brk_gate_drain() has taken the result already */
+        g->job_drained = 0;
+        return;
     }
-    return 0;
+    g->job_running = 0;
+    if (ab_audit_flush_end(g->audit, &g->job) != 0)
+        s_audit_failed(g);
+    size_t mark = g->mark;
+    /* the decisions made meanwhile go next; the answers up to the mark may leave now */
+    int next = g->queued ? s_begin(g, g->queued(g->hold_arg)) : 0;
+    if (g->release)
+        g->release(g->hold_arg, next ? mark : SIZE_MAX);
+}
+
+/* Starts a job for what is queued; 1 when one runs now, 0 when there was nothing to write. */
+static int
+s_begin(brk_gate_t *self, size_t queued)
+{
+    if (self->audit_failed)
+        return 0;
+    int rc = ab_audit_flush_begin(self->audit, &self->job);
+    if (rc <= 0) {
+        if (rc < 0)
+            s_audit_failed(self);
+        return 0;
+    }
+    self->mark = queued;
+    self->job_done = 0;
+    self->work.data = self;
+    if (uv_queue_work(self->loop, &self->work, s_work, s_after_work) != 0) {
+        /* no thread pool: write it here */
+        ab_audit_flush_run(&self->job);
+        if (ab_audit_flush_end(self->audit, &self->job) != 0)
+            s_audit_failed(self);
+        return 0;
+    }
+    self->job_running = 1;
+    return 1;
+}
+
+void
+brk_gate_set_hold(brk_gate_t *self, uv_loop_t *loop, brk_gate_queued_fn *queued,
+                  brk_gate_release_fn *release, void *arg)
+{
+    self->loop = loop;
+    self->queued = queued;
+    self->release = release;
+    self->hold_arg = arg;
+}
+
+int
+brk_gate_flush(brk_gate_t *self, size_t queued)
+{
+    if (self->audit == NULL)
+        return 1;
+    if (self->job_running)
+        return 0;
+    if (self->loop == NULL) { /* not asynchronous: write and sync here */
+        if (ab_audit_pending(self->audit) > 0 && ab_audit_flush(self->audit) != 0)
+            s_audit_failed(self);
+        return 1;
+    }
+    return s_begin(self, queued) ? 0 : 1;
+}
+
+void
+brk_gate_drain(brk_gate_t *self)
+{
+    if (self->audit == NULL)
+        return;
+    if (self->job_running) {
+        pthread_mutex_lock(&self->mu);
+        while (!self->job_done)
+            pthread_cond_wait(&self->cv, &self->mu);
+        pthread_mutex_unlock(&self->mu);
+        self->job_running = 0;
+        self->job_drained = 1; /* its completion callback still comes: it only returns */
+        if (ab_audit_flush_end(self->audit, &self->job) != 0)
+            s_audit_failed(self);
+    }
+    if (!self->audit_failed && ab_audit_pending(self->audit) > 0 &&
+        ab_audit_flush(self->audit) != 0)
+        s_audit_failed(self);
 }
 
 int
@@ -286,12 +400,15 @@ brk_gate_destroy(brk_gate_t **self_p)
         return;
     brk_gate_t *g = *self_p;
     if (g->audit) {
+        brk_gate_drain(g);
         if (!g->audit_failed && ab_audit_flush(g->audit) != 0)
             brk_log(BRK_LOG_ERROR, "event=audit_failed reason=\"%s\"", ab_audit_error(g->audit));
         ab_audit_close(&g->audit);
     }
     ab_policy_destroy(&g->policy);
     brk_metrics_destroy(&g->metrics);
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
     free(g);
     *self_p = NULL;
 }

@@ -38,9 +38,22 @@ int brk_gate_push_check(void *ctx, const char *participant, const char *package,
 /* The metrics, for sources and checks the broker registers. */
 brk_metrics_t *brk_gate_metrics(brk_gate_t *self);
 
-/* Writes the audit records of this loop turn (one write, one fsync). Returns 0, or -1 once the
- * log has failed (logged once; from then on decisions are refused). */
-int brk_gate_flush(brk_gate_t *self);
+/* How the broker holds its answers while their audit records are being written: `queued`
+ * says how many answers are queued now, `release(arg, n)` sends the first n of them (SIZE_MAX:
+ * all). Without this the log is written and synced on the loop. */
+typedef size_t brk_gate_queued_fn(void *arg);
+typedef void brk_gate_release_fn(void *arg, size_t upto);
+void brk_gate_set_hold(brk_gate_t *self, uv_loop_t *loop, brk_gate_queued_fn *queued,
+                       brk_gate_release_fn *release, void *arg);
+
+/* At the end of a loop turn, with `queued` answers queued: returns 1 when they may go out now
+ * (no audit log, or nothing to record), 0 when they must wait: a write and fsync of this turn's
+ * records has started on the thread pool (or one is running), and `release` will be called
+ * when they are on disk. A failed log is logged once; from then on decisions are refused. */
+int brk_gate_flush(brk_gate_t *self, size_t queued);
+
+/* Shutdown: waits for a running write, then writes and syncs what is left, on this thread. */
+void brk_gate_drain(brk_gate_t *self);
 
 /* SIGHUP: loads the policy file again; on an error keeps the old one and logs file:line:col.
  * Returns 0 when the new policy is in force, -1 otherwise. */

@@ -81,8 +81,13 @@ s_on_tick(uv_timer_t *t)
     if (b->stopping > 1)
         return;
     uint64_t wait = brk_services_tick(b->svc, uv_now(b->loop));
-    brk_gate_flush(b->gate); /* this turn's decisions are on disk before its answers go out */
-    brk_proto_flush(b->proto);
+    /* this turn's decisions are on disk before its answers go out */
+    if (brk_gate_flush(b->gate, brk_proto_queued(b->proto)) || b->cfg.audit_background) {
+        brk_proto_hold(b->proto, 0);
+        brk_proto_flush(b->proto);
+    } else {
+        brk_proto_hold(b->proto, 1);
+    }
     uv_timer_start(&b->tick, s_on_tick, wait, 0);
 }
 
@@ -98,6 +103,26 @@ s_payload_bytes(void *payload, size_t *len)
 {
     *len = zmq_msg_size(payload);
     return zmq_msg_data(payload);
+}
+
+/* The audit log's write for some answers is done: they go out. */
+static size_t
+s_queued(void *arg)
+{
+    s_broker_t *b = arg;
+    return brk_proto_queued(b->proto);
+}
+
+static void
+s_release(void *arg, size_t upto)
+{
+    s_broker_t *b = arg;
+    if (upto == SIZE_MAX) {
+        brk_proto_hold(b->proto, 0);
+        brk_proto_flush(b->proto);
+    } else {
+        brk_proto_flush_upto(b->proto, upto);
+    }
 }
 
 /* A refused TLS handshake, counted by category for /metrics. */
@@ -203,7 +228,8 @@ s_finish(s_broker_t *b)
         brk_services_fail_all(b->svc, AB_EUNAVAILABLE,
                               "the broker stopped before the provider answered");
     }
-    brk_gate_flush(b->gate); /* the last decisions, before their answers */
+    brk_gate_drain(b->gate); /* the last decisions, before their answers */
+    brk_proto_hold(b->proto, 0);
     brk_proto_flush(b->proto);
     s_log_stats(b, "stopped");
     brk_metrics_close(brk_gate_metrics(b->gate)); /* its handles must not keep the loop alive */
@@ -479,6 +505,7 @@ main(int argc, char **argv)
     b.io.ctx = b.proto;
     b.io.payload_bytes = s_payload_bytes;
     b.svc = brk_services_new(&b.cfg, &b.io);
+    brk_gate_set_hold(b.gate, b.loop, s_queued, s_release, &b);
     if (b.svc) {
         brk_services_set_registry(b.svc, b.registry);
         brk_services_set_gate(b.svc, brk_gate_services(b.gate));

@@ -34,9 +34,10 @@ struct brk_proto {
     brk_proto_gone_fn *gone;
     void *gone_arg;
     s_out_t *out;
-    size_t nout;
+    size_t nout, out_cap;
     uint8_t *buf;
-    size_t used;
+    size_t used, buf_cap;
+    int holding; /* answers wait for the audit log: the outbox grows instead of flushing */
     brk_ratelimit_t refused_log;
     brk_proto_stats_t st;
 };
@@ -52,6 +53,8 @@ brk_proto_new(void *router, const brk_config_t *cfg)
     self->dec = ab_wire_decoder_new();
     self->out = malloc(OUTBOX_MAX * sizeof *self->out);
     self->buf = malloc(OUTBOX_BYTES);
+    self->out_cap = OUTBOX_MAX;
+    self->buf_cap = OUTBOX_BYTES;
     if (!self->dec || !self->out || !self->buf) {
         brk_proto_destroy(&self);
         return NULL;
@@ -115,6 +118,55 @@ s_send_now(brk_proto_t *self, s_out_t *o)
 void
 brk_proto_flush(brk_proto_t *self)
 {
+    brk_proto_flush_upto(self, self->nout);
+}
+
+size_t
+brk_proto_queued(const brk_proto_t *self)
+{
+    return self->nout;
+}
+
+void
+brk_proto_hold(brk_proto_t *self, int hold)
+{
+    self->holding = hold;
+}
+
+void
+brk_proto_flush_upto(brk_proto_t *self, size_t upto)
+{
+    if (upto > self->nout)
+        upto = self->nout;
+    if (upto < self->nout) {
+        /* send the first `upto`, keep the rest (their headers stay where they are) */
+        size_t ngone = 0;
+        for (size_t i = 0; i < upto; i++) {
+            s_out_t *o = &self->out[i];
+            int rc = s_send_now(self, o);
+            if (o->has_payload)
+                zmq_msg_close(&o->payload);
+            if (rc == AB_EPROVIDER_GONE)
+                self->out[ngone++].to = o->to;
+        }
+        brk_peer_t *gone = NULL;
+        if (ngone > 0 && (gone = malloc(ngone * sizeof *gone)) != NULL)
+            for (size_t i = 0; i < ngone; i++)
+                gone[i] = self->out[i].to;
+        memmove(self->out, self->out + upto, (self->nout - upto) * sizeof *self->out);
+        self->nout -= upto;
+        /* headers are appended in order: the kept ones move to the front of the buffer */
+        uint32_t first = self->out[0].off;
+        memmove(self->buf, self->buf + first, self->used - first);
+        self->used -= first;
+        for (size_t i = 0; i < self->nout; i++)
+            self->out[i].off -= first;
+        brk_zsock_kick(self->zs);
+        for (size_t i = 0; gone && self->gone && i < ngone; i++)
+            self->gone(self->gone_arg, &gone[i]);
+        free(gone);
+        return;
+    }
     while (self->nout > 0) {
         size_t ngone = 0;
         for (size_t i = 0; i < self->nout; i++) {
@@ -143,8 +195,28 @@ int
 brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload)
 {
     brk_proto_t *self = ctx;
-    if (self->nout == OUTBOX_MAX || OUTBOX_BYTES - self->used < AB_MAX_HEADER_BYTES)
-        brk_proto_flush(self);
+    if (self->nout == self->out_cap || self->buf_cap - self->used < AB_MAX_HEADER_BYTES) {
+        if (self->holding || self->nout > 0) {
+            /* while answers are held the outbox grows (bounded by how long an fsync takes) */
+            if (self->holding) {
+                size_t oc = self->nout == self->out_cap ? 2 * self->out_cap : self->out_cap;
+                size_t bc = self->buf_cap - self->used < AB_MAX_HEADER_BYTES ? 2 * self->buf_cap
+                                                                             : self->buf_cap;
+                s_out_t *no = realloc(self->out, oc * sizeof *no);
+                if (no)
+                    self->out = no;
+                uint8_t *nb = no ? realloc(self->buf, bc) : NULL;
+                if (nb)
+                    self->buf = nb;
+                if (!no || !nb)
+                    return AB_EUNAVAILABLE;
+                self->out_cap = oc;
+                self->buf_cap = bc;
+            } else {
+                brk_proto_flush(self);
+            }
+        }
+    }
     s_out_t *o = &self->out[self->nout];
     int n = ab_wire_encode(hdr, self->buf + self->used, AB_MAX_HEADER_BYTES);
     if (n < 0) {

@@ -67,6 +67,16 @@ int brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void
  */
 void brk_proto_flush(brk_proto_t *self);
 
+/* Sends only the first `upto` queued messages and keeps the rest queued, in order. */
+void brk_proto_flush_upto(brk_proto_t *self, size_t upto);
+
+/* How many messages are queued. */
+size_t brk_proto_queued(const brk_proto_t *self);
+
+/* While holding (the answers wait for their audit records to be on disk), a full outbox grows
+ * instead of being flushed. */
+void brk_proto_hold(brk_proto_t *self, int hold);
+
 /* Called from brk_proto_flush() for each message whose connection `peer` is gone. */
 typedef void(brk_proto_gone_fn)(void *arg, const brk_peer_t *peer);
 void brk_proto_on_gone(brk_proto_t *self, brk_proto_gone_fn *fn, void *arg);

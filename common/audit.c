@@ -632,6 +632,72 @@ ab_audit_flush(ab_audit_t *log)
     return 0;
 }
 
+int
+ab_audit_flush_begin(ab_audit_t *log, ab_audit_job_t *job)
+{
+    memset(job, 0, sizeof *job);
+    job->fd = -1;
+    if (!log)
+        return AB_EINVAL;
+    if (log->failed)
+        return AB_EIO;
+    if (log->len == 0)
+        return 0;
+    job->seal = log->file_bytes + log->len >= log->max_bytes;
+    if (job->seal && s_queue_seal(log) != 0) {
+        log->failed = 1;
+        return AB_EIO;
+    }
+    /* the queued lines leave with the job; appends go on into a fresh buffer */
+    job->fd = log->fd;
+    job->buf = log->buf;
+    job->len = log->len;
+    s_path(job->path, sizeof job->path, log->dir, log->file_no);
+    log->buf = NULL;
+    log->len = log->cap = log->nlines = 0;
+    return 1;
+}
+
+void
+ab_audit_flush_run(ab_audit_job_t *job)
+{
+    size_t off = 0;
+    while (off < job->len) {
+        ssize_t w = write(job->fd, job->buf + off, job->len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            snprintf(job->err, sizeof job->err, "%.300s: write failed: %s", job->path,
+                     strerror(errno));
+            return;
+        }
+        off += (size_t)w;
+    }
+    if (fdatasync(job->fd) != 0)
+        snprintf(job->err, sizeof job->err, "%.300s: fdatasync failed: %s", job->path,
+                 strerror(errno));
+}
+
+int
+ab_audit_flush_end(ab_audit_t *log, ab_audit_job_t *job)
+{
+    int rc = 0;
+    if (job->err[0]) {
+        snprintf(log->err, sizeof log->err, "%s", job->err);
+        log->failed = 1;
+        rc = AB_EIO;
+    } else {
+        log->file_bytes += job->len;
+        if (job->seal && s_create(log, log->file_no + 1) != 0) {
+            log->failed = 1;
+            rc = AB_EIO;
+        }
+    }
+    free(job->buf);
+    job->buf = NULL;
+    return rc;
+}
+
 const char *
 ab_audit_error(const ab_audit_t *log)
 {

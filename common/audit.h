@@ -108,6 +108,25 @@ int ab_audit_append(ab_audit_t *log, const ab_audit_record_t *rec);
  */
 int ab_audit_flush(ab_audit_t *log);
 
+/*
+ * The same flush in three steps, so that the write and the fsync can run on another thread while
+ * the loop goes on appending: begin (loop) takes what is queued (and seals the file when it is
+ * due), run (any thread, nothing else of the log touched) writes it and syncs, end (loop) takes
+ * the result. One job at a time. begin returns 1 with a job to run, 0 when nothing is queued, or
+ * AB_EIO; end returns 0 or AB_EIO (the log is failed from then on, ab_audit_error() says why).
+ */
+typedef struct {
+    int fd;
+    char *buf;
+    size_t len;
+    int seal;
+    char path[4096];
+    char err[512]; /* set by run on failure */
+} ab_audit_job_t;
+int ab_audit_flush_begin(ab_audit_t *log, ab_audit_job_t *job);
+void ab_audit_flush_run(ab_audit_job_t *job);
+int ab_audit_flush_end(ab_audit_t *log, ab_audit_job_t *job);
+
 /* The text of the last error (borrowed; "" when none). */
 const char *ab_audit_error(const ab_audit_t *log);
 
