@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# bench/run_governance.sh [--quick] - what the access policy and the audit log cost.
+#
+# One broker binary, mutual TLS on 127.0.0.1, 100 calls of 1 KiB in flight (bench_calls with a
+# throwaway PKI), run in the same session against four configurations, alternating their order
+# per repetition: none (no policy, no audit log), policy (1,000 rules plus the two the benchmark
+# needs), policy + audit (answers wait until their records are fsync'd), policy + audit
+# --audit-background. Prints the median calls/s of each and the ratio to `none`, and writes
+# bench/results/governance-<date>.md. Never asserts a time: the goal (<= 10 % cost) is reported.
+#   --quick   1 repetition of 2 s (default 3 of 3 s)
+#   AMTSBOTE_BUILD_DIR   build tree (default: <repo>/build)
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+build=${AMTSBOTE_BUILD_DIR:-$root/build}
+reps=3 secs=3
+case "${1:-}" in
+--quick) reps=1 secs=2 ;;
+"") ;;
+-h | --help)
+    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    exit 0
+    ;;
+*)
+    echo "usage: bench/run_governance.sh [--quick]" >&2
+    exit 2
+    ;;
+esac
+for bin in amtsbote-broker bench/bench_calls; do
+    [ -x "$build/$bin" ] || { echo "run_governance.sh: $build/$bin missing (cmake --build $build)" >&2; exit 1; }
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/amtsbote-gov.XXXXXX")
+broker_pid=""
+cleanup() {
+    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null && wait "$broker_pid" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+pki=$tmp/pki
+{
+    bash "$root/certs/pki.sh" init "$pki" && bash "$root/certs/pki.sh" broker "$pki" broker &&
+        bash "$root/certs/pki.sh" issue "$pki" bund.bench &&
+        bash "$root/certs/pki.sh" issue "$pki" kommune.bench.worker
+} >"$tmp/pki.log" 2>&1 || { cat "$tmp/pki.log" >&2; exit 1; }
+
+# 1,000 rules for other services and participants, and the two the benchmark's calls need
+{
+    echo "rules:"
+    for i in $(seq 0 999); do
+        printf '  - name: r%d\n    who: "land.l%d.*"\n    action: call\n    resource: "svc%d.v1.Dienst/*"\n    purposes: ["Zweck %d"]\n' \
+            "$i" $((i % 16)) "$i" "$i"
+    done
+    printf '  - name: bench-call\n    who: bund.bench\n    action: call\n    resource: "bench.v1.*"\n'
+    printf '  - name: bench-offer\n    who: kommune.bench.worker\n    action: offer\n    resource: "bench.v1.*"\n'
+} >"$tmp/policy.yaml"
+
+# run NAME FLAGS...: starts a broker, runs bench_calls against it, prints calls/s
+run() {
+    local name=$1 line uri=""
+    shift
+    rm -rf "$tmp/data" "$tmp/audit"
+    rm -f "$tmp/broker.out"
+    mkfifo "$tmp/broker.out"
+    "$build/amtsbote-broker" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" \
+        --tls-key "$pki/broker.key" --tls-ca "$pki/ca/chain.pem" --data "$tmp/data" \
+        --log-level warn "$@" >"$tmp/broker.out" 2>"$tmp/broker.log" &
+    broker_pid=$!
+    exec 3<"$tmp/broker.out"
+    while IFS= read -r -t 10 line <&3; do
+        case "$line" in
+        "listening on tls://"*) uri=${line#listening on } ;;
+        ready) break ;;
+        esac
+    done
+    [ -n "$uri" ] || { cat "$tmp/broker.log" >&2; exit 1; }
+    local res
+    res=$("$build/bench/bench_calls" --mode amtsbote --broker "$uri" --pki "$pki" --inflight 100 \
+        --size 1024 --seconds "$secs" 2>"$tmp/bench.err" | grep '^result' || true)
+    kill "$broker_pid"
+    wait "$broker_pid" 2>/dev/null || true
+    broker_pid=""
+    exec 3<&-
+    local cps errs
+    cps=$(echo "$res" | tr ' ' '\n' | sed -n 's/^calls_per_s=//p')
+    errs=$(echo "$res" | tr ' ' '\n' | sed -n 's/^errors=//p')
+    [ -n "$cps" ] && [ "${errs:-1}" = 0 ] || { echo "run_governance.sh: $name failed: $res $(cat "$tmp/bench.err")" >&2; exit 1; }
+    echo "$cps"
+}
+
+names=(none policy audit background)
+declare -A flags=([none]="" [policy]="--policy $tmp/policy.yaml"
+    [audit]="--policy $tmp/policy.yaml --audit-dir $tmp/audit"
+    [background]="--policy $tmp/policy.yaml --audit-dir $tmp/audit --audit-background")
+declare -A got
+for rep in $(seq "$reps"); do
+    order=("${names[@]}")
+    ((rep % 2 == 0)) && order=(background audit policy none)
+    for n in "${order[@]}"; do
+        # shellcheck disable=SC2086
+        v=$(run "$n" ${flags[$n]})
+        got[$n]="${got[$n]:-} $v"
+        echo "run_governance.sh: rep $rep $n $v calls/s" >&2
+    done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+base=$(echo "${got[none]}" | median)
+mkdir -p "$root/bench/results"
+out=$root/bench/results/governance-$(date -u +%Y-%m-%d-%H%M%S).md
+{
+    echo "# Governance cost: policy and audit log on vs off"
+    echo
+    echo "$(nproc) cores, $(uname -r), mutual TLS on 127.0.0.1, 100 calls of 1 KiB in flight, $reps repetition(s) of $secs s, policy of 1,002 rules."
+    echo
+    echo "| configuration | calls/s (median) | ratio to none | runs |"
+    echo "| --- | ---: | ---: | --- |"
+    for n in "${names[@]}"; do
+        m=$(echo "${got[$n]}" | median)
+        printf '| %s | %s | %.3f | %s |\n' "$n" "$m" "$(echo "$m $base" | awk '{print $1/$2}')" "${got[$n]}"
+    done
+    echo
+    echo "Goal: policy and audit cost <= 10 % of throughput (ratio >= 0.90)."
+} | tee "$out"
+echo "written: $out" >&2
