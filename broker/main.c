@@ -125,6 +125,27 @@ s_release(void *arg, size_t upto)
     }
 }
 
+/* The status page at /: the offers and who is connected. */
+static void
+s_page_offer(void *arg, const char *service, size_t providers, uint32_t in_flight)
+{
+    brk_metrics_page_service(arg, service, providers, in_flight);
+}
+
+static void
+s_page_conn(void *arg, const char *participant)
+{
+    brk_metrics_page_participant(arg, participant);
+}
+
+static void
+s_page(void *arg, brk_metrics_page_t *p)
+{
+    s_broker_t *b = arg;
+    if (b->svc)
+        brk_services_each(b->svc, s_page_offer, s_page_conn, p);
+}
+
 /* A refused TLS handshake, counted by category for /metrics. */
 static void
 s_on_tls_refused(void *arg, const char *category)
@@ -511,6 +532,7 @@ main(int argc, char **argv)
         brk_services_set_gate(b.svc, brk_gate_services(b.gate));
     }
     brk_metrics_add_source(brk_gate_metrics(b.gate), s_metrics_source, &b);
+    brk_metrics_set_page(brk_gate_metrics(b.gate), s_page, &b);
     b.zs = brk_zsock_new(b.loop, b.router, ROUTER_BUDGET, s_read_router, s_after_batch, &b);
     if (!b.proto || !b.svc || !b.zs)
         goto out;

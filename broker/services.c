@@ -1001,6 +1001,20 @@ brk_services_set_registry(brk_services_t *self, brk_registry_t *reg)
 }
 
 void
+brk_services_each(const brk_services_t *self, brk_services_offer_fn *offer,
+                  brk_services_conn_fn *conn, void *arg)
+{
+    for (s_service_t *s = self->services; offer && s; s = s->hh.next) {
+        uint32_t in_flight = 0;
+        for (size_t i = 0; i < s->n; i++)
+            in_flight += s->providers[i]->inflight;
+        offer(arg, s->name, s->n, in_flight);
+    }
+    for (s_conn_t *c = self->conns; conn && c; c = c->hh.next)
+        conn(arg, c->participant);
+}
+
+void
 brk_services_set_gate(brk_services_t *self, const brk_services_gate_t *gate)
 {
     self->gate = gate;

@@ -143,6 +143,14 @@ void brk_services_fail_all(brk_services_t *self, int err, const char *text);
 
 size_t brk_services_in_flight(const brk_services_t *self);
 
+/* Calls fn for every offered service (its providers and the calls in flight to them), and for
+ * every connection the broker has heard from (its participant), for status pages. */
+typedef void brk_services_offer_fn(void *arg, const char *service, size_t providers,
+                                   uint32_t in_flight);
+typedef void brk_services_conn_fn(void *arg, const char *participant);
+void brk_services_each(const brk_services_t *self, brk_services_offer_fn *offer,
+                       brk_services_conn_fn *conn, void *arg);
+
 void brk_services_stats(const brk_services_t *self, brk_services_stats_t *out);
 
 #endif

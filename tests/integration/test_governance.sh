@@ -138,6 +138,9 @@ grep -q '^amtsbote_policy_denials_total{rule="melde-auskunft"} [2-9]' "$work/met
   ok "/metrics counts denials by rule" || bad "denials: $(grep denials "$work/metrics.txt" | head -3)"
 http_get /readyz >"$work/ready.txt"
 head -1 "$work/ready.txt" | grep -q 200 && ok "/readyz is ready" || bad "/readyz: $(cat "$work/ready.txt")"
+http_get / >"$work/page.html"
+grep -q "meldewesen.v1.Melderegister" "$work/page.html" && grep -q "kommune.09162000.meldeamt" "$work/page.html" &&
+  ok "the status page shows the offer and its provider" || bad "page: $(head -c 300 "$work/page.html")"
 http_get /healthz >"$work/health.txt"
 head -1 "$work/health.txt" | grep -q 200 && ok "/healthz" || bad "/healthz: $(cat "$work/health.txt")"
 
