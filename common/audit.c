@@ -589,47 +589,12 @@ s_create(ab_audit_t *log, unsigned n)
 int
 ab_audit_flush(ab_audit_t *log)
 {
-    if (!log)
-        return AB_EINVAL;
-    if (log->failed)
-        return AB_EIO;
-    if (log->len == 0)
-        return 0;
-    int seal = log->file_bytes + log->len >= log->max_bytes;
-    if (seal) {
-        int rc = s_queue_seal(log);
-        if (rc) {
-            log->failed = 1;
-            return AB_EIO;
-        }
-    }
-    char path[4096];
-    s_path(path, sizeof path, log->dir, log->file_no);
-    size_t off = 0;
-    while (off < log->len) {
-        ssize_t w = write(log->fd, log->buf + off, log->len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            snprintf(log->err, sizeof log->err, "%.300s: write failed: %s", path, strerror(errno));
-            log->failed = 1;
-            return AB_EIO;
-        }
-        off += (size_t)w;
-    }
-    if (fdatasync(log->fd) != 0) {
-        snprintf(log->err, sizeof log->err, "%.300s: fdatasync failed: %s", path, strerror(errno));
-        log->failed = 1;
-        return AB_EIO;
-    }
-    log->file_bytes += log->len;
-    log->len = 0;
-    log->nlines = 0;
-    if (seal && s_create(log, log->file_no + 1) != 0) {
-        log->failed = 1;
-        return AB_EIO;
-    }
-    return 0;
+    ab_audit_job_t job;
+    int rc = ab_audit_flush_begin(log, &job);
+    if (rc <= 0)
+        return rc;
+    ab_audit_flush_run(&job);
+    return ab_audit_flush_end(log, &job);
 }
 
 int
