@@ -660,11 +660,13 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     c->caller.len = caller->peer.len;
     memcpy(c->caller.id, caller->peer.id, caller->peer.len);
     c->corr_len = (uint8_t)corr_len;
-    memcpy(c->corr, corr, corr_len);
+    if (corr_len > 0)
+        memcpy(c->corr, corr, corr_len);
     size_t slen = strlen(hdr->service); /* checked above: at most AB_MAX_NAME */
     memcpy(c->service, hdr->service, slen + 1);
     c->msg_id_len = (uint8_t)(hdr->message_id.len <= sizeof c->msg_id ? hdr->message_id.len : 0);
-    memcpy(c->msg_id, hdr->message_id.data, c->msg_id_len);
+    if (c->msg_id_len > 0) /* a message without an id has NULL data */
+        memcpy(c->msg_id, hdr->message_id.data, c->msg_id_len);
     c->classification = (uint8_t)hdr->classification;
 
     uint8_t token[8];
