@@ -1707,7 +1707,8 @@ main(int argc, char **argv)
         }
     }
     if (i >= argc)
-        return cli_usage_error("which command? call, serve, services, schema or tunnel");
+        return cli_usage_error(
+            "which command? call, serve, services, schema, policy, audit or tunnel");
     const char *cmd = argv[i++];
     int (*run)(const opts_t *, int, char **) = NULL;
     if (strcmp(cmd, "call") == 0)
@@ -1728,8 +1729,9 @@ main(int argc, char **argv)
         fputs(s_usage, stdout);
         return EXIT_OK;
     } else
-        return cli_usage_error(
-            "unknown command '%s'; commands are call, serve, services, schema and tunnel", cmd);
+        return cli_usage_error("unknown command '%s'; commands are call, serve, services, schema, "
+                               "policy, audit and tunnel",
+                               cmd);
     profile_t prof;
     memset(&prof, 0, sizeof prof);
     int code = s_apply_defaults(&opts, profile, &prof);
