@@ -146,6 +146,14 @@ s_page(void *arg, brk_metrics_page_t *p)
         brk_services_each(b->svc, s_page_offer, s_page_conn, p);
 }
 
+/* An accepted connection, counted by transport for /metrics. */
+static void
+s_on_accept(void *arg, const char *transport)
+{
+    s_broker_t *b = arg;
+    brk_metrics_counter_add(brk_gate_metrics(b->gate), BRK_M_CONNECTIONS, transport, NULL, 1);
+}
+
 /* A refused TLS handshake, counted by category for /metrics. */
 static void
 s_on_tls_refused(void *arg, const char *category)
@@ -518,6 +526,7 @@ main(int argc, char **argv)
     b.zap = brk_zap_new(b.loop, b.zctx, &b.cfg);
     if (!b.zap)
         goto out;
+    brk_zap_on_accept(b.zap, s_on_accept, &b);
     if (s_open_router(&b) != 0)
         goto out;
     b.proto = brk_proto_new(b.router, &b.cfg);

@@ -30,6 +30,8 @@ struct brk_zap {
     uint64_t accepted, refused;
     int refuse_all;
     brk_ratelimit_t refused_log;
+    void (*on_accept)(void *arg, const char *transport);
+    void *on_accept_arg;
 };
 
 static void
@@ -138,6 +140,9 @@ s_read(void *sock, void *arg)
             self->accepted++;
             brk_log(BRK_LOG_INFO, "event=connect participant=%s peer=%s mechanism=%s", user,
                     address, mechname);
+            if (self->on_accept) /* NULL mechanism: a session of the TLS gateway */
+                self->on_accept(self->on_accept_arg,
+                                strcmp(mechname, "PLAIN") == 0 ? "plain" : "tls");
             s_reply(self, &f[1], status, text, user);
         } else {
             self->refused++;
@@ -210,6 +215,13 @@ void
 brk_zap_refuse_all(brk_zap_t *self)
 {
     self->refuse_all = 1;
+}
+
+void
+brk_zap_on_accept(brk_zap_t *self, void (*fn)(void *arg, const char *transport), void *arg)
+{
+    self->on_accept = fn;
+    self->on_accept_arg = arg;
 }
 
 void

@@ -45,6 +45,10 @@ void brk_zap_refuse_all(brk_zap_t *self);
 /* Counts of accepted and refused handshakes. */
 void brk_zap_counts(const brk_zap_t *self, uint64_t *accepted, uint64_t *refused);
 
+/* Calls fn for every accepted connection with its transport: "tls" (a TLS gateway session) or
+ * "plain" (PLAIN on a tcp:// or ipc:// listener). */
+void brk_zap_on_accept(brk_zap_t *self, void (*fn)(void *arg, const char *transport), void *arg);
+
 /* Unbinds and frees; accepts NULL and nulls *self_p. */
 void brk_zap_destroy(brk_zap_t **self_p);
 

@@ -136,6 +136,8 @@ grep -q '^amtsbote_service_calls_total{service="meldewesen.v1.Melderegister/Meld
   ok "/metrics counts the three routed calls" || bad "/metrics: $(grep -i calls_total "$work/metrics.txt" | head -3)"
 grep -q '^amtsbote_policy_denials_total{rule="melde-auskunft"} [2-9]' "$work/metrics.txt" &&
   ok "/metrics counts denials by rule" || bad "denials: $(grep denials "$work/metrics.txt" | head -3)"
+grep -Eq '^amtsbote_connections_accepted_total\{transport="plain"\} [1-9]' "$work/metrics.txt" &&
+  ok "/metrics counts accepted connections" || bad "connections: $(grep connections "$work/metrics.txt" | head -3)"
 http_get /readyz >"$work/ready.txt"
 head -1 "$work/ready.txt" | grep -q 200 && ok "/readyz is ready" || bad "/readyz: $(cat "$work/ready.txt")"
 http_get / >"$work/page.html"
