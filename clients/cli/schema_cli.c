@@ -229,9 +229,10 @@ s_push(const opts_t *opts, int argc, char **argv, int dry_run)
         fprintf(stderr, "amtsbote: SCHEMA_INVALID: %s\n", r->error);
         code = EXIT_FORBIDDEN;
     } else if (refused > 0) {
-        fprintf(stderr, "amtsbote: SCHEMA_INVALID: %zu file%s %s the registered version%s; %s\n",
-                refused, refused == 1 ? "" : "s", dry_run ? "would break" : "would break",
-                refused == 1 ? "" : "s", dry_run ? "see above" : "nothing was stored");
+        fprintf(stderr,
+                "amtsbote: SCHEMA_INVALID: %zu file%s would break the registered version%s; %s\n",
+                refused, refused == 1 ? "" : "s", refused == 1 ? "" : "s",
+                dry_run ? "see above" : "nothing was stored");
         code = EXIT_FORBIDDEN;
     } else if (dry_run) {
         printf("compatible: %zu file%s would change\n", changed, changed == 1 ? "" : "s");
@@ -317,7 +318,11 @@ s_get(const opts_t *opts, ab_client_t *client, const char *name, unsigned versio
         return cli_report(client, rc);
     *out = amtsbote__v1__schema_get_reply__unpack(NULL, reply_len, reply);
     ab_free(reply);
-    if (*out == NULL || (*out)->file == NULL) {
+    if (*out != NULL && (*out)->file == NULL) {
+        amtsbote__v1__schema_get_reply__free_unpacked(*out, NULL);
+        *out = NULL;
+    }
+    if (*out == NULL) {
         fprintf(stderr, "amtsbote: MALFORMED: the broker's answer could not be decoded\n");
         return EXIT_OTHER;
     }
