@@ -1222,37 +1222,46 @@ s_merge_unsafe(const ProtobufCMessageDescriptor *d)
     return 0;
 }
 
+/* Reads the tag at b[i]: its field number in *id (0 when it cannot be read) and the offset after
+ * its value (len when the value runs past the end or the wire type is unknown). */
+static size_t
+s_next_field(const uint8_t *b, size_t len, size_t i, uint32_t *id)
+{
+    uint64_t tag, v;
+    size_t n = s_varint(b + i, len - i, &tag);
+    *id = n ? (uint32_t)(tag >> 3) : 0;
+    if (n == 0)
+        return len;
+    i += n;
+    switch (tag & 7) {
+    case 0:
+        n = s_varint(b + i, len - i, &v);
+        return n ? i + n : len;
+    case 1:
+        return len - i >= 8 ? i + 8 : len;
+    case 5:
+        return len - i >= 4 ? i + 4 : len;
+    case 2:
+        n = s_varint(b + i, len - i, &v);
+        return n && v <= len - i - n ? i + n + (size_t)v : len;
+    default:
+        return len;
+    }
+}
+
 /* Index of the element of repeated field `id` whose tag starts at `at`, counted from `b`. */
 static size_t
 s_element_index(const uint8_t *b, size_t len, size_t at, uint32_t id)
 {
     size_t i = 0, count = 0;
-    while (i <= at && i < len) {
-        uint64_t tag, v;
-        size_t n = s_varint(b + i, len - i, &tag);
-        if (n == 0)
+    while (i < at && i < len) {
+        uint32_t fid;
+        size_t next = s_next_field(b, len, i, &fid);
+        if (fid == 0)
             break;
-        if ((tag >> 3) == id && i < at)
+        if (fid == id)
             count++;
-        i += n;
-        switch (tag & 7) {
-        case 0:
-            n = s_varint(b + i, len - i, &v);
-            i = n ? i + n : len;
-            break;
-        case 1:
-            i += 8;
-            break;
-        case 5:
-            i += 4;
-            break;
-        case 2:
-            n = s_varint(b + i, len - i, &v);
-            i = n && v <= len - i - n ? i + n + (size_t)v : len;
-            break;
-        default:
-            i = len;
-        }
+        i = next;
     }
     return count;
 }
@@ -1264,31 +1273,13 @@ s_occurs_before(const uint8_t *b, size_t len, size_t at, uint32_t id)
 {
     size_t i = 0;
     while (i < at && i < len) {
-        uint64_t tag, v;
-        size_t n = s_varint(b + i, len - i, &tag);
-        if (n == 0)
+        uint32_t fid;
+        size_t next = s_next_field(b, len, i, &fid);
+        if (fid == 0)
             return 0;
-        if ((tag >> 3) == id)
+        if (fid == id)
             return 1;
-        i += n;
-        switch (tag & 7) {
-        case 0:
-            n = s_varint(b + i, len - i, &v);
-            i = n ? i + n : len;
-            break;
-        case 1:
-            i += 8;
-            break;
-        case 5:
-            i += 4;
-            break;
-        case 2:
-            n = s_varint(b + i, len - i, &v);
-            i = n && v <= len - i - n ? i + n + (size_t)v : len;
-            break;
-        default:
-            return 0;
-        }
+        i = next;
     }
     return 0;
 }
