@@ -3,7 +3,8 @@
 # broker with the embedded configuration below (mutual TLS), lets a ministry (bund.bmi) publish
 # the registration offices' interface (proto/examples/meldewesen/v1/meldewesen.proto), a
 # municipality (kommune.09162000.meldeamt) offer it from a shell script that speaks JSON, and the
-# ministry call it with JSON, each known to the broker by its certificate alone; shows a request
+# ministry call it with JSON, each known to the broker by its certificate alone, under an access
+# policy, with an audit log and metrics; shows a request
 # and an interface change the broker refuses, a short throughput and latency measurement, and
 # stops everything it started.
 set -euo pipefail
@@ -32,7 +33,43 @@ for p in bund.bmi kommune.09162000.meldeamt bund.bench kommune.bench.worker; do
 done
 echo "    participants: bund.bmi, kommune.09162000.meldeamt (and two for the measurement)"
 
-# The embedded default: a broker on loopback with mutual TLS only.
+# Who may do what: the ministries may ask the registration offices, for a legal basis; the
+# registration offices offer the register; bund.bmi publishes the interface (examples/policy.yaml
+# explains the format). Everything else is denied.
+cat >"$work/policy.yaml" <<'YAML'
+groups:
+  bund: ["bund.*"]
+  meldeaemter: ["kommune.????????.meldeamt"]
+rules:
+  - name: melde-auskunft
+    who: "@bund"
+    action: call
+    resource: "meldewesen.v1.Melderegister/*"
+    purposes: ["BMG §34", "BMG §45"]
+  - name: melderegister-anbieten
+    who: "@meldeaemter"
+    action: offer
+    resource: "meldewesen.v1.Melderegister/*"
+  - name: meldewesen-veroeffentlichen
+    who: bund.bmi
+    action: schema-push
+    resource: "meldewesen.*"
+  - name: betrieb
+    who: bund.bmi
+    action: admin
+    resource: "*"
+  - name: messung
+    who: bund.bench
+    action: call
+    resource: "bench.v1.*"
+  - name: messung-anbieten
+    who: kommune.bench.worker
+    action: offer
+    resource: "bench.v1.*"
+YAML
+
+# The embedded default: a broker on loopback with mutual TLS only, the access policy above, an
+# audit log of every decision and metrics for the operator.
 cat >"$work/broker.yaml" <<YAML
 listen:
   - tls://127.0.0.1:*
@@ -42,6 +79,9 @@ tls_key: $pki/broker.key
 tls_ca: $pki/ca/chain.pem
 tls_crl: $pki/ca/crl.pem
 log_level: info
+policy: $work/policy.yaml
+audit_dir: $work/audit
+metrics: 127.0.0.1:0
 YAML
 
 echo "==> starting amtsbote-broker (config: $work/broker.yaml)"
@@ -49,10 +89,11 @@ mkfifo "$work/broker.out"
 build/amtsbote-broker --config "$work/broker.yaml" >"$work/broker.out" 2>"$work/broker.log" &
 pids+=($!)
 exec 3<"$work/broker.out"
-uri=""
+uri="" metrics=""
 while IFS= read -r -t 10 line <&3; do
   case "$line" in
     "listening on tls://"*) uri=${line#listening on } ;;
+    "metrics on http://"*) metrics=${line#metrics on http://} ;;
     ready) break ;;
   esac
 done
@@ -126,7 +167,15 @@ echo "    exit code $?:"
 set -e
 sed 's/^/      /' "$work/check.txt"
 
-echo "==> a service nobody offers gives a clear error"
+echo "==> a call without a legal basis is refused by the policy, naming the rule"
+set +e
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) call meldewesen.v1.Melderegister/Meldebescheinigung \
+  --data "$request" 2>"$work/err.txt" >/dev/null
+echo "    exit code $?: $(cat "$work/err.txt")"
+set -e
+
+echo "==> a service the policy does not name is denied by default, with a clear error"
 set +e
 # shellcheck disable=SC2046
 build/amtsbote --broker "$uri" $(as_ bund.bmi) call personenstand.v1.Register/Geburtsurkunde --data x 2>"$work/err.txt"
@@ -153,4 +202,11 @@ fi
 
 echo "==> what the broker logged (metadata only, never payloads)"
 grep -E 'event=(tls_session|offer|schema_pushed|call_refused|provider_gone)' "$work/broker.log" | sed 's/^/    /' | head -n 12
+echo "==> what the operator sees: /metrics (a few lines) and the audit log"
+/usr/bin/python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$metrics', timeout=5).read().decode())" |
+  grep -E '^amtsbote_(service_calls_total|policy_denials_total|tls_handshakes_accepted_total)' | sed 's/^/    /' | head -n 6
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) services >/dev/null 2>&1 || true
+build/amtsbote audit query "$work/audit" --participant bund.bmi 2>/dev/null | head -n 3 | sed 's/^/    /'
+echo "    $(build/amtsbote audit verify "$work/audit" 2>&1 | head -n 1)"
 echo "==> done; stopping everything the demo started"
