@@ -11,6 +11,7 @@
 #include "amtsbote/v1/amtsbote.pb-c.h"
 #include "cli.h"
 #include "pbjson.h"
+#include "policy.h"
 #include "tunnel.h"
 
 #include <errno.h>
@@ -76,7 +77,8 @@ static const char *s_usage =
     "  --version          print the version\n"
     "\n"
     "Commands:\n"
-    "  call SERVICE/METHOD [--data STRING | --file FILE] [--purpose TEXT] [--raw]\n"
+    "  call SERVICE/METHOD [--data STRING | --file FILE] [--purpose TEXT]\n"
+    "       [--classification OFFEN|VS-NUR-FUER-DEN-DIENSTGEBRAUCH] [--raw]\n"
     "      Calls one method and prints the reply. The request is STRING, the contents of\n"
     "      FILE ('-' for stdin), or stdin when neither is given. When the service has a\n"
     "      registered interface (amtsbote schema push), the request is JSON (proto3 JSON\n"
@@ -413,7 +415,7 @@ static int
 s_cmd_call(const opts_t *opts, int argc, char **argv)
 {
     const char *service = NULL, *data = NULL, *file = NULL, *purpose = NULL, *val = NULL;
-    int raw = 0;
+    int raw = 0, classification = 0;
     for (int i = 0; i < argc; i++) {
         int m;
         if (strcmp(argv[i], "--raw") == 0) {
@@ -436,6 +438,10 @@ s_cmd_call(const opts_t *opts, int argc, char **argv)
             if (m < 0)
                 return cli_usage_error("call: --purpose needs a text");
             purpose = val;
+        } else if ((m = cli_opt(argc, argv, &i, "--classification", &val)) != 0) {
+            if (m < 0 || (classification = ab_policy_level_parse(val)) < 0)
+                return cli_usage_error("call: --classification takes OFFEN or "
+                                       "VS-NUR-FUER-DEN-DIENSTGEBRAUCH (VS-NFD)");
         } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
             return cli_usage_error("call: unknown option '%s'", argv[i]);
         } else if (!service) {
@@ -488,6 +494,8 @@ s_cmd_call(const opts_t *opts, int argc, char **argv)
         return code;
     }
     int rc = ab_client_set_purpose(client, purpose);
+    if (rc == 0)
+        rc = ab_client_set_classification(client, classification);
     if (rc != 0) {
         code = cli_report(client, rc);
         goto done;

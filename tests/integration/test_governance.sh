@@ -123,6 +123,15 @@ for i in 1 2 3; do
     { bad "allowed call $i: $(cat "$work/out")"; break; }
 done
 ok "three allowed calls"
+as bund.bmi call --raw meldewesen.v1.Melderegister/Meldebescheinigung --purpose 'BMG §34' \
+  --classification VS-NFD --data '' >"$work/out" 2>&1
+expect "a classified call between cleared participants" 0 $?
+as bund.bva call --raw meldewesen.v1.Melderegister/Meldebescheinigung --purpose 'BMG §34' \
+  --classification VS-NUR-FUER-DEN-DIENSTGEBRAUCH --data '' >"$work/out" 2>&1
+expect "a classified call from a participant cleared below it" 9 $? "$work/out" "FORBIDDEN"
+as bund.bmi call --raw meldewesen.v1.Melderegister/Meldebescheinigung --classification GEHEIM \
+  --data '' >"$work/out" 2>&1
+expect "an unknown classification is a usage error" 2 $? "$work/out" "--classification"
 as kommune.05315000.meldeamt call --raw meldewesen.v1.Melderegister/Meldebescheinigung --purpose 'BMG §34' --data '' >"$work/out" 2>&1
 expect "a municipality may not call" 9 $? "$work/out" "FORBIDDEN"
 as bund.bmi services >"$work/out" 2>&1
@@ -132,8 +141,8 @@ expect "admin sees the offers" 0 $? "$work/out" "meldewesen.v1.Melderegister"
 
 # --- metrics and health
 http_get /metrics >"$work/metrics.txt"
-grep -q '^amtsbote_service_calls_total{service="meldewesen.v1.Melderegister/Meldebescheinigung"} 3$' "$work/metrics.txt" &&
-  ok "/metrics counts the three routed calls" || bad "/metrics: $(grep -i calls_total "$work/metrics.txt" | head -3)"
+grep -q '^amtsbote_service_calls_total{service="meldewesen.v1.Melderegister/Meldebescheinigung"} 4$' "$work/metrics.txt" &&
+  ok "/metrics counts the four routed calls" || bad "/metrics: $(grep -i calls_total "$work/metrics.txt" | head -3)"
 grep -q '^amtsbote_policy_denials_total{rule="melde-auskunft"} [2-9]' "$work/metrics.txt" &&
   ok "/metrics counts denials by rule" || bad "denials: $(grep denials "$work/metrics.txt" | head -3)"
 grep -Eq '^amtsbote_connections_accepted_total\{transport="plain"\} [1-9]' "$work/metrics.txt" &&

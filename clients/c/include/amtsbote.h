@@ -133,6 +133,17 @@ int ab_client_set_tls(ab_client_t *self, const ab_tls_options_t *opts);
  */
 int ab_client_set_purpose(ab_client_t *self, const char *purpose);
 
+/* Classification levels of a call (amtsbote.v1.Classification). */
+enum { AB_CLASS_NONE = 0, AB_CLASS_OFFEN = 1, AB_CLASS_VS_NFD = 2 };
+
+/*
+ * Sets the classification of every later call: AB_CLASS_OFFEN or AB_CLASS_VS_NFD
+ * (VS-NUR-FUER-DEN-DIENSTGEBRAUCH); AB_CLASS_NONE sends none. The broker routes a classified
+ * call only to a provider cleared for its level, and only a participant cleared for it may send
+ * it. Returns AB_EINVAL for another value.
+ */
+int ab_client_set_classification(ab_client_t *self, int level);
+
 /*
  * Connects to the broker at `uri` (tcp://HOST:PORT, ipc://PATH, or tls://HOST:PORT after
  * ab_client_set_tls()) and waits up to `timeout_ms` (0: 5000) for the broker's HELLO. Returns

@@ -141,6 +141,7 @@ struct ab_client {
     ab_wire_decoder_t *dec;
     char participant[AB_MAX_NAME + 1];
     char purpose[AB_MAX_NAME + 1];
+    int classification; /* amtsbote.v1.Classification of later calls; 0 none */
     uint32_t heartbeat_ms;
     uint64_t last_send_ms;
     uint64_t next_monitor_ms; /* the monitor is looked at every S_MONITOR_MS, not per process */
@@ -735,6 +736,7 @@ s_start(ab_client_t *self, int kind, const char *service, const void *req, size_
         hdr.deadline_ms = deadline_ms;
         if (self->purpose[0])
             hdr.purpose = self->purpose;
+        hdr.classification = (Amtsbote__V1__Classification)self->classification;
     }
     int rc = cb && is_call ? s_post(self, &hdr, 1, req, req_len, NULL, p->seq)
                            : s_send(self, &hdr, is_call, req, req_len, NULL);
@@ -1318,6 +1320,20 @@ ab_client_set_participant(ab_client_t *self, const char *participant)
     if (ab_wire_check_participant(participant, why) != 0)
         return s_fail(self, AB_EINVAL, "%s", why);
     s_copy_str(self->participant, sizeof self->participant, participant);
+    return 0;
+}
+
+int
+ab_client_set_classification(ab_client_t *self, int level)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (level < AB_CLASS_NONE || level > AB_CLASS_VS_NFD)
+        return s_fail(self, AB_EINVAL,
+                      "classification %d is not one of 0 (none), 1 (OFFEN) and "
+                      "2 (VS-NUR-FUER-DEN-DIENSTGEBRAUCH)",
+                      level);
+    self->classification = level;
     return 0;
 }
 
