@@ -96,7 +96,8 @@ static const char *s_usage =
     "      exits 0. Prints 'ready: serving SERVICE as PARTICIPANT' once the broker accepted it.\n"
     "      --exec CMD  runs '/bin/sh -c CMD' per call: the request on its stdin, the reply from\n"
     "                  its stdout. Environment: AMTSBOTE_METHOD, AMTSBOTE_CALLER,\n"
-    "                  AMTSBOTE_PURPOSE, AMTSBOTE_MESSAGE_ID, AMTSBOTE_REMAINING_MS. A non-zero\n"
+    "                  AMTSBOTE_PURPOSE, AMTSBOTE_MESSAGE_ID, AMTSBOTE_REMAINING_MS,\n"
+    "                  AMTSBOTE_FORMAT (json or raw). A non-zero\n"
     "                  exit answers PROVIDER_ERROR with the first line of its stderr (keep\n"
     "                  personal data out of it). A command still running at the call's deadline\n"
     "                  is killed.\n"
@@ -698,15 +699,20 @@ s_answer_error(serve_t *srv, ab_request_t **req_p, const char *text, uint64_t st
 
 /* Builds the child's environment: ours without stale AMTSBOTE_* call variables, plus the call's. */
 static char **
-s_child_env(ab_request_t *req)
+s_child_env(ab_request_t *req, int json)
 {
-    static const char *names[] = {"AMTSBOTE_METHOD", "AMTSBOTE_CALLER", "AMTSBOTE_PURPOSE",
-                                  "AMTSBOTE_MESSAGE_ID", "AMTSBOTE_REMAINING_MS"};
+    static const char *names[] = {"AMTSBOTE_METHOD",       "AMTSBOTE_CALLER",
+                                  "AMTSBOTE_PURPOSE",      "AMTSBOTE_MESSAGE_ID",
+                                  "AMTSBOTE_REMAINING_MS", "AMTSBOTE_FORMAT"};
     enum { N = sizeof names / sizeof names[0] };
     char remaining[16];
     snprintf(remaining, sizeof remaining, "%d", ab_request_remaining_ms(req));
-    const char *values[N] = {ab_request_method(req), ab_request_caller(req),
-                             ab_request_purpose(req), ab_request_message_id(req), remaining};
+    const char *values[N] = {ab_request_method(req),
+                             ab_request_caller(req),
+                             ab_request_purpose(req),
+                             ab_request_message_id(req),
+                             remaining,
+                             json ? "json" : "raw"};
     size_t n = 0;
     while (environ && environ[n])
         n++;
@@ -747,8 +753,8 @@ s_free_env(char **env)
     size_t n = 0;
     while (env[n])
         n++;
-    /* the call's variables are the last five, the rest are borrowed from environ */
-    for (size_t i = n >= 5 ? n - 5 : 0; i < n; i++)
+    /* the call's variables are the last six, the rest are borrowed from environ */
+    for (size_t i = n >= 6 ? n - 6 : 0; i < n; i++)
         free(env[i]);
     free(env);
 }
@@ -775,7 +781,7 @@ s_job_start(serve_t *srv, ab_request_t *req)
         return;
     }
     job_t *job = calloc(1, sizeof *job);
-    char **env = s_child_env(req);
+    char **env = s_child_env(req, srv->set != NULL);
     int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
     if (!job || !env || pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 ||
         pipe2(err, O_CLOEXEC) != 0)

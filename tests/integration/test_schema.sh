@@ -163,7 +163,8 @@ grep -E '^meldewesen/v1/meldewesen.proto +3 ' "$work/out" >/dev/null && ok "refu
 # --- JSON both ways: call and serve --exec through the registered interface
 cat >"$work/mb.sh" <<'SH'
 #!/bin/sh
-# a registration office as a shell script: the request arrives as JSON
+# a registration office as a shell script: the request arrives as JSON, and it is told so
+[ "$AMTSBOTE_FORMAT" = json ] || { echo "AMTSBOTE_FORMAT is '$AMTSBOTE_FORMAT'" >&2; exit 3; }
 grep -q '"familienname": *"Muster"' || { echo "unexpected request" >&2; exit 2; }
 cat <<JSON
 {"aktenzeichen": "MB-1", "name": {"familienname": "Muster", "vornamen": ["Erika"]},
