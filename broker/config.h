@@ -41,7 +41,7 @@ typedef struct brk_config {
     char *audit_dir; /* audit log directory; NULL: no audit log */
     uint64_t audit_max_file_bytes;
     int audit_background; /* answers do not wait for the audit fsync */
-    char *metrics; /* HOST:PORT of the metrics and health endpoint; NULL: none */
+    char *metrics;        /* HOST:PORT of the metrics and health endpoint; NULL: none */
     char *require_schema[BRK_MAX_LISTEN]; /* service patterns that need a registered interface */
     size_t nrequire_schema;
 } brk_config_t;

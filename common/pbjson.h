@@ -21,8 +21,8 @@ enum {
  * buffer *out of *out_len bytes (caller frees with free(); an empty message gives a non-NULL
  * buffer of 0 bytes). Returns 0, or AB_EINVAL with a message that names the field path at fault
  * in err (errlen bytes, may be NULL/0), or AB_ENOMEM. */
-int ab_json_to_pb(const ProtobufCMessageDescriptor *d, const char *json, size_t len,
-                  uint8_t **out, size_t *out_len, char *err, size_t errlen);
+int ab_json_to_pb(const ProtobufCMessageDescriptor *d, const char *json, size_t len, uint8_t **out,
+                  size_t *out_len, char *err, size_t errlen);
 
 /* Unpacks `data` as message `d` and prints it as JSON into a new NUL-terminated string *out
  * (caller frees with free()). Returns 0, or AB_EINVAL when the bytes do not decode as `d`

@@ -15,7 +15,7 @@
 
 /* One broken rule. */
 typedef struct {
-    const char *rule; /* stable rule id, e.g. "field-type-changed" (static string) */
+    const char *rule;  /* stable rule id, e.g. "field-type-changed" (static string) */
     char element[256]; /* fully-qualified element at fault, e.g. "pkg.Msg.field" (#3) */
     char text[384];    /* what changed and what to do instead, for a person */
 } ab_compat_problem_t;

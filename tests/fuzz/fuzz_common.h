@@ -21,14 +21,14 @@
 
 /* A property the code promises; a violation is a finding, so abort (assert() is compiled out
  * in RelWithDebInfo). */
-#define AB_FUZZ_CHECK(cond, ...)                                                                 \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "%s:%d: property violated: %s: ", __FILE__, __LINE__, #cond);        \
-            fprintf(stderr, __VA_ARGS__);                                                        \
-            fputc('\n', stderr);                                                                 \
-            abort();                                                                             \
-        }                                                                                        \
+#define AB_FUZZ_CHECK(cond, ...)                                                                   \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: property violated: %s: ", __FILE__, __LINE__, #cond);          \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* Loads the embedded sets and builds the type table once; aborts when they do not load. */
@@ -50,8 +50,6 @@ void ab_fuzz_walk_file(const Google__Protobuf__FileDescriptorProto *fp,
                        void (*fn)(void *arg, ab_fuzz_kind_t kind, const char *name,
                                   const void *proto),
                        void *arg);
-
-
 
 /* The promises around one payload of type d. Returns 0 when ab_schema_validate() refused it,
  * 1 when it accepted it and every check held; aborts when one did not:

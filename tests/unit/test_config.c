@@ -81,8 +81,9 @@ test_file_then_flags(void **state)
                                   "log_level: debug\n"
                                   "require_schema:\n  - meldewesen.*\n");
     brk_config_t c;
-    const char *a[] = {"--config", path, "--heartbeat-ms", "1500", "--require-schema",
-                       "land.by.v1.Grundbuch", NULL};
+    const char *a[] = {
+        "--config", path, "--heartbeat-ms", "1500", "--require-schema", "land.by.v1.Grundbuch",
+        NULL};
     assert_int_equal(load(&c, a), 0);
     assert_int_equal(c.nlisten, 2);
     /* list settings add up: the file's pattern and the flag's */
@@ -153,7 +154,8 @@ test_bad_files(void **state)
         {"listen: tcp://127.0.0.1:1\nheartbeat_ms: fast\n", ":2:15: setting 'heartbeat_ms'"},
         {"listen: tcp://127.0.0.1:1\nlog: {a: 1}\n", "unknown setting 'log'"},
         {"- a\n- b\n", "mapping of setting"},
-        {"listen: tcp://127.0.0.1:1\nheartbeat_ms: [1, 2]\n", "only 'listen' and 'require_schema' take a list"},
+        {"listen: tcp://127.0.0.1:1\nheartbeat_ms: [1, 2]\n",
+         "only 'listen' and 'require_schema' take a list"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = write_file(cases[i].text);
