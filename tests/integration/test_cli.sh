@@ -6,30 +6,7 @@ set -uo pipefail
 BROKER=$1
 CLI=$2
 work=$(mktemp -d /tmp/amtsbote-cli-XXXXXX)
-# nothing of the caller's own environment or profile may leak in
-unset AMTSBOTE_BROKER AMTSBOTE_AS AMTSBOTE_CERT AMTSBOTE_KEY AMTSBOTE_CA AMTSBOTE_CRL AMTSBOTE_PROFILE
-export XDG_CONFIG_HOME=$work
-pids=()
-passed=0
-failed=0
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-ok() { passed=$((passed + 1)); echo "ok - $1"; }
-bad() { failed=$((failed + 1)); echo "not ok - $1"; }
-# expect NAME WANT_CODE GOT_CODE [FILE NEEDLE]
-expect() {
-  local name=$1 want=$2 got=$3
-  if [ "$got" != "$want" ]; then bad "$name: exit code $got, want $want"; return; fi
-  if [ $# -ge 5 ] && ! grep -qF -- "$5" "$4"; then
-    bad "$name: '$5' not in: $(head -c 300 "$4")"; return
-  fi
-  ok "$name"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 mkfifo "$work/broker.out"
 "$BROKER" --listen 'tcp://127.0.0.1:*' --insecure-plain-identities --data "$work/data" \
@@ -152,5 +129,4 @@ expect "provider killed" 6 $? "$work/err" "PROVIDER_GONE"
 # --- payloads never reach the broker's log
 if grep -q "Aktenzeichen\|from stdin" "$work/broker.log"; then bad "payload or error text in the broker log"; else ok "no payloads in the broker log"; fi
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

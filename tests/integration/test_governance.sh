@@ -10,29 +10,7 @@ BROKER=$1
 CLI=$2
 PROTO=$3
 work=$(mktemp -d /tmp/amtsbote-gov-XXXXXX)
-unset AMTSBOTE_BROKER AMTSBOTE_AS AMTSBOTE_CERT AMTSBOTE_KEY AMTSBOTE_CA AMTSBOTE_CRL AMTSBOTE_PROFILE
-export XDG_CONFIG_HOME=$work
-pids=()
-passed=0
-failed=0
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ok() { passed=$((passed + 1)); echo "ok - $1"; }
-bad() { failed=$((failed + 1)); echo "not ok - $1"; }
-expect() {
-  local name=$1 want=$2 got=$3
-  shift 3
-  if [ "$got" != "$want" ]; then bad "$name: exit code $got, want $want: $(head -c 400 "${1:-/dev/null}")"; return; fi
-  while [ $# -ge 2 ]; do
-    if ! grep -qF -- "$2" "$1"; then bad "$name: '$2' not in: $(head -c 400 "$1")"; return; fi
-    shift 2
-  done
-  ok "$name"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 http_get() { # http_get PATH: prints the status line and the body of GET PATH
   /usr/bin/python3 - "$metrics" "$1" <<'PY'
 import sys, urllib.request, urllib.error
@@ -145,6 +123,8 @@ grep -q '^amtsbote_service_calls_total{service="meldewesen.v1.Melderegister/Meld
   ok "/metrics counts the four routed calls" || bad "/metrics: $(grep -i calls_total "$work/metrics.txt" | head -3)"
 grep -q '^amtsbote_policy_denials_total{rule="melde-auskunft"} [2-9]' "$work/metrics.txt" &&
   ok "/metrics counts denials by rule" || bad "denials: $(grep denials "$work/metrics.txt" | head -3)"
+grep -Eq '^amtsbote_calls_forbidden_total [1-9]' "$work/metrics.txt" && ok "/metrics counts refusals" ||
+  bad "forbidden: $(grep forbidden "$work/metrics.txt" | head -3)"
 grep -Eq '^amtsbote_connections_accepted_total\{transport="plain"\} [1-9]' "$work/metrics.txt" &&
   ok "/metrics counts accepted connections" || bad "connections: $(grep connections "$work/metrics.txt" | head -3)"
 http_get /readyz >"$work/ready.txt"
@@ -194,5 +174,4 @@ PY
 "$CLI" audit verify "$work/audit" >"$work/out" 2>&1
 expect "a changed byte is found" 9 $? "$work/out" "audit-"
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -10,31 +10,7 @@ BROKER=$1
 CLI=$2
 PROTO=$3
 work=$(mktemp -d /tmp/amtsbote-schema-XXXXXX)
-unset AMTSBOTE_BROKER AMTSBOTE_AS AMTSBOTE_CERT AMTSBOTE_KEY AMTSBOTE_CA AMTSBOTE_CRL AMTSBOTE_PROFILE
-export XDG_CONFIG_HOME=$work
-pids=()
-passed=0
-failed=0
-cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-ok() { passed=$((passed + 1)); echo "ok - $1"; }
-bad() { failed=$((failed + 1)); echo "not ok - $1"; }
-# expect NAME WANT_CODE GOT_CODE [FILE NEEDLE]...
-expect() {
-  local name=$1 want=$2 got=$3
-  shift 3
-  if [ "$got" != "$want" ]; then bad "$name: exit code $got, want $want: $(head -c 400 "${1:-/dev/null}")"; return; fi
-  while [ $# -ge 2 ]; do
-    if ! grep -qF -- "$2" "$1"; then bad "$name: '$2' not in: $(head -c 400 "$1")"; return; fi
-    shift 2
-  done
-  ok "$name"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 broker_pid=""
 uri=""
@@ -250,5 +226,4 @@ serve kommune.x meldewesen.v1.Melderegister --echo || exit 1
 ok "offer after the interface is pushed"
 stop_broker
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish
