@@ -618,6 +618,8 @@ static const stat_def_t s_services_stats[] = {
         "Answers whose caller had gone, dropped."),
     U64(brk_services_stats_t, schema_invalid, "amtsbote_schema_refused_total",
         "Calls and replies refused by the schema registry."),
+    U64(brk_services_stats_t, forbidden, "amtsbote_calls_forbidden_total",
+        "Calls, replies and offers refused by the access policy or a clearance."),
     GSZ(brk_services_stats_t, in_flight, "amtsbote_calls_in_flight", "Calls pending now."),
     GSZ(brk_services_stats_t, connections, "amtsbote_connections", "Client connections open now."),
     GSZ(brk_services_stats_t, providers, "amtsbote_providers", "Provider offers registered now."),
