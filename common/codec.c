@@ -159,6 +159,7 @@ ab_codec_unpack(const uint8_t *data, size_t len, ab_codec_alloc_fn *alloc, void 
     static const ab_header_t init = AMTSBOTE__V1__HEADER__INIT;
     *h = init;
     h->service = h->recipient = h->topic = h->schema = h->purpose = h->sender = s_empty;
+    h->subscription = s_empty;
     /* map entries: at most one per two bytes of input; the array is made on the first one */
     size_t max_entries = len / 2 + 1;
     s_in_t in = {data, data + len};
@@ -176,6 +177,11 @@ ab_codec_unpack(const uint8_t *data, size_t len, ab_codec_alloc_fn *alloc, void 
         case 11:
         case 16:
         case 17:
+        case 18:
+        case 20:
+        case 21:
+        case 22:
+        case 23:
             if (wt != WT_VARINT || s_varint(&in, &v) != 0)
                 return -1;
             if (field == 1)
@@ -188,8 +194,18 @@ ab_codec_unpack(const uint8_t *data, size_t len, ab_codec_alloc_fn *alloc, void 
                 h->deadline_ms = (uint32_t)v;
             else if (field == 16)
                 h->heartbeat_ms = (uint32_t)v;
-            else
+            else if (field == 17)
                 h->max_payload = (uint32_t)v;
+            else if (field == 18)
+                h->credit = (uint32_t)v;
+            else if (field == 20)
+                h->receipt = (Amtsbote__V1__ReceiptStatus)(int32_t)v;
+            else if (field == 21)
+                h->timestamp_ms = v;
+            else if (field == 22)
+                h->attempt = (uint32_t)v;
+            else
+                h->sequence = v;
             continue;
         case 3:
         case 4: {
@@ -218,6 +234,9 @@ ab_codec_unpack(const uint8_t *data, size_t len, ab_codec_alloc_fn *alloc, void 
             break;
         case 15:
             str = &h->sender;
+            break;
+        case 19:
+            str = &h->subscription;
             break;
         case 12: {
             s_in_t sub;
@@ -419,6 +438,12 @@ ab_codec_pack(const ab_header_t *h, uint8_t *buf, size_t cap)
     s_put_string(&o, 15, h->sender);
     s_put_uint(&o, 16, h->heartbeat_ms);
     s_put_uint(&o, 17, h->max_payload);
+    s_put_uint(&o, 18, h->credit);
+    s_put_string(&o, 19, h->subscription);
+    s_put_enum(&o, 20, (int)h->receipt);
+    s_put_uint(&o, 21, h->timestamp_ms);
+    s_put_uint(&o, 22, h->attempt);
+    s_put_uint(&o, 23, h->sequence);
     if (o.overflow)
         return -1;
     return (int)(o.p - buf);

@@ -204,7 +204,8 @@ ab_wire_decode(ab_wire_decoder_t *self, const void *data, size_t len, ab_header_
         (rc = s_check_string(h->topic, "topic", AB_MAX_NAME, why)) ||
         (rc = s_check_string(h->schema, "schema", AB_MAX_NAME, why)) ||
         (rc = s_check_string(h->purpose, "purpose", AB_MAX_NAME, why)) ||
-        (rc = s_check_string(h->sender, "sender", AB_MAX_NAME, why)))
+        (rc = s_check_string(h->sender, "sender", AB_MAX_NAME, why)) ||
+        (rc = s_check_string(h->subscription, "subscription", AB_MAX_NAME, why)))
         return rc;
     if (h->error && ((rc = s_check_string(h->error->text, "error.text", AB_MAX_ERROR_TEXT, why)) ||
                      (rc = s_check_string(h->error->field, "error.field", AB_MAX_NAME, why))))

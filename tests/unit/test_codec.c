@@ -128,6 +128,12 @@ rnd_header(sample_t *s)
     s->h.sender = rnd_string();
     s->h.heartbeat_ms = rnd_uint();
     s->h.max_payload = rnd_uint();
+    s->h.credit = rnd_uint();
+    s->h.subscription = rnd_string();
+    s->h.receipt = rnd_enum();
+    s->h.timestamp_ms = (uint64_t)rnd_uint() << 32 | rnd_uint();
+    s->h.attempt = rnd_uint();
+    s->h.sequence = rnd() % 2 ? (uint64_t)rnd_uint() << 20 : rnd_uint();
 }
 
 static int
@@ -157,6 +163,12 @@ assert_same(const ab_header_t *a, const ab_header_t *b)
     assert_int_equal(a->deadline_ms, b->deadline_ms);
     assert_int_equal(a->heartbeat_ms, b->heartbeat_ms);
     assert_int_equal(a->max_payload, b->max_payload);
+    assert_int_equal(a->credit, b->credit);
+    assert_true(str_eq(a->subscription, b->subscription));
+    assert_int_equal(a->receipt, b->receipt);
+    assert_true(a->timestamp_ms == b->timestamp_ms);
+    assert_int_equal(a->attempt, b->attempt);
+    assert_true(a->sequence == b->sequence);
     assert_int_equal(a->n_headers, b->n_headers);
     for (size_t i = 0; i < a->n_headers; i++) {
         assert_true(str_eq(a->headers[i]->key, b->headers[i]->key));
@@ -250,8 +262,8 @@ static void
 test_unknown_fields_skipped_and_nul_refused(void **state)
 {
     (void)state;
-    /* version=1, an unknown varint field 20, an unknown fixed64 field 21, kind=2 */
-    const uint8_t known[] = {0x08, 0x01, 0xa0, 0x01, 0x05, 0xa9, 0x01, 1,   2,
+    /* version=1, an unknown varint field 40, an unknown fixed64 field 41, kind=2 */
+    const uint8_t known[] = {0x08, 0x01, 0xc0, 0x02, 0x05, 0xc9, 0x02, 1,   2,
                              3,    4,    5,    6,    7,    8,    0x10, 0x02};
     used = 0;
     ab_header_t *h = NULL;
