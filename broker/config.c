@@ -30,6 +30,9 @@ static const s_setting_t s_settings[] = {
     {"listen", T_LIST, OFF(listen), NULL, 0, OFF(nlisten), "URI",
      "listen on tcp://HOST:PORT or ipc://PATH (repeatable; PORT '*' picks a free one)"},
     {"data", T_STRING, OFF(data), NULL, 0, 0, "DIR", "data directory (created if missing, locked)"},
+    {"export", T_STRING, OFF(export_dir), NULL, 0, 0, "DIR",
+     "with the broker stopped: write every stored message, receipt, subscription and event of "
+     "--data to DIR as JSON lines plus payload files (see README, --export), then exit"},
     {"log_level", T_STRING, OFF(log_level), "info", 0, 0, "LEVEL", "error, warn, info or debug"},
     {"insecure_plain_identities", T_BOOL, OFF(insecure_plain_identities), "false", 0, 1, NULL,
      "believe the participant name a client gives on a plain listener (development only)"},
@@ -78,6 +81,34 @@ static const s_setting_t s_settings[] = {
      "records); by default every answer waits until its decision is on disk"},
     {"metrics", T_STRING, OFF(metrics), NULL, 0, 0, "HOST:PORT",
      "serve /metrics, /healthz, /readyz and a status page on HOST:PORT (loopback)"},
+    {"message_ttl_ms", T_UINT, OFF(message_ttl_ms), "604800000", 1000, 4294967295ull, "MS",
+     "how long a message waits in a mailbox when its sender gives no time to live (7 days); "
+     "then it expires and its sender gets an EXPIRED receipt"},
+    {"max_message_ttl_ms", T_UINT, OFF(max_message_ttl_ms), "2592000000", 1000, 4294967295ull, "MS",
+     "the longest time to live a sender may ask for (30 days); more is refused"},
+    {"max_deliveries", T_UINT, OFF(max_deliveries), "5", 1, 1000, "N",
+     "a message delivered this often without an acknowledgement becomes a dead letter and its "
+     "sender gets a FAILED receipt"},
+    {"ack_timeout_ms", T_UINT, OFF(ack_timeout_ms), "30000", 100, 86400000, "MS",
+     "a delivery not acknowledged within this time is delivered again"},
+    {"dedup_window_ms", T_UINT, OFF(dedup_window_ms), "86400000", 0, 31536000000ull, "MS",
+     "a SEND that repeats a message id within this time after the first one ended is "
+     "accepted again without storing anything (24 h)"},
+    {"mailbox_max_messages", T_UINT, OFF(mailbox_max_messages), "100000", 1, 1000000000, "N",
+     "messages waiting in one mailbox; more get MAILBOX_FULL"},
+    {"mailbox_max_bytes", T_UINT, OFF(mailbox_max_bytes), "1073741824", 1024, 1099511627776ull,
+     "BYTES", "payload bytes waiting in one mailbox; more get MAILBOX_FULL"},
+    {"max_credit", T_UINT, OFF(max_credit), "10000", 1, 1000000, "N",
+     "the most deliveries one connection may hold unacknowledged (CREDIT is capped to it)"},
+    {"event_retention_ms", T_UINT, OFF(event_retention_ms), "604800000", 1000, 31536000000ull, "MS",
+     "events kept for durable subscriptions are removed after this time even if not "
+     "acknowledged (7 days)"},
+    {"event_retention_bytes", T_UINT, OFF(event_retention_bytes), "1073741824", 1024,
+     1099511627776ull, "BYTES",
+     "payload bytes of events kept for durable subscriptions; the oldest go first beyond it"},
+    {"cache_bytes", T_UINT, OFF(cache_bytes), "67108864", 0, 17179869184ull, "BYTES",
+     "payloads of waiting messages and events kept in memory as well, so that delivering them "
+     "does not read the store"},
     {"require_schema", T_LIST, OFF(require_schema), NULL, 0, OFF(nrequire_schema), "PATTERN",
      "services matching PATTERN (pkg.Service, or a prefix ending in '*') need a registered "
      "interface: OFFER and CALL are refused until one is pushed (repeatable)"},

@@ -42,6 +42,18 @@ typedef struct brk_config {
     uint64_t audit_max_file_bytes;
     int audit_background; /* answers do not wait for the audit fsync */
     char *metrics;        /* HOST:PORT of the metrics and health endpoint; NULL: none */
+    uint64_t message_ttl_ms;
+    uint64_t max_message_ttl_ms;
+    uint64_t max_deliveries;
+    uint64_t ack_timeout_ms;
+    uint64_t dedup_window_ms;
+    uint64_t mailbox_max_messages;
+    uint64_t mailbox_max_bytes;
+    uint64_t max_credit;
+    uint64_t event_retention_ms;
+    uint64_t event_retention_bytes;
+    uint64_t cache_bytes;
+    char *export_dir;                     /* --export DIR: write the store's contents and exit */
     char *require_schema[BRK_MAX_LISTEN]; /* service patterns that need a registered interface */
     size_t nrequire_schema;
 } brk_config_t;

@@ -191,10 +191,10 @@ brk_proto_flush_upto(brk_proto_t *self, size_t upto)
     }
 }
 
-int
-brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload)
+/* Makes room for one more message with a header of up to AB_MAX_HEADER_BYTES. */
+static int
+s_reserve(brk_proto_t *self)
 {
-    brk_proto_t *self = ctx;
     if (self->nout == self->out_cap || self->buf_cap - self->used < AB_MAX_HEADER_BYTES) {
         if (self->holding || self->nout > 0) {
             /* while answers are held the outbox grows (bounded by how long an fsync takes) */
@@ -217,12 +217,14 @@ brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *pa
             }
         }
     }
+    return 0;
+}
+
+/* Queues the header of `n` bytes now at buf + used. */
+static void
+s_queue(brk_proto_t *self, const brk_peer_t *to, size_t n, void *payload)
+{
     s_out_t *o = &self->out[self->nout];
-    int n = ab_wire_encode(hdr, self->buf + self->used, AB_MAX_HEADER_BYTES);
-    if (n < 0) {
-        brk_log(BRK_LOG_ERROR, "event=encode_failed kind=%s", ab_kind_name(hdr->kind));
-        return AB_EINTERNAL;
-    }
     o->to.len = to->len;
     memcpy(o->to.id, to->id, to->len);
     o->off = (uint32_t)self->used;
@@ -232,8 +234,38 @@ brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *pa
         zmq_msg_init(&o->payload);
         zmq_msg_move(&o->payload, payload); /* forwarded once: move, not even a refcount */
     }
-    self->used += (size_t)n;
+    self->used += n;
     self->nout++;
+}
+
+int
+brk_proto_send(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, void *payload)
+{
+    brk_proto_t *self = ctx;
+    if (s_reserve(self) != 0)
+        return AB_EUNAVAILABLE;
+    int n = ab_wire_encode(hdr, self->buf + self->used, AB_MAX_HEADER_BYTES);
+    if (n < 0) {
+        brk_log(BRK_LOG_ERROR, "event=encode_failed kind=%s", ab_kind_name(hdr->kind));
+        return AB_EINTERNAL;
+    }
+    s_queue(self, to, (size_t)n, payload);
+    return 0;
+}
+
+int
+brk_proto_send_raw(void *ctx, const brk_peer_t *to, const uint8_t *hdr, size_t hdr_len,
+                   const uint8_t *tail, size_t tail_len, void *payload)
+{
+    brk_proto_t *self = ctx;
+    if (hdr_len + tail_len > AB_MAX_HEADER_BYTES)
+        return AB_EINTERNAL;
+    if (s_reserve(self) != 0)
+        return AB_EUNAVAILABLE;
+    memcpy(self->buf + self->used, hdr, hdr_len);
+    if (tail_len)
+        memcpy(self->buf + self->used + hdr_len, tail, tail_len);
+    s_queue(self, to, hdr_len + tail_len, payload);
     return 0;
 }
 

@@ -81,6 +81,11 @@ void brk_proto_hold(brk_proto_t *self, int hold);
 typedef void(brk_proto_gone_fn)(void *arg, const brk_peer_t *peer);
 void brk_proto_on_gone(brk_proto_t *self, brk_proto_gone_fn *fn, void *arg);
 
+/* As brk_proto_send(), with a header already encoded: `hdr_len` bytes, then `tail_len` bytes
+ * of further fields appended (a protobuf message may be extended by concatenation). */
+int brk_proto_send_raw(void *ctx, const brk_peer_t *to, const uint8_t *hdr, size_t hdr_len,
+                       const uint8_t *tail, size_t tail_len, void *payload);
+
 /* As brk_proto_send(), with a payload of `len` bytes that the broker made itself. */
 int brk_proto_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr, const void *data,
                          size_t len);

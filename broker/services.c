@@ -75,6 +75,9 @@ struct brk_services {
     brk_registry_t *registry;        /* borrowed; NULL: nothing is validated */
     const brk_services_gate_t *gate; /* borrowed; NULL: everything allowed, nothing recorded */
     uint64_t now;                    /* of the message or tick being handled, ms */
+    brk_services_method_fn *method;  /* further broker methods (MessageStatus), or NULL */
+    brk_services_attached_fn *attached;
+    void *ext_ctx;
     brk_ratelimit_t log_refused;
     brk_services_stats_t st;
 };
@@ -561,6 +564,39 @@ s_registry_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, 
     free(out);
 }
 
+/* A broker method answered outside the services (brk_services_set_extension()). Returns 0
+ * when it was answered, 1 when it is not one of them. */
+static int
+s_ext_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, void *payload,
+           const uint8_t *corr, size_t corr_len)
+{
+    size_t len;
+    const uint8_t *data = s_payload(self, payload, &len);
+    uint8_t *out = NULL;
+    size_t out_len = 0;
+    const char *schema = "";
+    char why[AB_MAX_ERROR_TEXT] = "";
+    int rc = self->method(self->ext_ctx, caller->participant, hdr->service, data, len, &out,
+                          &out_len, &schema, why, sizeof why);
+    if (rc == 1)
+        return 1;
+    if (rc != 0) {
+        s_send_error(self, &caller->peer, corr, corr_len, hdr->service, rc, "%s", why);
+        return 0;
+    }
+    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+    h.version = AB_PROTOCOL_VERSION;
+    h.kind = AMTSBOTE__V1__KIND__KIND_REPLY;
+    h.correlation_id.data = (uint8_t *)corr;
+    h.correlation_id.len = corr_len;
+    h.service = hdr->service;
+    h.schema = (char *)schema;
+    self->io->send_bytes(self->io->ctx, &caller->peer, &h, out, out_len);
+    self->st.replies++;
+    free(out);
+    return 0;
+}
+
 static void
 s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, void *payload,
               uint64_t now)
@@ -591,11 +627,13 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
             s_list_services(self, caller, hdr, corr, corr_len);
         } else if (self->registry && brk_registry_answers(hdr->service)) {
             s_registry_call(self, caller, hdr, payload, now, corr, corr_len);
+        } else if (self->method && s_ext_call(self, caller, hdr, payload, corr, corr_len) == 0) {
+            return;
         } else {
             self->st.unknown_service++;
             s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNKNOWN_SERVICE,
-                         "the broker offers %s/ListServices, SchemaPush, SchemaList and "
-                         "SchemaGet, not %s",
+                         "the broker offers %s/ListServices, SchemaPush, SchemaList, "
+                         "SchemaGet and MessageStatus, not %s",
                          BRK_SERVICE_BROKER, hdr->service);
         }
         return;
@@ -857,7 +895,8 @@ brk_services_handle(brk_services_t *self, const brk_peer_t *from, const char *pa
          * broker removed them (the provider stalled past the timeout): an unasked HELLO tells
          * it to offer again.
          */
-        if (conn->noffers > 0 || self->draining)
+        if (conn->noffers > 0 || self->draining ||
+            (self->attached && self->attached(self->ext_ctx, from, now)))
             return;
         corr = NULL;
         corr_len = 0;
@@ -985,6 +1024,15 @@ brk_services_new(const brk_config_t *cfg, const brk_services_io_t *io)
     self->cfg = cfg;
     self->io = io;
     return self;
+}
+
+void
+brk_services_set_extension(brk_services_t *self, brk_services_method_fn *method,
+                           brk_services_attached_fn *attached, void *ctx)
+{
+    self->method = method;
+    self->attached = attached;
+    self->ext_ctx = ctx;
 }
 
 void

@@ -135,6 +135,20 @@ void brk_services_set_gate(brk_services_t *self, const brk_services_gate_t *gate
  * answer its own broker methods (amtsbote.v1.Broker/Schema*). */
 void brk_services_set_registry(brk_services_t *self, brk_registry_t *reg);
 
+/*
+ * What the mailboxes add to the services: `method` answers further amtsbote.v1.Broker methods
+ * (returns 0 with a reply of *out_len bytes in *out, freed by the caller, and its type in
+ * *schema; an AB_E* with the reason in why; or 1 when `method` is not one of its own);
+ * `attached` says whether connection `peer` takes deliveries (then its HEARTBEATs are expected
+ * and do not mean that the broker forgot its offers). Either may be NULL.
+ */
+typedef int brk_services_method_fn(void *ctx, const char *participant, const char *method,
+                                   const uint8_t *req, size_t len, uint8_t **out, size_t *out_len,
+                                   const char **schema, char *why, size_t why_cap);
+typedef int brk_services_attached_fn(void *ctx, const brk_peer_t *peer, uint64_t now);
+void brk_services_set_extension(brk_services_t *self, brk_services_method_fn *method,
+                                brk_services_attached_fn *attached, void *ctx);
+
 /* From now on new calls and offers get UNAVAILABLE; calls in flight may still finish. */
 void brk_services_drain(brk_services_t *self);
 

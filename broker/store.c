@@ -9,11 +9,41 @@
 
 #include "amtsbote.h"
 #include "log.h"
+#include "wire.h"
+
+#define AB_MESSAGE_ID_LEN_STORE AB_MESSAGE_ID_LEN
+
+/* Prepared statements of the write path, made once. */
+enum {
+    Q_MAIL_PUT,
+    Q_MAIL_DEL,
+    Q_MAIL_UPD,
+    Q_MAIL_GET,
+    Q_SENT_PUT,
+    Q_SENT_GET,
+    Q_SENT_END,
+    Q_SENT_DELIVERED,
+    Q_SENT_PURGE,
+    Q_SUB_PUT,
+    Q_SUB_DEL,
+    Q_SUB_ACKED,
+    Q_EVENT_PUT,
+    Q_EVENT_GET,
+    Q_EVENT_PURGE,
+    Q_COUNT
+};
 
 struct brk_store {
     sqlite3 *db;
     char path[4096];
     int layout;
+    sqlite3_stmt *q[Q_COUNT];
+    int in_txn;  /* a turn's transaction is open */
+    int turn_rc; /* the first write error of this turn (rolled back at commit) */
+    char turn_err[4608];
+    int failed; /* a write failed in a way that is not "disk full": no more writes */
+    char failed_err[4608];
+    brk_store_stats_t st;
 };
 
 /* Each entry moves the layout from version i to i + 1. Append only; never edit a shipped one. */
@@ -28,6 +58,53 @@ static const char *const s_migrations[] = {
     "  pushed_at_ms INTEGER NOT NULL,"
     "  PRIMARY KEY (name, version)"
     ") WITHOUT ROWID;",
+    /* 2: mailboxes, what was sent (dedup and timelines), durable subscriptions and events */
+    "CREATE TABLE mail ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  recipient TEXT NOT NULL,"
+    "  kind INTEGER NOT NULL,"
+    "  sender TEXT NOT NULL,"
+    "  message_id BLOB NOT NULL,"
+    "  header BLOB NOT NULL,"
+    "  payload BLOB NOT NULL,"
+    "  accepted_ms INTEGER NOT NULL,"
+    "  expires_ms INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL,"
+    "  dead INTEGER NOT NULL,"
+    "  sha256 BLOB NOT NULL"
+    ");"
+    "CREATE TABLE sent ("
+    "  sender TEXT NOT NULL,"
+    "  message_id BLOB NOT NULL,"
+    "  recipient TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  size INTEGER NOT NULL,"
+    "  accepted_ms INTEGER NOT NULL,"
+    "  delivered_ms INTEGER NOT NULL,"
+    "  ended_ms INTEGER NOT NULL,"
+    "  state INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL,"
+    "  PRIMARY KEY (sender, message_id)"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX sent_by_end ON sent (ended_ms) WHERE ended_ms > 0;"
+    "CREATE TABLE subscriptions ("
+    "  participant TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  pattern TEXT NOT NULL,"
+    "  acked_upto INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (participant, name)"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE events ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  topic TEXT NOT NULL,"
+    "  sender TEXT NOT NULL,"
+    "  message_id BLOB NOT NULL,"
+    "  header BLOB NOT NULL,"
+    "  payload BLOB NOT NULL,"
+    "  published_ms INTEGER NOT NULL,"
+    "  sha256 BLOB NOT NULL"
+    ");",
 };
 #define S_LAYOUT ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 
@@ -119,6 +196,12 @@ brk_store_close(brk_store_t **self_p)
     if (self_p == NULL || *self_p == NULL)
         return;
     brk_store_t *self = *self_p;
+    if (self->in_txn) {
+        char err[256];
+        brk_store_commit(self, err, sizeof err);
+    }
+    for (int i = 0; i < Q_COUNT; i++)
+        sqlite3_finalize(self->q[i]);
     if (self->db)
         sqlite3_close_v2(self->db);
     free(self);
@@ -143,6 +226,21 @@ brk_store_schema_put(brk_store_t *self, brk_store_schema_t *rows, size_t n, char
                      size_t errlen)
 {
     sqlite3_stmt *st = NULL;
+    /* a push is its own transaction: the turn's writes so far are committed first */
+    if (self->in_txn || self->turn_rc) {
+        char terr[4608];
+        int trc = brk_store_commit(self, terr, sizeof terr);
+        if (trc) {
+            self->turn_rc = trc; /* the turn's owner learns of it at its own commit */
+            snprintf(self->turn_err, sizeof self->turn_err, "%s", terr);
+            snprintf(err, errlen, "%s", terr);
+            return AB_EIO;
+        }
+    }
+    if (self->failed) {
+        snprintf(err, errlen, "%s", self->failed_err);
+        return AB_EIO;
+    }
     if (s_exec(self, "BEGIN IMMEDIATE;", err, errlen) < 0)
         return AB_EIO;
     int rc = sqlite3_prepare_v2(self->db,
@@ -230,4 +328,697 @@ brk_store_schema_each(brk_store_t *self, const char *name, uint32_t version,
     }
     sqlite3_finalize(st);
     return rc;
+}
+
+/* ---- the write path: one transaction per loop turn ------------------------------------------ */
+
+static const char *const s_sql[Q_COUNT] = {
+    [Q_MAIL_PUT] = "INSERT INTO mail (seq, recipient, kind, sender, message_id, header, payload,"
+                   " accepted_ms, expires_ms, attempts, dead, sha256)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);",
+    [Q_MAIL_DEL] = "DELETE FROM mail WHERE seq = ?;",
+    [Q_MAIL_UPD] = "UPDATE mail SET attempts = ?, dead = ? WHERE seq = ?;",
+    [Q_MAIL_GET] = "SELECT seq, recipient, kind, sender, message_id, header, payload, accepted_ms,"
+                   " expires_ms, attempts, dead, sha256 FROM mail WHERE seq = ?;",
+    [Q_SENT_PUT] = "INSERT OR IGNORE INTO sent (sender, message_id, recipient, seq, size,"
+                   " accepted_ms, delivered_ms, ended_ms, state, attempts)"
+                   " VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0);",
+    [Q_SENT_GET] = "SELECT sender, message_id, recipient, seq, size, accepted_ms, delivered_ms,"
+                   " ended_ms, state, attempts FROM sent WHERE sender = ? AND message_id = ?;",
+    [Q_SENT_END] = "UPDATE sent SET delivered_ms = ?, ended_ms = ?, state = ?, attempts = ?"
+                   " WHERE sender = ? AND message_id = ?;",
+    [Q_SENT_DELIVERED] = "UPDATE sent SET delivered_ms = ?, attempts = ?"
+                         " WHERE sender = ? AND message_id = ?;",
+    [Q_SENT_PURGE] = "DELETE FROM sent WHERE ended_ms > 0 AND ended_ms < ?;",
+    [Q_SUB_PUT] = "INSERT OR REPLACE INTO subscriptions (participant, name, pattern, acked_upto,"
+                  " created_ms) VALUES (?, ?, ?, ?, ?);",
+    [Q_SUB_DEL] = "DELETE FROM subscriptions WHERE participant = ? AND name = ?;",
+    [Q_SUB_ACKED] = "UPDATE subscriptions SET acked_upto = ? WHERE participant = ? AND name = ?;",
+    [Q_EVENT_PUT] = "INSERT INTO events (seq, topic, sender, message_id, header, payload,"
+                    " published_ms, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?);",
+    [Q_EVENT_GET] = "SELECT seq, topic, sender, message_id, header, payload, published_ms, sha256"
+                    " FROM events WHERE seq = ?;",
+    [Q_EVENT_PURGE] = "DELETE FROM events WHERE seq <= ? OR published_ms < ?;",
+};
+
+static sqlite3_stmt *
+s_q(brk_store_t *self, int q)
+{
+    if (!self->q[q] && sqlite3_prepare_v3(self->db, s_sql[q], -1, SQLITE_PREPARE_PERSISTENT,
+                                          &self->q[q], NULL) != SQLITE_OK) {
+        brk_log(BRK_LOG_ERROR, "event=store_error op=prepare reason=\"%s\"",
+                sqlite3_errmsg(self->db));
+        return NULL;
+    }
+    sqlite3_reset(self->q[q]);
+    sqlite3_clear_bindings(self->q[q]);
+    return self->q[q];
+}
+
+/* Notes the first error of the turn; the commit rolls the turn back. */
+static int
+s_write_failed(brk_store_t *self, int sqlite_rc, const char *op)
+{
+    if (self->turn_rc == 0) {
+        int full = (sqlite_rc & 0xff) == SQLITE_FULL;
+        self->turn_rc = full ? AB_EUNAVAILABLE : AB_EIO;
+        snprintf(self->turn_err, sizeof self->turn_err, "%s: %s%s", self->path,
+                 sqlite3_errstr(sqlite_rc), full ? " (the disk is full)" : "");
+        brk_log(BRK_LOG_ERROR, "event=store_error op=%s reason=\"%s\"", op, self->turn_err);
+    }
+    return self->turn_rc;
+}
+
+/* Opens the turn's transaction on the first write. */
+static int
+s_begin(brk_store_t *self)
+{
+    if (self->failed)
+        return AB_EIO;
+    if (self->turn_rc)
+        return self->turn_rc;
+    if (self->in_txn)
+        return 0;
+    int rc = sqlite3_exec(self->db, "BEGIN;", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return s_write_failed(self, rc, "begin");
+    self->in_txn = 1;
+    return 0;
+}
+
+/* Runs a write statement in the turn's transaction. */
+static int
+s_step_write(brk_store_t *self, sqlite3_stmt *st, const char *op)
+{
+    if (!st)
+        return s_write_failed(self, SQLITE_ERROR, op);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return s_write_failed(self, rc, op);
+    self->st.writes++;
+    return 0;
+}
+
+int
+brk_store_writable(const brk_store_t *self, char *err, size_t errlen)
+{
+    if (self->failed) {
+        snprintf(err, errlen, "%s", self->failed_err);
+        return AB_EIO;
+    }
+    if (self->turn_rc) {
+        snprintf(err, errlen, "%s", self->turn_err);
+        return self->turn_rc;
+    }
+    return 0;
+}
+
+int
+brk_store_commit(brk_store_t *self, char *err, size_t errlen)
+{
+    if (!self->in_txn) {
+        int rc = self->turn_rc;
+        if (rc)
+            snprintf(err, errlen, "%s", self->turn_err);
+        self->turn_rc = 0;
+        return rc;
+    }
+    self->in_txn = 0;
+    int rc = self->turn_rc;
+    if (rc == 0) {
+        uint64_t t0 = ab_now_ms();
+        int src = sqlite3_exec(self->db, "COMMIT;", NULL, NULL, NULL);
+        uint64_t dt = ab_now_ms() - t0;
+        self->st.commits++;
+        self->st.commit_ms_total += dt;
+        if (dt > self->st.commit_ms_max)
+            self->st.commit_ms_max = dt;
+        if (src != SQLITE_OK)
+            rc = s_write_failed(self, src, "commit");
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "%s", self->turn_err);
+        if (sqlite3_get_autocommit(self->db) == 0)
+            sqlite3_exec(self->db, "ROLLBACK;", NULL, NULL, NULL);
+        self->st.rollbacks++;
+        if (rc == AB_EIO && !self->failed) {
+            /* after a failed write or fsync nothing about the file can be trusted: stop */
+            self->failed = 1;
+            snprintf(self->failed_err, sizeof self->failed_err, "%s", self->turn_err);
+        }
+    }
+    self->turn_rc = 0;
+    return rc;
+}
+
+void
+brk_store_stats(const brk_store_t *self, brk_store_stats_t *out)
+{
+    *out = self->st;
+    out->failed = self->failed;
+}
+
+/* SHA-256 over a record's header then payload. */
+static void
+s_sha256_2(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen, uint8_t out[32])
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    unsigned int n = 32;
+    if (!c || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(c, a, alen) != 1 ||
+        EVP_DigestUpdate(c, b, blen) != 1 || EVP_DigestFinal_ex(c, out, &n) != 1)
+        memset(out, 0, 32);
+    EVP_MD_CTX_free(c);
+}
+
+static const uint8_t s_nothing[1];
+
+int
+brk_store_mail_put(brk_store_t *self, const brk_store_mail_t *m)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    uint8_t sum[32];
+    s_sha256_2(m->header, m->header_len, m->payload ? m->payload : s_nothing, m->payload_len, sum);
+    sqlite3_stmt *st = s_q(self, Q_MAIL_PUT);
+    if (st) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)m->seq);
+        sqlite3_bind_text(st, 2, m->recipient, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, m->kind);
+        sqlite3_bind_text(st, 4, m->sender, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 5, m->message_id, (int)m->message_id_len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 6, m->header, (int)m->header_len, SQLITE_STATIC);
+        sqlite3_bind_blob64(st, 7, m->payload ? m->payload : s_nothing, m->payload_len,
+                            SQLITE_STATIC);
+        sqlite3_bind_int64(st, 8, (sqlite3_int64)m->accepted_ms);
+        sqlite3_bind_int64(st, 9, (sqlite3_int64)m->expires_ms);
+        sqlite3_bind_int64(st, 10, m->attempts);
+        sqlite3_bind_int(st, 11, m->dead);
+        sqlite3_bind_blob(st, 12, sum, 32, SQLITE_STATIC);
+    }
+    return s_step_write(self, st, "mail_put");
+}
+
+int
+brk_store_mail_delete(brk_store_t *self, uint64_t seq)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, Q_MAIL_DEL);
+    if (st)
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    return s_step_write(self, st, "mail_delete");
+}
+
+int
+brk_store_mail_update(brk_store_t *self, uint64_t seq, uint32_t attempts, int dead)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, Q_MAIL_UPD);
+    if (st) {
+        sqlite3_bind_int64(st, 1, attempts);
+        sqlite3_bind_int(st, 2, dead);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)seq);
+    }
+    return s_step_write(self, st, "mail_update");
+}
+
+/* Fills a mail row from the current row of `st` (the column order of Q_MAIL_GET) and verifies
+ * its checksum when it has its blobs. */
+static int
+s_mail_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_mail_t *m, char *err,
+           size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    m->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    m->recipient = (const char *)sqlite3_column_text(st, 1);
+    m->kind = sqlite3_column_int(st, 2);
+    m->sender = (const char *)sqlite3_column_text(st, 3);
+    m->message_id = sqlite3_column_blob(st, 4);
+    m->message_id_len = (size_t)sqlite3_column_bytes(st, 4);
+    m->accepted_ms = (uint64_t)sqlite3_column_int64(st, 7);
+    m->expires_ms = (uint64_t)sqlite3_column_int64(st, 8);
+    m->attempts = (uint32_t)sqlite3_column_int64(st, 9);
+    m->dead = sqlite3_column_int(st, 10);
+    if (!m->recipient || !m->sender) {
+        snprintf(err, errlen, "%s: mail record %llu has no recipient or sender", self->path,
+                 (unsigned long long)m->seq);
+        return AB_EINTERNAL;
+    }
+    if (!blobs) {
+        m->payload_len = (size_t)sqlite3_column_bytes(st, 6);
+        return 0;
+    }
+    m->header = sqlite3_column_blob(st, 5);
+    m->header_len = (size_t)sqlite3_column_bytes(st, 5);
+    m->payload = sqlite3_column_blob(st, 6);
+    m->payload_len = (size_t)sqlite3_column_bytes(st, 6);
+    const void *sum = sqlite3_column_blob(st, 11);
+    uint8_t want[32];
+    s_sha256_2(m->header ? m->header : s_nothing, m->header_len,
+               m->payload ? m->payload : s_nothing, m->payload_len, want);
+    if (sqlite3_column_bytes(st, 11) != 32 || memcmp(sum, want, 32) != 0 ||
+        m->message_id_len != 16) {
+        snprintf(err, errlen,
+                 "%s: mail record %llu (for %s) is damaged: its SHA-256 does not match", self->path,
+                 (unsigned long long)m->seq, m->recipient);
+        return AB_EINTERNAL;
+    }
+    return 0;
+}
+
+int
+brk_store_mail_get(brk_store_t *self, uint64_t seq, brk_store_mail_fn *fn, void *arg, char *err,
+                   size_t errlen)
+{
+    sqlite3_stmt *st = s_q(self, Q_MAIL_GET);
+    if (!st) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        return AB_EIO;
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    int step = sqlite3_step(st), rc;
+    if (step == SQLITE_ROW) {
+        brk_store_mail_t m;
+        rc = s_mail_row(self, st, 1, &m, err, errlen);
+        if (rc == 0)
+            rc = fn(arg, &m);
+    } else if (step == SQLITE_DONE) {
+        snprintf(err, errlen, "%s: mail record %llu is missing", self->path,
+                 (unsigned long long)seq);
+        rc = AB_EINTERNAL;
+    } else {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        rc = AB_EIO;
+    }
+    sqlite3_reset(st);
+    self->st.reads++;
+    return rc;
+}
+
+int
+brk_store_mail_each(brk_store_t *self, int blobs, brk_store_mail_fn *fn, void *arg, char *err,
+                    size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    const char *sql = blobs ? "SELECT seq, recipient, kind, sender, message_id, header, payload,"
+                              " accepted_ms, expires_ms, attempts, dead, sha256 FROM mail"
+                              " ORDER BY seq;"
+                            : "SELECT seq, recipient, kind, sender, message_id, NULL, payload,"
+                              " accepted_ms, expires_ms, attempts, dead, NULL FROM mail"
+                              " ORDER BY seq;";
+    if (sqlite3_prepare_v2(self->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        return AB_EIO;
+    }
+    int rc = 0, step;
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        brk_store_mail_t m;
+        rc = s_mail_row(self, st, blobs, &m, err, errlen);
+        if (rc == 0)
+            rc = fn(arg, &m);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        rc = AB_EIO;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+uint64_t
+brk_store_max_seq(brk_store_t *self)
+{
+    sqlite3_stmt *st = NULL;
+    uint64_t max = 0;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT MAX(m), MAX(e), MAX(s), MAX(a) FROM"
+                           " (SELECT MAX(seq) AS m FROM mail), (SELECT MAX(seq) AS e FROM events),"
+                           " (SELECT MAX(seq) AS s FROM sent),"
+                           " (SELECT MAX(acked_upto) AS a FROM subscriptions);",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        for (int i = 0; i < 4; i++) {
+            uint64_t v = (uint64_t)sqlite3_column_int64(st, i);
+            if (v > max)
+                max = v;
+        }
+    }
+    sqlite3_finalize(st);
+    return max;
+}
+
+int
+brk_store_sent_put(brk_store_t *self, const brk_store_sent_t *s, brk_store_sent_t *existing)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, Q_SENT_PUT);
+    if (st) {
+        sqlite3_bind_text(st, 1, s->sender, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, s->message_id, AB_MESSAGE_ID_LEN_STORE, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, s->recipient, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)s->seq);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)s->size);
+        sqlite3_bind_int64(st, 6, (sqlite3_int64)s->accepted_ms);
+    }
+    if ((rc = s_step_write(self, st, "sent_put")) != 0)
+        return rc;
+    if (sqlite3_changes(self->db) == 1)
+        return 0;
+    char err[256];
+    if (brk_store_sent_get(self, s->sender, s->message_id, existing, err, sizeof err) != 0)
+        return s_write_failed(self, SQLITE_CORRUPT, "sent_get");
+    return 1;
+}
+
+int
+brk_store_sent_get(brk_store_t *self, const char *sender, const uint8_t *message_id,
+                   brk_store_sent_t *out, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = s_q(self, Q_SENT_GET);
+    if (!st) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        return AB_EIO;
+    }
+    sqlite3_bind_text(st, 1, sender, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, message_id, AB_MESSAGE_ID_LEN_STORE, SQLITE_STATIC);
+    int step = sqlite3_step(st), rc = 0;
+    if (step == SQLITE_ROW) {
+        memset(out, 0, sizeof *out);
+        const char *r = (const char *)sqlite3_column_text(st, 2);
+        snprintf(out->recipient_buf, sizeof out->recipient_buf, "%s", r ? r : "");
+        out->recipient = out->recipient_buf;
+        out->sender = sender;
+        out->message_id = message_id;
+        out->seq = (uint64_t)sqlite3_column_int64(st, 3);
+        out->size = (uint64_t)sqlite3_column_int64(st, 4);
+        out->accepted_ms = (uint64_t)sqlite3_column_int64(st, 5);
+        out->delivered_ms = (uint64_t)sqlite3_column_int64(st, 6);
+        out->ended_ms = (uint64_t)sqlite3_column_int64(st, 7);
+        out->state = sqlite3_column_int(st, 8);
+        out->attempts = (uint32_t)sqlite3_column_int64(st, 9);
+    } else if (step == SQLITE_DONE) {
+        rc = 1;
+    } else {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        rc = AB_EIO;
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+int
+brk_store_sent_end(brk_store_t *self, const char *sender, const uint8_t *message_id, int state,
+                   uint64_t delivered_ms, uint64_t ended_ms, uint32_t attempts)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, state ? Q_SENT_END : Q_SENT_DELIVERED);
+    if (st && state) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)delivered_ms);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)ended_ms);
+        sqlite3_bind_int(st, 3, state);
+        sqlite3_bind_int64(st, 4, attempts);
+        sqlite3_bind_text(st, 5, sender, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 6, message_id, AB_MESSAGE_ID_LEN_STORE, SQLITE_STATIC);
+    } else if (st) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)delivered_ms);
+        sqlite3_bind_int64(st, 2, attempts);
+        sqlite3_bind_text(st, 3, sender, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, message_id, AB_MESSAGE_ID_LEN_STORE, SQLITE_STATIC);
+    }
+    return s_step_write(self, st, "sent_end");
+}
+
+int
+brk_store_sent_purge(brk_store_t *self, uint64_t ended_before_ms)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, Q_SENT_PURGE);
+    if (st)
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)ended_before_ms);
+    if ((rc = s_step_write(self, st, "sent_purge")) != 0)
+        return rc;
+    return sqlite3_changes(self->db);
+}
+
+int
+brk_store_sent_each(brk_store_t *self, brk_store_sent_fn *fn, void *arg, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT sender, message_id, recipient, seq, size, accepted_ms,"
+                           " delivered_ms, ended_ms, state, attempts FROM sent ORDER BY seq;",
+                           -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        return AB_EIO;
+    }
+    int rc = 0, step;
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        brk_store_sent_t s;
+        memset(&s, 0, sizeof s);
+        s.sender = (const char *)sqlite3_column_text(st, 0);
+        s.message_id = sqlite3_column_blob(st, 1);
+        s.recipient = (const char *)sqlite3_column_text(st, 2);
+        s.seq = (uint64_t)sqlite3_column_int64(st, 3);
+        s.size = (uint64_t)sqlite3_column_int64(st, 4);
+        s.accepted_ms = (uint64_t)sqlite3_column_int64(st, 5);
+        s.delivered_ms = (uint64_t)sqlite3_column_int64(st, 6);
+        s.ended_ms = (uint64_t)sqlite3_column_int64(st, 7);
+        s.state = sqlite3_column_int(st, 8);
+        s.attempts = (uint32_t)sqlite3_column_int64(st, 9);
+        if (!s.sender || !s.recipient || sqlite3_column_bytes(st, 1) != AB_MESSAGE_ID_LEN_STORE) {
+            snprintf(err, errlen, "%s: a 'sent' record (seq %llu) is damaged", self->path,
+                     (unsigned long long)s.seq);
+            rc = AB_EINTERNAL;
+            break;
+        }
+        rc = fn(arg, &s);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        rc = AB_EIO;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int
+brk_store_sub_put(brk_store_t *self, const brk_store_sub_t *s)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, Q_SUB_PUT);
+    if (st) {
+        sqlite3_bind_text(st, 1, s->participant, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, s->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, s->pattern, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)s->acked_upto);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)s->created_ms);
+    }
+    return s_step_write(self, st, "sub_put");
+}
+
+int
+brk_store_sub_delete(brk_store_t *self, const char *participant, const char *name)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, Q_SUB_DEL);
+    if (st) {
+        sqlite3_bind_text(st, 1, participant, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    }
+    return s_step_write(self, st, "sub_delete");
+}
+
+int
+brk_store_sub_acked(brk_store_t *self, const char *participant, const char *name, uint64_t upto)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, Q_SUB_ACKED);
+    if (st) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)upto);
+        sqlite3_bind_text(st, 2, participant, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
+    }
+    return s_step_write(self, st, "sub_acked");
+}
+
+int
+brk_store_sub_each(brk_store_t *self, brk_store_sub_fn *fn, void *arg, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT participant, name, pattern, acked_upto, created_ms"
+                           " FROM subscriptions ORDER BY participant, name;",
+                           -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        return AB_EIO;
+    }
+    int rc = 0, step;
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        brk_store_sub_t s;
+        s.participant = (const char *)sqlite3_column_text(st, 0);
+        s.name = (const char *)sqlite3_column_text(st, 1);
+        s.pattern = (const char *)sqlite3_column_text(st, 2);
+        s.acked_upto = (uint64_t)sqlite3_column_int64(st, 3);
+        s.created_ms = (uint64_t)sqlite3_column_int64(st, 4);
+        if (!s.participant || !s.name || !s.pattern) {
+            snprintf(err, errlen, "%s: a subscription record is damaged", self->path);
+            rc = AB_EINTERNAL;
+            break;
+        }
+        rc = fn(arg, &s);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        rc = AB_EIO;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int
+brk_store_event_put(brk_store_t *self, const brk_store_event_t *e)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    uint8_t sum[32];
+    s_sha256_2(e->header, e->header_len, e->payload ? e->payload : s_nothing, e->payload_len, sum);
+    sqlite3_stmt *st = s_q(self, Q_EVENT_PUT);
+    if (st) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)e->seq);
+        sqlite3_bind_text(st, 2, e->topic, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, e->sender, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, e->message_id, (int)e->message_id_len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 5, e->header, (int)e->header_len, SQLITE_STATIC);
+        sqlite3_bind_blob64(st, 6, e->payload ? e->payload : s_nothing, e->payload_len,
+                            SQLITE_STATIC);
+        sqlite3_bind_int64(st, 7, (sqlite3_int64)e->published_ms);
+        sqlite3_bind_blob(st, 8, sum, 32, SQLITE_STATIC);
+    }
+    return s_step_write(self, st, "event_put");
+}
+
+static int
+s_event_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_event_t *e, char *err,
+            size_t errlen)
+{
+    memset(e, 0, sizeof *e);
+    e->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    e->topic = (const char *)sqlite3_column_text(st, 1);
+    e->sender = (const char *)sqlite3_column_text(st, 2);
+    e->message_id = sqlite3_column_blob(st, 3);
+    e->message_id_len = (size_t)sqlite3_column_bytes(st, 3);
+    e->published_ms = (uint64_t)sqlite3_column_int64(st, 6);
+    e->payload_len = (size_t)sqlite3_column_bytes(st, 5);
+    if (!e->topic || !e->sender) {
+        snprintf(err, errlen, "%s: event record %llu has no topic or sender", self->path,
+                 (unsigned long long)e->seq);
+        return AB_EINTERNAL;
+    }
+    if (!blobs)
+        return 0;
+    e->header = sqlite3_column_blob(st, 4);
+    e->header_len = (size_t)sqlite3_column_bytes(st, 4);
+    e->payload = sqlite3_column_blob(st, 5);
+    uint8_t want[32];
+    s_sha256_2(e->header ? e->header : s_nothing, e->header_len,
+               e->payload ? e->payload : s_nothing, e->payload_len, want);
+    if (sqlite3_column_bytes(st, 7) != 32 || memcmp(sqlite3_column_blob(st, 7), want, 32) != 0) {
+        snprintf(err, errlen,
+                 "%s: event record %llu (topic %s) is damaged: its SHA-256 does not "
+                 "match",
+                 self->path, (unsigned long long)e->seq, e->topic);
+        return AB_EINTERNAL;
+    }
+    return 0;
+}
+
+int
+brk_store_event_get(brk_store_t *self, uint64_t seq, brk_store_event_fn *fn, void *arg, char *err,
+                    size_t errlen)
+{
+    sqlite3_stmt *st = s_q(self, Q_EVENT_GET);
+    if (!st) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        return AB_EIO;
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    int step = sqlite3_step(st), rc;
+    if (step == SQLITE_ROW) {
+        brk_store_event_t e;
+        rc = s_event_row(self, st, 1, &e, err, errlen);
+        if (rc == 0)
+            rc = fn(arg, &e);
+    } else if (step == SQLITE_DONE) {
+        snprintf(err, errlen, "%s: event record %llu is missing", self->path,
+                 (unsigned long long)seq);
+        rc = AB_EINTERNAL;
+    } else {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        rc = AB_EIO;
+    }
+    sqlite3_reset(st);
+    self->st.reads++;
+    return rc;
+}
+
+int
+brk_store_event_each(brk_store_t *self, uint64_t after_seq, int blobs, brk_store_event_fn *fn,
+                     void *arg, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT seq, topic, sender, message_id, header, payload, published_ms,"
+                           " sha256 FROM events WHERE seq > ? ORDER BY seq;",
+                           -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        return AB_EIO;
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
+    int rc = 0, step;
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        brk_store_event_t e;
+        rc = s_event_row(self, st, blobs, &e, err, errlen);
+        if (rc == 0)
+            rc = fn(arg, &e);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        rc = AB_EIO;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int
+brk_store_event_purge(brk_store_t *self, uint64_t upto_seq, uint64_t published_before_ms)
+{
+    int rc = s_begin(self);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = s_q(self, Q_EVENT_PURGE);
+    if (st) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)upto_seq);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)published_before_ms);
+    }
+    if ((rc = s_step_write(self, st, "event_purge")) != 0)
+        return rc;
+    return sqlite3_changes(self->db);
 }

@@ -54,4 +54,150 @@ typedef int brk_store_schema_fn(void *arg, const brk_store_schema_t *row);
 int brk_store_schema_each(brk_store_t *self, const char *name, uint32_t version,
                           brk_store_schema_fn *fn, void *arg, char *err, size_t errlen);
 
+/* ---- the write path of mailboxes and events ----------------------------------------------------
+ * Writes go into one transaction per loop turn, opened by the first write; brk_store_commit()
+ * at the end of the turn commits it (one fsync for everything that arrived in the turn). A
+ * write error is remembered and the commit rolls the whole turn back: the caller then answers
+ * the turn's senders UNAVAILABLE instead of accepting. A full disk (SQLITE_FULL) fails only that
+ * turn; any other write or commit error fails the store for good (nothing is written again until
+ * a restart), because after a failed fsync the file's state is unknown. */
+
+typedef struct brk_store_stats {
+    uint64_t commits;
+    uint64_t rollbacks;
+    uint64_t commit_ms_total;
+    uint64_t commit_ms_max;
+    uint64_t writes;
+    uint64_t reads;
+    int failed;
+} brk_store_stats_t;
+
+/* 0 when writes may be tried; AB_EIO (failed for good) or AB_EUNAVAILABLE (this turn failed,
+ * e.g. disk full) with the reason in err. */
+int brk_store_writable(const brk_store_t *self, char *err, size_t errlen);
+
+/* Commits the turn's writes. Returns 0 (also when there was nothing to commit), or the turn's
+ * error (AB_EUNAVAILABLE: disk full; AB_EIO: the store failed for good) with the reason in err,
+ * after rolling the turn back. */
+int brk_store_commit(brk_store_t *self, char *err, size_t errlen);
+
+void brk_store_stats(const brk_store_t *self, brk_store_stats_t *out);
+
+/* Kinds of mail records: the header kind they are delivered with. */
+#define BRK_MAIL_MESSAGE 8  /* KIND_DELIVER */
+#define BRK_MAIL_RECEIPT 10 /* KIND_RECEIPT */
+
+/* One record of a mailbox: a message waiting for its recipient, or a receipt waiting for the
+ * sender of a message. `header` is the Header it is delivered with (kind, ids, sender, schema,
+ * headers, sequence), without `attempt`. */
+typedef struct brk_store_mail {
+    uint64_t seq;
+    const char *recipient;
+    int kind;
+    const char *sender;
+    const uint8_t *message_id;
+    size_t message_id_len;
+    const uint8_t *header;
+    size_t header_len;
+    const uint8_t *payload;
+    size_t payload_len;
+    uint64_t accepted_ms; /* Unix ms */
+    uint64_t expires_ms;  /* Unix ms; 0: never */
+    uint32_t attempts;
+    int dead; /* 1: dead letter, kept for the operator and --export */
+} brk_store_mail_t;
+
+/* The writes below return 0 or the turn's error (see above); nothing is on disk before
+ * brk_store_commit() returned 0. */
+int brk_store_mail_put(brk_store_t *self, const brk_store_mail_t *m);
+int brk_store_mail_delete(brk_store_t *self, uint64_t seq);
+int brk_store_mail_update(brk_store_t *self, uint64_t seq, uint32_t attempts, int dead);
+
+/* Reads record `seq` with its header and payload, verifies its checksum and calls fn with it
+ * (pointers valid during the call). Returns fn's value, AB_EINTERNAL for a damaged or missing
+ * record (named in err), AB_EIO for a database error. */
+typedef int brk_store_mail_fn(void *arg, const brk_store_mail_t *m);
+int brk_store_mail_get(brk_store_t *self, uint64_t seq, brk_store_mail_fn *fn, void *arg, char *err,
+                       size_t errlen);
+
+/* Calls fn for every mail record in sequence order; with `blobs` also header and payload, each
+ * verified. Returns as brk_store_mail_get(). */
+int brk_store_mail_each(brk_store_t *self, int blobs, brk_store_mail_fn *fn, void *arg, char *err,
+                        size_t errlen);
+
+/* The highest sequence number used by any record. */
+uint64_t brk_store_max_seq(brk_store_t *self);
+
+/* What was sent: one record per accepted SEND (the dedup key is sender + message_id), kept until
+ * the dedup window after its end has passed. */
+enum { BRK_SENT_WAITING = 0, BRK_SENT_ACKED = 1, BRK_SENT_EXPIRED = 2, BRK_SENT_FAILED = 3 };
+typedef struct brk_store_sent {
+    const char *sender;
+    const uint8_t *message_id; /* 16 bytes */
+    const char *recipient;
+    uint64_t seq;
+    uint64_t size;
+    uint64_t accepted_ms;
+    uint64_t delivered_ms; /* first delivery; 0: not yet */
+    uint64_t ended_ms;     /* 0: waiting */
+    int state;             /* BRK_SENT_* */
+    uint32_t attempts;
+    char recipient_buf[256];
+} brk_store_sent_t;
+
+/* Records a SEND. Returns 0 when it is new, 1 when (sender, message_id) is known already (then
+ * *existing is filled), or the turn's error. */
+int brk_store_sent_put(brk_store_t *self, const brk_store_sent_t *s, brk_store_sent_t *existing);
+/* Returns 0 with *out filled, 1 when unknown, AB_EIO. */
+int brk_store_sent_get(brk_store_t *self, const char *sender, const uint8_t *message_id,
+                       brk_store_sent_t *out, char *err, size_t errlen);
+/* Sets the end of a message (state != WAITING), or only its first delivery (state WAITING). */
+int brk_store_sent_end(brk_store_t *self, const char *sender, const uint8_t *message_id, int state,
+                       uint64_t delivered_ms, uint64_t ended_ms, uint32_t attempts);
+/* Forgets records that ended before `ended_before_ms`. Returns how many, or the turn's error. */
+int brk_store_sent_purge(brk_store_t *self, uint64_t ended_before_ms);
+typedef int brk_store_sent_fn(void *arg, const brk_store_sent_t *s);
+int brk_store_sent_each(brk_store_t *self, brk_store_sent_fn *fn, void *arg, char *err,
+                        size_t errlen);
+
+/* A durable subscription: events up to `acked_upto` are acknowledged. */
+typedef struct brk_store_sub {
+    const char *participant;
+    const char *name;
+    const char *pattern;
+    uint64_t acked_upto;
+    uint64_t created_ms;
+} brk_store_sub_t;
+int brk_store_sub_put(brk_store_t *self, const brk_store_sub_t *s);
+int brk_store_sub_delete(brk_store_t *self, const char *participant, const char *name);
+int brk_store_sub_acked(brk_store_t *self, const char *participant, const char *name,
+                        uint64_t upto);
+typedef int brk_store_sub_fn(void *arg, const brk_store_sub_t *s);
+int brk_store_sub_each(brk_store_t *self, brk_store_sub_fn *fn, void *arg, char *err,
+                       size_t errlen);
+
+/* A published event kept for durable subscriptions. */
+typedef struct brk_store_event {
+    uint64_t seq;
+    const char *topic;
+    const char *sender;
+    const uint8_t *message_id;
+    size_t message_id_len;
+    const uint8_t *header; /* the EVENT header, without subscription and attempt */
+    size_t header_len;
+    const uint8_t *payload;
+    size_t payload_len;
+    uint64_t published_ms;
+} brk_store_event_t;
+int brk_store_event_put(brk_store_t *self, const brk_store_event_t *e);
+typedef int brk_store_event_fn(void *arg, const brk_store_event_t *e);
+int brk_store_event_get(brk_store_t *self, uint64_t seq, brk_store_event_fn *fn, void *arg,
+                        char *err, size_t errlen);
+/* Events after `after_seq` in order; with `blobs` verified as brk_store_mail_each(). */
+int brk_store_event_each(brk_store_t *self, uint64_t after_seq, int blobs, brk_store_event_fn *fn,
+                         void *arg, char *err, size_t errlen);
+/* Removes events up to `upto_seq` and those published before `published_before_ms`. Returns how
+ * many, or the turn's error. */
+int brk_store_event_purge(brk_store_t *self, uint64_t upto_seq, uint64_t published_before_ms);
+
 #endif
