@@ -112,7 +112,7 @@ test_store_layout_and_checksums(void **state)
     char err[512];
     brk_store_t *st = brk_store_open(s_dir, err, sizeof err);
     assert_non_null(st);
-    assert_int_equal(brk_store_layout_version(st), 1);
+    assert_int_equal(brk_store_layout_version(st), 2);
     brk_store_schema_t rows[2] = {
         {.name = "a/v1/a.proto",
          .version = 1,

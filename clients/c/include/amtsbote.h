@@ -244,6 +244,158 @@ int ab_reply(ab_request_t **req_p, const void *data, size_t len);
  */
 int ab_reply_error(ab_request_t **req_p, const char *text);
 
+/* ---- Mailboxes: store-and-forward messages -------------------------------------------------
+ *
+ * Every participant has a durable mailbox at the broker. ab_send() puts a message into the
+ * recipient's mailbox and returns once the broker has it on disk; the recipient takes it with
+ * ab_inbox(), whenever it is connected, and acknowledges it with ab_ack(); the sender then finds
+ * a RECEIPT (DELIVERED, or EXPIRED / FAILED) in its own mailbox.
+ *
+ * Delivery is at least once. A message not acknowledged is delivered again (attempt 2, 3, ...),
+ * and a broker crash between an ACK and its commit may bring an acknowledged one back; the
+ * library remembers the last 65,536 acknowledged (sender, message id) pairs and (subscription,
+ * sequence) pairs, acknowledges such a redelivery again itself and never hands it to the
+ * application (ab_client_duplicates_dropped() counts them).
+ */
+
+/* Options of ab_send(); a NULL pointer means all defaults. */
+typedef struct ab_send_options {
+    const char *schema; /* fully-qualified message type of the payload, or NULL / "" for none;
+                           the broker checks the payload against it when it is registered */
+    uint32_t ttl_ms;    /* time to live from acceptance; 0: the broker's default (7 days) */
+    const uint8_t *message_id; /* 16 bytes: send again with the same id (a retry after a time-out
+                                  or a crash: the broker stores it at most once within its dedup
+                                  window, 24 h), or NULL for a new UUIDv7 */
+} ab_send_options_t;
+
+/*
+ * Sends `len` bytes of `data` to the mailbox of `recipient` (a participant address) and waits up
+ * to `timeout_ms` (0: 30000) for the broker to accept it, which it does once the message is on
+ * disk. The purpose and classification set on the client go with it. `id_out` (33 bytes, may be
+ * NULL) gets the message id as 32 lower-case hex digits, also on failure, so that a message
+ * whose fate is unknown (AB_ETIMEDOUT) can be sent again with the same id.
+ *
+ * Returns 0 (accepted), or AB_EMAILBOX_FULL (the recipient's quota; try again later),
+ * AB_EUNAVAILABLE (the broker cannot store it now; nothing was stored), AB_EFORBIDDEN,
+ * AB_ESCHEMA_INVALID (the payload does not fit `schema`), AB_ETOO_LARGE, AB_EINVAL (a bad
+ * recipient, schema, option; last_error names it), AB_ETIMEDOUT (no answer: it may or may not
+ * be stored), AB_ESTATE (not connected). While it waits the client serves its offers, inbox and
+ * subscriptions as ab_call() does.
+ */
+int ab_send(ab_client_t *self, const char *recipient, const void *data, size_t len,
+            const ab_send_options_t *opts, char id_out[33], int timeout_ms);
+
+/*
+ * Called once for every ab_send_async(): `status` as ab_send() returns it; `message_id_hex` (32
+ * hex digits) and `errtext` are borrowed for the duration of the callback only.
+ */
+typedef void(ab_send_cb)(ab_client_t *client, int status, const char *message_id_hex,
+                         const char *errtext, void *arg);
+
+/*
+ * Starts a send and returns at once; `cb` runs later exactly once, from ab_client_process() (or
+ * within a blocking call), with the broker's answer or AB_ETIMEDOUT after 30 s. Errors and the
+ * sends of callbacks and handlers behave as with ab_call_async(). `data` is copied.
+ */
+int ab_send_async(ab_client_t *self, const char *recipient, const void *data, size_t len,
+                  const ab_send_options_t *opts, ab_send_cb *cb, void *arg);
+
+/* A delivered mailbox message, a receipt, or an event; see ab_message_kind(). */
+typedef struct ab_message ab_message_t;
+
+enum { AB_MSG_MESSAGE = 1, AB_MSG_RECEIPT = 2, AB_MSG_EVENT = 3 };
+/* What became of a message sent with ab_send(), told in a receipt (amtsbote.v1.ReceiptStatus). */
+enum { AB_RECEIPT_DELIVERED = 1, AB_RECEIPT_EXPIRED = 2, AB_RECEIPT_FAILED = 3 };
+
+/*
+ * Runs for each message, receipt or event. The handler owns `msg`: it must pass it to ab_ack()
+ * or ab_message_free(), now or later (a message kept counts against the credit until then).
+ */
+typedef void(ab_message_fn)(ab_client_t *client, ab_message_t *msg, void *arg);
+
+/*
+ * Attaches to this participant's mailbox: sends CREDIT `credit` (how many messages and receipts
+ * the broker delivers before this client acknowledges any) and waits up to 5 s for the broker's
+ * answer; from then on `fn` runs for each message and receipt. Called again, it changes the
+ * credit and the handler. `credit` 0 detaches (what is delivered meanwhile is freed without an
+ * ACK, so the broker delivers it again later). The client sends heartbeats while attached, and
+ * attaches again by itself after a reconnect. Returns 0 or the broker's error.
+ */
+int ab_inbox(ab_client_t *self, uint32_t credit, ab_message_fn *fn, void *arg);
+
+/* ---- Events: publish and subscribe ------------------------------------------------------ */
+
+/*
+ * Publishes `len` bytes of `data` on `topic` (dotted segments of A-Z a-z 0-9 _ -, e.g.
+ * "meldewesen.umzug.09162000"), with the message type `schema` (NULL or "" for none), and waits
+ * up to `timeout_ms` (0: 30000) until the broker has stored it for every durable subscription it
+ * matches. `id_out` (33 bytes, may be NULL) gets its message id in hex. Returns 0 or an AB_E*
+ * code as ab_send().
+ */
+int ab_publish(ab_client_t *self, const char *topic, const void *data, size_t len,
+               const char *schema, char id_out[33], int timeout_ms);
+
+/*
+ * Subscribes to the topics matching `pattern` (a segment `*` matches one segment, a last `>` the
+ * rest: "meldewesen.umzug.>") and waits up to 5 s for the broker's answer; `fn` runs for each
+ * event. With `durable` NULL the subscription is ephemeral: it sees what is published while
+ * connected, at most once, and ab_ack() only frees the event. With `durable` a name (1-64 of
+ * A-Z a-z 0-9 _ - .), the broker keeps the events for this participant's subscription of that
+ * name until they are acknowledged, and resumes after the last acknowledged one when a client of
+ * the participant subscribes again; `credit` (0: 100) bounds the events delivered before any is
+ * acknowledged. The client subscribes again by itself after a reconnect, and sends heartbeats
+ * while it has subscriptions. Closing the client ends its ephemeral subscriptions and leaves the
+ * durable ones stored. Returns 0, AB_EINVAL (a bad pattern or name), AB_ESTATE (already
+ * subscribed with this pattern and name) or the broker's error.
+ */
+int ab_subscribe(ab_client_t *self, const char *pattern, const char *durable, uint32_t credit,
+                 ab_message_fn *fn, void *arg);
+
+/*
+ * Ends a subscription made with ab_subscribe() (same `pattern` and `durable`) and waits for the
+ * broker. With `durable` set this deletes the durable subscription at the broker together with
+ * the events that wait for it; to stop receiving and keep it, close the client instead. A
+ * durable subscription this client has not subscribed to may be deleted too (`pattern` is then
+ * ignored). Returns 0, AB_EINVAL (not subscribed) or the broker's error.
+ */
+int ab_unsubscribe(ab_client_t *self, const char *pattern, const char *durable);
+
+/* ---- Delivered messages, receipts and events --------------------------------------------- */
+
+/*
+ * Acknowledges `*msg_p` (ACK with its sequence, and its subscription for an event of a durable
+ * subscription), remembers it as acknowledged, frees it and sets *msg_p to NULL. Called from a
+ * handler the ACK goes out with the rest of the batch. An event of an ephemeral subscription is
+ * only freed. Returns 0, AB_ESTATE when the client is gone (the message is freed all the same;
+ * the broker delivers it again), or an error when the ACK could not be sent.
+ */
+int ab_ack(ab_message_t **msg_p);
+
+/* Frees a message without acknowledging it: the broker delivers it again later. Accepts NULL. */
+void ab_message_free(ab_message_t **msg_p);
+
+/* Accessors; strings are borrowed until the message is freed, "" when not set. */
+int ab_message_kind(const ab_message_t *m); /* AB_MSG_* */
+/* The payload (a receipt has none: length 0); never NULL for a message. */
+const void *ab_message_payload(const ab_message_t *m, size_t *len);
+const char *ab_message_id(const ab_message_t *m);     /* 32 hex digits; a receipt's own id */
+const char *ab_message_sender(const ab_message_t *m); /* authenticated by the broker */
+const char *ab_message_recipient(const ab_message_t *m); /* receipt: the message's recipient */
+const char *ab_message_topic(const ab_message_t *m);     /* event */
+const char *ab_message_schema(const ab_message_t *m);
+const char *ab_message_purpose(const ab_message_t *m);
+const char *ab_message_subscription(const ab_message_t *m); /* event of a durable subscription */
+const char *ab_message_about(const ab_message_t *m); /* receipt: id (32 hex) of the message */
+int ab_message_receipt(const ab_message_t *m);       /* receipt: AB_RECEIPT_*; otherwise 0 */
+const char *ab_message_error(const ab_message_t *m); /* receipt EXPIRED / FAILED: why */
+/* Unix ms: accepted (message), happened (receipt), published (event). */
+uint64_t ab_message_timestamp_ms(const ab_message_t *m);
+uint32_t ab_message_attempt(const ab_message_t *m);  /* 1 on the first delivery */
+uint64_t ab_message_sequence(const ab_message_t *m); /* the broker's number; 0 ephemeral */
+
+/* Redeliveries of acknowledged messages and events that the library acknowledged and dropped. */
+uint64_t ab_client_duplicates_dropped(const ab_client_t *self);
+
 /* ---- Driving the client from your own loop ---------------------------------------------- */
 
 /*
