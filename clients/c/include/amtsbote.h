@@ -378,8 +378,8 @@ void ab_message_free(ab_message_t **msg_p);
 int ab_message_kind(const ab_message_t *m); /* AB_MSG_* */
 /* The payload (a receipt has none: length 0); never NULL for a message. */
 const void *ab_message_payload(const ab_message_t *m, size_t *len);
-const char *ab_message_id(const ab_message_t *m);     /* 32 hex digits; a receipt's own id */
-const char *ab_message_sender(const ab_message_t *m); /* authenticated by the broker */
+const char *ab_message_id(const ab_message_t *m);        /* 32 hex digits; a receipt's own id */
+const char *ab_message_sender(const ab_message_t *m);    /* authenticated by the broker */
 const char *ab_message_recipient(const ab_message_t *m); /* receipt: the message's recipient */
 const char *ab_message_topic(const ab_message_t *m);     /* event */
 const char *ab_message_schema(const ab_message_t *m);

@@ -25,6 +25,7 @@
  */
 #include "amtsbote.h"
 #include "heap.h"
+#include "mailbox.h"
 #include "tunnel.h"
 #include "wire.h"
 
@@ -73,11 +74,16 @@ typedef struct {
     char errtext[S_ERRLEN];
 } s_sync_t;
 
-/* An answer we are waiting for: an async call (cb) or a blocking call or control message (sync). */
+/*
+ * An answer we are waiting for: an async call (cb), an async send (send_cb), or a blocking call,
+ * send or control message (sync).
+ */
 typedef struct s_pending {
     uint64_t seq;
     ab_heap_node_t expires; /* .at: when the library gives up waiting */
     ab_call_cb *cb;
+    ab_send_cb *send_cb;
+    uint8_t msg_id[AB_MESSAGE_ID_LEN]; /* SEND, PUBLISH: the message's id, for send_cb */
     void *arg;
     s_sync_t *sync;
     uint32_t wait_ms; /* for the timeout's text */
@@ -93,6 +99,39 @@ typedef struct s_offer {
     size_t len;
     char service[AB_MAX_NAME + 1];
 } s_offer_t;
+
+/* A subscription made with ab_subscribe(), repeated after a reconnect. */
+typedef struct s_sub {
+    struct s_sub *next;
+    ab_message_fn *fn;
+    void *arg;
+    uint32_t credit;
+    char pattern[AB_MAX_NAME + 1];
+    char durable[AB_MAX_NAME + 1]; /* "" for an ephemeral subscription */
+} s_sub_t;
+
+/* A delivered message, receipt or event, owned by the application until ab_ack/_free. */
+struct ab_message {
+    ab_client_t *client;       /* NULL once the client is gone */
+    ab_message_t *prev, *next; /* in the client's list */
+    int kind;                  /* AB_MSG_* */
+    int receipt;               /* AB_RECEIPT_* or 0 */
+    uint64_t sequence, timestamp_ms;
+    uint32_t attempt;
+    zmq_msg_t payload;
+    char *error;                            /* malloc'd, or NULL */
+    char id_hex[2 * AB_MESSAGE_ID_LEN + 1]; /* its message id */
+    char about_hex[2 * 64 + 1];             /* receipt: the correlation id */
+    char sender[AB_MAX_NAME + 1];
+    char recipient[AB_MAX_NAME + 1];
+    char topic[AB_MAX_NAME + 1];
+    char schema[AB_MAX_NAME + 1];
+    char purpose[AB_MAX_NAME + 1];
+    char subscription[AB_MAX_NAME + 1];
+    int has_key;                       /* remembered when acknowledged: */
+    char key_name[AB_MAX_NAME + 3];    /* ... s_dedup_key()'s name */
+    uint8_t key_id[AB_MESSAGE_ID_LEN]; /* ... and id */
+};
 
 struct ab_request {
     ab_client_t *client;       /* NULL once the client is gone */
@@ -157,6 +196,15 @@ struct ab_client {
     size_t n_async;
     s_offer_t *offers;
     ab_request_t *requests;
+    /* the mailbox (ab_inbox) and the subscriptions (ab_subscribe) */
+    int inbox_on;
+    uint32_t inbox_credit;
+    ab_message_fn *inbox_fn;
+    void *inbox_arg;
+    s_sub_t *subs;
+    ab_message_t *messages; /* delivered and not yet acknowledged or freed */
+    ab_dedup_t *dedup;      /* acknowledged deliveries, made at the first ACK */
+    uint64_t duplicates;    /* redeliveries of those, acknowledged again and dropped */
     volatile sig_atomic_t stop;
     char last_error[S_ERRLEN];
     uint64_t refused_replies; /* replies of ours the broker refused (SCHEMA_INVALID, ...) */
@@ -382,7 +430,7 @@ s_pending_add(ab_client_t *self, s_pending_t *p)
     if (s_table_reserve(self) != 0 || ab_heap_push(&self->heap, &p->expires) != 0)
         return AB_ENOMEM;
     s_slot_put(self, p);
-    if (p->cb)
+    if (p->cb || p->send_cb)
         self->n_async++;
     return 0;
 }
@@ -395,7 +443,7 @@ s_pending_remove(ab_client_t *self, s_pending_t *p)
     if (slot != SIZE_MAX)
         s_slot_delete(self, slot);
     ab_heap_remove(&self->heap, &p->expires);
-    if (p->cb)
+    if (p->cb || p->send_cb)
         self->n_async--;
 }
 
@@ -426,6 +474,15 @@ s_complete(ab_client_t *self, s_pending_t *p, int status, const void *data, size
         }
         sync->done = 1;
         s_pending_release(self, p);
+        return;
+    }
+    if (p->send_cb) {
+        ab_send_cb *send_cb = p->send_cb;
+        void *send_arg = p->arg;
+        char hex[2 * AB_MESSAGE_ID_LEN + 1];
+        ab_hex(p->msg_id, AB_MESSAGE_ID_LEN, hex);
+        s_pending_release(self, p);
+        send_cb(self, status, hex, status == 0 ? "" : text ? text : "", send_arg);
         return;
     }
     ab_call_cb *cb = p->cb;
@@ -465,11 +522,22 @@ s_prepare(ab_header_t *hdr, uint8_t msgid[AB_MESSAGE_ID_LEN])
     }
 }
 
-/* Notes a send for the heartbeat timer, which only a client with offers has. */
+/*
+ * Non-zero while the broker holds state for this connection that ends when it misses its
+ * heartbeats: offers, credit on the mailbox, subscriptions. Such a client sends heartbeats and,
+ * when the broker forgot it (a reconnect, an unasked HELLO), repeats what makes that state.
+ */
+static int
+s_live(const ab_client_t *self)
+{
+    return self->offers || self->inbox_on || self->subs;
+}
+
+/* Notes a send for the heartbeat timer, which only a live client has. */
 static void
 s_sent(ab_client_t *self)
 {
-    if (self->offers)
+    if (s_live(self))
         self->last_send_ms = s_now();
 }
 
@@ -703,17 +771,24 @@ s_send_error(ab_client_t *self, const uint8_t *corr, size_t corr_len, int code, 
  * a blocking one goes out at once, since its caller waits for the answer anyway. Returns 0, or an
  * error with nothing registered.
  */
-static int
-s_start(ab_client_t *self, int kind, const char *service, const void *req, size_t req_len,
-        uint32_t deadline_ms, uint32_t wait_ms, ab_call_cb *cb, void *arg, s_sync_t *sync,
-        uint64_t *seq_out)
+/*
+ * Registers an answer to wait for `wait_ms`: exactly one of `cb`, `send_cb` and `sync` is set;
+ * `name` (a service, recipient, topic or subscription) is for error texts. Returns the entry, in
+ * hash and heap, or NULL with last_error set.
+ */
+static s_pending_t *
+s_pending_begin(ab_client_t *self, int kind, const char *name, uint32_t wait_ms, ab_call_cb *cb,
+                ab_send_cb *send_cb, void *arg, s_sync_t *sync)
 {
     s_pending_t *p = s_pending_new(self);
-    if (!p)
-        return s_fail(self, AB_ENOMEM, "no memory for a call to '%s'", service);
-    s_copy_str(p->service, sizeof p->service, service);
+    if (!p) {
+        s_seterr(self, "no memory for a %s to '%s'", ab_kind_name(kind), name);
+        return NULL;
+    }
+    s_copy_str(p->service, sizeof p->service, name);
     p->seq = self->next_seq++;
     p->cb = cb;
+    p->send_cb = send_cb;
     p->arg = arg;
     p->sync = sync;
     p->kind = kind;
@@ -722,8 +797,28 @@ s_start(ab_client_t *self, int kind, const char *service, const void *req, size_
     p->next_free = NULL;
     if (s_pending_add(self, p) != 0) {
         s_pending_release(self, p);
-        return s_fail(self, AB_ENOMEM, "no memory for a call to '%s'", service);
+        s_seterr(self, "no memory for a %s to '%s'", ab_kind_name(kind), name);
+        return NULL;
     }
+    return p;
+}
+
+/* Takes back an entry of s_pending_begin() whose message could not be sent. */
+static void
+s_pending_abort(ab_client_t *self, s_pending_t *p)
+{
+    s_pending_remove(self, p);
+    s_pending_release(self, p);
+}
+
+static int
+s_start(ab_client_t *self, int kind, const char *service, const void *req, size_t req_len,
+        uint32_t deadline_ms, uint32_t wait_ms, ab_call_cb *cb, void *arg, s_sync_t *sync,
+        uint64_t *seq_out)
+{
+    s_pending_t *p = s_pending_begin(self, kind, service, wait_ms, cb, NULL, arg, sync);
+    if (!p)
+        return AB_ENOMEM;
     uint8_t corr[S_CORR_LEN];
     s_put_be64(corr, p->seq);
     ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
@@ -930,6 +1025,28 @@ s_reoffer(ab_client_t *self, int hello)
         offer.service = o->service;
         s_send(self, &offer, 0, NULL, 0, NULL);
     }
+    if (self->inbox_on) {
+        uint8_t corr[S_CORR_LEN];
+        s_put_be64(corr, self->next_seq++);
+        ab_header_t credit = AMTSBOTE__V1__HEADER__INIT;
+        credit.kind = AMTSBOTE__V1__KIND__KIND_CREDIT;
+        credit.correlation_id.data = corr;
+        credit.correlation_id.len = sizeof corr;
+        credit.credit = self->inbox_credit;
+        s_send(self, &credit, 0, NULL, 0, NULL);
+    }
+    for (s_sub_t *sub = self->subs; sub; sub = sub->next) {
+        uint8_t corr[S_CORR_LEN];
+        s_put_be64(corr, self->next_seq++);
+        ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+        hdr.kind = AMTSBOTE__V1__KIND__KIND_SUBSCRIBE;
+        hdr.correlation_id.data = corr;
+        hdr.correlation_id.len = sizeof corr;
+        hdr.topic = sub->pattern;
+        hdr.subscription = sub->durable;
+        hdr.credit = sub->credit;
+        s_send(self, &hdr, 0, NULL, 0, NULL);
+    }
     memcpy(self->last_error, saved, sizeof saved);
 }
 
@@ -938,8 +1055,8 @@ static void
 s_on_hello(ab_client_t *self, const ab_header_t *hdr)
 {
     if (hdr->correlation_id.len == 0) {
-        /* unasked: the broker answers a heartbeat so when it knows no offer of ours */
-        if (self->offers)
+        /* unasked: the broker answers a heartbeat so when it knows nothing of this connection */
+        if (s_live(self))
             s_reoffer(self, 0);
         return;
     }
@@ -952,6 +1069,157 @@ s_on_hello(ab_client_t *self, const ab_header_t *hdr)
     self->max_payload = hdr->max_payload; /* 0: the broker did not say */
     self->hello_status = 1;
     self->hello_waiting = 0;
+}
+
+/* ---- deliveries: mailbox messages, receipts, events --------------------------------------- */
+
+/* The ring's key of a delivery: "m:" + sender for mailbox messages and receipts (with the
+ * message id), "e:" + subscription for events of a durable subscription (with the sequence).
+ * Returns 0, or -1 for a delivery that has no key (an ephemeral event, a missing id). */
+static int
+s_dedup_key(const ab_header_t *hdr, char name[AB_MAX_NAME + 3], uint8_t id[AB_MESSAGE_ID_LEN])
+{
+    if (hdr->kind == AMTSBOTE__V1__KIND__KIND_EVENT) {
+        if (!hdr->subscription[0] || hdr->sequence == 0)
+            return -1;
+        snprintf(name, AB_MAX_NAME + 3, "e:%s", hdr->subscription);
+        ab_dedup_seq_id(hdr->sequence, id);
+        return 0;
+    }
+    if (hdr->message_id.len != AB_MESSAGE_ID_LEN)
+        return -1;
+    snprintf(name, AB_MAX_NAME + 3, "m:%s", hdr->sender);
+    memcpy(id, hdr->message_id.data, AB_MESSAGE_ID_LEN);
+    return 0;
+}
+
+/* Sends ACK for `sequence` (of `subscription`, "" for the mailbox). Returns 0 or an AB_E* code. */
+static int
+s_send_ack(ab_client_t *self, uint64_t sequence, const char *subscription)
+{
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_ACK;
+    hdr.sequence = sequence;
+    hdr.subscription = (char *)subscription;
+    return s_post(self, &hdr, 0, NULL, 0, NULL, 0);
+}
+
+static void
+s_message_unlink(ab_message_t *m)
+{
+    ab_client_t *self = m->client;
+    if (!self)
+        return;
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        self->messages = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
+    m->prev = m->next = NULL;
+}
+
+static void
+s_message_release(ab_message_t *m)
+{
+    s_message_unlink(m);
+    zmq_msg_close(&m->payload);
+    free(m->error);
+    free(m);
+}
+
+/* The subscription an EVENT belongs to: by its name when durable, else the first ephemeral
+ * pattern its topic matches. */
+static s_sub_t *
+s_sub_for(ab_client_t *self, const ab_header_t *hdr)
+{
+    for (s_sub_t *sub = self->subs; sub; sub = sub->next) {
+        if (hdr->subscription[0]) {
+            if (strcmp(sub->durable, hdr->subscription) == 0)
+                return sub;
+        } else if (!sub->durable[0] && ab_topic_match(sub->pattern, hdr->topic)) {
+            return sub;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * A DELIVER, RECEIPT or EVENT. One nobody here wants (after a detach, for a subscription ended
+ * meanwhile) is dropped without an ACK, so the broker delivers it again later; one acknowledged
+ * already is acknowledged again and dropped.
+ */
+static void
+s_on_delivery(ab_client_t *self, const ab_header_t *hdr, zmq_msg_t *body)
+{
+    ab_message_fn *fn = NULL;
+    void *arg = NULL;
+    int kind;
+    if (hdr->kind == AMTSBOTE__V1__KIND__KIND_EVENT) {
+        kind = AB_MSG_EVENT;
+        s_sub_t *sub = s_sub_for(self, hdr);
+        if (sub) {
+            fn = sub->fn;
+            arg = sub->arg;
+        }
+    } else {
+        kind = hdr->kind == AMTSBOTE__V1__KIND__KIND_DELIVER ? AB_MSG_MESSAGE : AB_MSG_RECEIPT;
+        if (self->inbox_on) {
+            fn = self->inbox_fn;
+            arg = self->inbox_arg;
+        }
+    }
+    if (!fn)
+        return;
+    char name[AB_MAX_NAME + 3];
+    uint8_t id[AB_MESSAGE_ID_LEN];
+    int has_key = s_dedup_key(hdr, name, id) == 0;
+    if (has_key && self->dedup && ab_dedup_seen(self->dedup, name, id)) {
+        char saved[S_ERRLEN];
+        memcpy(saved, self->last_error, sizeof saved);
+        s_send_ack(self, hdr->sequence, hdr->subscription);
+        memcpy(self->last_error, saved, sizeof saved);
+        self->duplicates++;
+        return;
+    }
+    ab_message_t *m = malloc(sizeof *m);
+    if (!m)
+        return; /* the broker delivers it again after its ack timeout */
+    m->client = self;
+    m->prev = NULL;
+    m->kind = kind;
+    m->has_key = has_key;
+    if (has_key) {
+        memcpy(m->key_name, name, sizeof m->key_name);
+        memcpy(m->key_id, id, sizeof m->key_id);
+    }
+    m->receipt = kind == AB_MSG_RECEIPT ? (int)hdr->receipt : 0;
+    m->sequence = hdr->sequence;
+    m->timestamp_ms = hdr->timestamp_ms;
+    m->attempt = hdr->attempt;
+    m->error = NULL;
+    if (hdr->error && hdr->error->text && hdr->error->text[0])
+        m->error = strdup(hdr->error->text);
+    m->id_hex[0] = '\0';
+    if (hdr->message_id.len == AB_MESSAGE_ID_LEN)
+        ab_hex(hdr->message_id.data, AB_MESSAGE_ID_LEN, m->id_hex);
+    m->about_hex[0] = '\0';
+    if (kind == AB_MSG_RECEIPT && hdr->correlation_id.len)
+        ab_hex(hdr->correlation_id.data, hdr->correlation_id.len, m->about_hex);
+    s_copy_str(m->sender, sizeof m->sender, hdr->sender);
+    s_copy_str(m->recipient, sizeof m->recipient, hdr->recipient);
+    s_copy_str(m->topic, sizeof m->topic, hdr->topic);
+    s_copy_str(m->schema, sizeof m->schema, hdr->schema);
+    s_copy_str(m->purpose, sizeof m->purpose, hdr->purpose);
+    s_copy_str(m->subscription, sizeof m->subscription, hdr->subscription);
+    zmq_msg_init(&m->payload);
+    if (body)
+        zmq_msg_move(&m->payload, body);
+    m->next = self->messages;
+    if (m->next)
+        m->next->prev = m;
+    self->messages = m;
+    fn(self, m, arg);
 }
 
 /*
@@ -1007,6 +1275,11 @@ s_recv_one(ab_client_t *self)
         case AMTSBOTE__V1__KIND__KIND_CALL:
             s_on_call(self, hdr, have_body ? &body : NULL);
             break;
+        case AMTSBOTE__V1__KIND__KIND_DELIVER:
+        case AMTSBOTE__V1__KIND__KIND_RECEIPT:
+        case AMTSBOTE__V1__KIND__KIND_EVENT:
+            s_on_delivery(self, hdr, have_body ? &body : NULL);
+            break;
         default:
             break; /* HEARTBEAT and kinds this version does not use */
         }
@@ -1033,6 +1306,12 @@ s_expire(ab_client_t *self, uint64_t now)
                      "no answer from the broker for the call to '%s' within %u ms (its deadline "
                      "and %d ms grace)",
                      p->service, p->wait_ms, S_GRACE_MS);
+        else if (p->kind == AMTSBOTE__V1__KIND__KIND_SEND ||
+                 p->kind == AMTSBOTE__V1__KIND__KIND_PUBLISH)
+            snprintf(text, sizeof text,
+                     "no answer from the broker to %s '%s' within %u ms: it may or may not have "
+                     "been stored; send it again with the same message id to be sure",
+                     ab_kind_name(p->kind), p->service, p->wait_ms);
         else
             snprintf(text, sizeof text, "no answer from the broker to %s '%s' within %u ms",
                      ab_kind_name(p->kind), p->service, p->wait_ms);
@@ -1043,7 +1322,7 @@ s_expire(ab_client_t *self, uint64_t now)
 static void
 s_heartbeat(ab_client_t *self, uint64_t now)
 {
-    if (!self->offers || !self->connected)
+    if (!s_live(self) || !self->connected)
         return;
     if (now - self->last_send_ms < self->heartbeat_ms)
         return;
@@ -1158,6 +1437,20 @@ ab_client_destroy(ab_client_t **self_p)
         req->client = NULL;
         req->prev = req->next = NULL;
     }
+    /* messages the application still holds stay valid; ab_ack() on them says AB_ESTATE */
+    while (self->messages) {
+        ab_message_t *m = self->messages;
+        self->messages = m->next;
+        m->client = NULL;
+        m->prev = m->next = NULL;
+    }
+    while (self->subs) {
+        s_sub_t *sub = self->subs;
+        self->subs = sub->next;
+        free(sub);
+    }
+    self->inbox_on = 0;
+    ab_dedup_destroy(&self->dedup);
     /* bounded: nothing new can be added while closing */
     while (self->heap.n > 0) {
         s_pending_t *p = AB_CONTAINER_OF(self->heap.v[self->heap.n - 1], s_pending_t, expires);
@@ -2026,7 +2319,7 @@ ab_client_next_timeout(const ab_client_t *self)
         uint64_t at = first->expires.at;
         best = at > now ? (int64_t)(at - now) : 0;
     }
-    if (self->offers) {
+    if (s_live(self)) {
         uint64_t at = self->last_send_ms + self->heartbeat_ms;
         int64_t t = at > now ? (int64_t)(at - now) : 0;
         if (best < 0 || t < best)
@@ -2075,4 +2368,509 @@ ab_client_stop(ab_client_t *self)
 {
     if (self)
         self->stop = 1;
+}
+
+/* ---- mailboxes and events ----------------------------------------------------------------- */
+
+/* Checks a message type name: dotted identifiers (A-Z a-z 0-9 _), at most 255 bytes. */
+static int
+s_check_schema(ab_client_t *self, const char *schema)
+{
+    size_t len = schema ? strlen(schema) : 0;
+    if (len == 0)
+        return 0;
+    if (len > AB_MAX_NAME)
+        return s_fail(self, AB_EINVAL, "schema: the message type name is longer than %d bytes",
+                      AB_MAX_NAME);
+    for (size_t i = 0; i < len; i++) {
+        char c = schema[i];
+        int ident =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+        if (!ident && !(c == '.' && i > 0 && i + 1 < len && schema[i - 1] != '.'))
+            return s_fail(self, AB_EINVAL,
+                          "schema '%.255s' is not a fully-qualified message type such as "
+                          "meldewesen.v1.Anmeldung",
+                          schema);
+    }
+    return 0;
+}
+
+/* What every sending function checks before it sends. */
+static int
+s_check_ready(ab_client_t *self)
+{
+    if (self->closing)
+        return s_fail(self, AB_ESTATE, "the client is closing");
+    if (!self->connected)
+        return s_fail(self, AB_ESTATE, "not connected to a broker (call ab_client_connect first)");
+    return 0;
+}
+
+/*
+ * Checks a SEND to `to` (a participant) or a PUBLISH on `to` (a topic) before anything is
+ * registered: arguments first, so that a bad one is named even without a connection.
+ */
+static int
+s_check_store(ab_client_t *self, int kind, const char *to, const void *data, size_t len,
+              const char *schema, int timeout_ms)
+{
+    char why[AB_WHY_LEN];
+    if (kind == AMTSBOTE__V1__KIND__KIND_SEND) {
+        if (ab_wire_check_participant(to, why) != 0)
+            return s_fail(self, AB_EINVAL, "recipient: %s", why);
+    } else if (ab_topic_check(to, 0, why) != 0) {
+        return s_fail(self, AB_EINVAL, "%s", why);
+    }
+    if (!data && len)
+        return s_fail(self, AB_EINVAL, "payload is NULL but its length is %zu", len);
+    if (timeout_ms < 0)
+        return s_fail(self, AB_EINVAL, "timeout %d ms is negative", timeout_ms);
+    int rc = s_check_schema(self, schema);
+    if (rc != 0)
+        return rc;
+    if ((rc = s_check_ready(self)) != 0)
+        return rc;
+    if (self->max_payload && len > self->max_payload)
+        return s_fail(self, AB_ETOO_LARGE,
+                      "payload of %zu bytes exceeds the broker's max_payload of %u bytes", len,
+                      self->max_payload);
+    return 0;
+}
+
+/*
+ * Sends SEND (to `to`, with `ttl_ms`) or PUBLISH (on `to`) with message id `id` and the payload,
+ * registered as an answer to wait for. Asynchronous ones (send_cb) started during dispatch are
+ * queued. Returns 0, or an error with nothing registered.
+ */
+static int
+s_start_store(ab_client_t *self, int kind, const char *to, const void *data, size_t len,
+              const char *schema, uint32_t ttl_ms, const uint8_t id[AB_MESSAGE_ID_LEN],
+              uint32_t wait_ms, ab_send_cb *send_cb, void *arg, s_sync_t *sync, uint64_t *seq_out)
+{
+    s_pending_t *p = s_pending_begin(self, kind, to, wait_ms, NULL, send_cb, arg, sync);
+    if (!p)
+        return AB_ENOMEM;
+    memcpy(p->msg_id, id, AB_MESSAGE_ID_LEN);
+    uint8_t corr[S_CORR_LEN];
+    s_put_be64(corr, p->seq);
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = (Amtsbote__V1__Kind)kind;
+    hdr.message_id.data = p->msg_id;
+    hdr.message_id.len = AB_MESSAGE_ID_LEN;
+    hdr.correlation_id.data = corr;
+    hdr.correlation_id.len = sizeof corr;
+    if (kind == AMTSBOTE__V1__KIND__KIND_SEND) {
+        hdr.recipient = (char *)to;
+        hdr.deadline_ms = ttl_ms;
+    } else {
+        hdr.topic = (char *)to;
+    }
+    hdr.schema = (char *)(schema ? schema : "");
+    if (self->purpose[0])
+        hdr.purpose = self->purpose;
+    hdr.classification = (Amtsbote__V1__Classification)self->classification;
+    uint64_t seq = p->seq;
+    int rc = send_cb ? s_post(self, &hdr, 1, data, len, NULL, seq)
+                     : s_send(self, &hdr, 1, data, len, NULL);
+    if (rc != 0) {
+        s_pending_abort(self, p);
+        return rc;
+    }
+    if (seq_out)
+        *seq_out = seq;
+    return 0;
+}
+
+/* Runs a blocking SEND or PUBLISH: checks, sends, waits. */
+static int
+s_store_sync(ab_client_t *self, int kind, const char *to, const void *data, size_t len,
+             const char *schema, uint32_t ttl_ms, const uint8_t *given_id, char id_out[33],
+             int timeout_ms)
+{
+    uint8_t id[AB_MESSAGE_ID_LEN];
+    if (given_id)
+        memcpy(id, given_id, AB_MESSAGE_ID_LEN);
+    else
+        ab_uuid7(id);
+    if (id_out)
+        ab_hex(id, AB_MESSAGE_ID_LEN, id_out);
+    int rc = s_check_store(self, kind, to, data, len, schema, timeout_ms);
+    if (rc != 0)
+        return rc;
+    s_sync_t sync;
+    memset(&sync, 0, sizeof sync);
+    uint64_t seq = 0;
+    uint32_t wait = timeout_ms ? (uint32_t)timeout_ms : S_CALL_MS;
+    rc =
+        s_start_store(self, kind, to, data, len, schema, ttl_ms, id, wait, NULL, NULL, &sync, &seq);
+    if (rc != 0)
+        return rc;
+    rc = s_wait(self, seq, &sync);
+    if (rc != 0)
+        return rc;
+    if (sync.status != 0)
+        return s_fail(self, sync.status, "%s", sync.errtext);
+    return 0;
+}
+
+int
+ab_send(ab_client_t *self, const char *recipient, const void *data, size_t len,
+        const ab_send_options_t *opts, char id_out[33], int timeout_ms)
+{
+    if (id_out)
+        id_out[0] = '\0';
+    if (!self)
+        return AB_EINVAL;
+    return s_store_sync(self, AMTSBOTE__V1__KIND__KIND_SEND, recipient, data, len,
+                        opts ? opts->schema : NULL, opts ? opts->ttl_ms : 0,
+                        opts ? opts->message_id : NULL, id_out, timeout_ms);
+}
+
+int
+ab_send_async(ab_client_t *self, const char *recipient, const void *data, size_t len,
+              const ab_send_options_t *opts, ab_send_cb *cb, void *arg)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (!cb)
+        return s_fail(self, AB_EINVAL, "callback must not be NULL");
+    const char *schema = opts ? opts->schema : NULL;
+    int rc = s_check_store(self, AMTSBOTE__V1__KIND__KIND_SEND, recipient, data, len, schema, 0);
+    if (rc != 0)
+        return rc;
+    uint8_t id[AB_MESSAGE_ID_LEN];
+    if (opts && opts->message_id)
+        memcpy(id, opts->message_id, AB_MESSAGE_ID_LEN);
+    else
+        ab_uuid7(id);
+    return s_start_store(self, AMTSBOTE__V1__KIND__KIND_SEND, recipient, data, len, schema,
+                         opts ? opts->ttl_ms : 0, id, S_CALL_MS, cb, arg, NULL, NULL);
+}
+
+int
+ab_publish(ab_client_t *self, const char *topic, const void *data, size_t len, const char *schema,
+           char id_out[33], int timeout_ms)
+{
+    if (id_out)
+        id_out[0] = '\0';
+    if (!self)
+        return AB_EINVAL;
+    return s_store_sync(self, AMTSBOTE__V1__KIND__KIND_PUBLISH, topic, data, len, schema, 0, NULL,
+                        id_out, timeout_ms);
+}
+
+/*
+ * Sends a control message (CREDIT, SUBSCRIBE, WITHDRAW of a subscription) and waits for the
+ * broker's answer; `name` is for error texts. *sent says whether it went out.
+ */
+static int
+s_control_hdr(ab_client_t *self, ab_header_t *hdr, const char *name, int *sent)
+{
+    s_sync_t sync;
+    memset(&sync, 0, sizeof sync);
+    *sent = 0;
+    s_pending_t *p =
+        s_pending_begin(self, (int)hdr->kind, name, S_CONTROL_MS, NULL, NULL, NULL, &sync);
+    if (!p)
+        return AB_ENOMEM;
+    uint64_t seq = p->seq;
+    uint8_t corr[S_CORR_LEN];
+    s_put_be64(corr, seq);
+    hdr->correlation_id.data = corr;
+    hdr->correlation_id.len = sizeof corr;
+    int rc = s_send(self, hdr, 0, NULL, 0, NULL);
+    if (rc != 0) {
+        s_pending_abort(self, p);
+        return rc;
+    }
+    *sent = 1;
+    rc = s_wait(self, seq, &sync);
+    if (rc != 0)
+        return rc;
+    if (sync.status != 0)
+        return s_fail(self, sync.status, "%s", sync.errtext);
+    return 0;
+}
+
+int
+ab_inbox(ab_client_t *self, uint32_t credit, ab_message_fn *fn, void *arg)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (credit && !fn)
+        return s_fail(self, AB_EINVAL, "a handler is needed to take the mailbox's messages");
+    int rc = s_check_ready(self);
+    if (rc != 0)
+        return rc;
+    int was_on = self->inbox_on;
+    uint32_t was_credit = self->inbox_credit;
+    ab_message_fn *was_fn = self->inbox_fn;
+    void *was_arg = self->inbox_arg;
+    /* before the broker confirms: a DELIVER may overtake the REPLY */
+    self->inbox_on = credit > 0;
+    self->inbox_credit = credit;
+    self->inbox_fn = credit ? fn : NULL;
+    self->inbox_arg = credit ? arg : NULL;
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_CREDIT;
+    hdr.credit = credit;
+    int sent = 0;
+    rc = s_control_hdr(self, &hdr, "the mailbox", &sent);
+    if (rc != 0 && !(sent && credit == 0)) {
+        /* a refused or unsent CREDIT leaves the broker's state as it was */
+        self->inbox_on = was_on;
+        self->inbox_credit = was_credit;
+        self->inbox_fn = was_fn;
+        self->inbox_arg = was_arg;
+    }
+    if (self->inbox_on && !was_on)
+        self->last_send_ms = s_now(); /* the heartbeat timer starts now */
+    return rc;
+}
+
+static s_sub_t *
+s_sub_find(ab_client_t *self, const char *pattern, const char *durable)
+{
+    for (s_sub_t *sub = self->subs; sub; sub = sub->next) {
+        if (durable[0] ? strcmp(sub->durable, durable) == 0
+                       : !sub->durable[0] && strcmp(sub->pattern, pattern) == 0)
+            return sub;
+    }
+    return NULL;
+}
+
+static void
+s_sub_remove(ab_client_t *self, s_sub_t *dead)
+{
+    for (s_sub_t **pp = &self->subs; *pp; pp = &(*pp)->next) {
+        if (*pp == dead) {
+            *pp = dead->next;
+            free(dead);
+            return;
+        }
+    }
+}
+
+int
+ab_subscribe(ab_client_t *self, const char *pattern, const char *durable, uint32_t credit,
+             ab_message_fn *fn, void *arg)
+{
+    char why[AB_WHY_LEN];
+    if (!self)
+        return AB_EINVAL;
+    if (!durable)
+        durable = "";
+    if (ab_topic_check(pattern, 1, why) != 0)
+        return s_fail(self, AB_EINVAL, "%s", why);
+    if (durable[0] && ab_subscription_check(durable, why) != 0)
+        return s_fail(self, AB_EINVAL, "%s", why);
+    if (!fn)
+        return s_fail(self, AB_EINVAL, "a handler is needed to take the events");
+    int rc = s_check_ready(self);
+    if (rc != 0)
+        return rc;
+    s_sub_t *old = s_sub_find(self, pattern, durable);
+    if (old && durable[0])
+        return s_fail(self, AB_ESTATE,
+                      "this client already has the durable subscription '%s' (to '%s')", durable,
+                      old->pattern);
+    if (old)
+        return s_fail(self, AB_ESTATE, "this client already subscribes to '%s'", pattern);
+    s_sub_t *sub = calloc(1, sizeof *sub);
+    if (!sub)
+        return s_fail(self, AB_ENOMEM, "no memory to subscribe to '%s'", pattern);
+    s_copy_str(sub->pattern, sizeof sub->pattern, pattern);
+    s_copy_str(sub->durable, sizeof sub->durable, durable);
+    sub->credit = durable[0] ? credit : 0;
+    sub->fn = fn;
+    sub->arg = arg;
+    int was_live = s_live(self);
+    /* registered before the broker confirms: an EVENT may overtake the REPLY */
+    sub->next = self->subs;
+    self->subs = sub;
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_SUBSCRIBE;
+    hdr.topic = sub->pattern;
+    hdr.subscription = sub->durable;
+    hdr.credit = sub->credit;
+    int sent = 0;
+    rc = s_control_hdr(self, &hdr, pattern, &sent);
+    if (rc != 0)
+        s_sub_remove(self, sub);
+    else if (!was_live)
+        self->last_send_ms = s_now();
+    return rc;
+}
+
+int
+ab_unsubscribe(ab_client_t *self, const char *pattern, const char *durable)
+{
+    char why[AB_WHY_LEN];
+    if (!self)
+        return AB_EINVAL;
+    if (!durable)
+        durable = "";
+    if (durable[0] && ab_subscription_check(durable, why) != 0)
+        return s_fail(self, AB_EINVAL, "%s", why);
+    if (!durable[0] && ab_topic_check(pattern, 1, why) != 0)
+        return s_fail(self, AB_EINVAL, "%s", why);
+    int rc = s_check_ready(self);
+    if (rc != 0)
+        return rc;
+    s_sub_t *sub = s_sub_find(self, pattern ? pattern : "", durable);
+    if (!sub && !durable[0])
+        return s_fail(self, AB_EINVAL, "this client does not subscribe to '%s'", pattern);
+    ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+    hdr.kind = AMTSBOTE__V1__KIND__KIND_WITHDRAW;
+    if (durable[0])
+        hdr.subscription = (char *)durable;
+    else
+        hdr.topic = (char *)pattern;
+    int sent = 0;
+    rc = s_control_hdr(self, &hdr, durable[0] ? durable : pattern, &sent);
+    /* looked up again: a handler may have unsubscribed meanwhile */
+    if (sent && (sub = s_sub_find(self, pattern ? pattern : "", durable)) != NULL)
+        s_sub_remove(self, sub);
+    return rc;
+}
+
+int
+ab_ack(ab_message_t **msg_p)
+{
+    if (!msg_p || !*msg_p)
+        return AB_EINVAL;
+    ab_message_t *m = *msg_p;
+    *msg_p = NULL;
+    ab_client_t *self = m->client;
+    if (!self) {
+        s_message_release(m);
+        return AB_ESTATE;
+    }
+    int rc = 0;
+    if (m->kind != AB_MSG_EVENT || m->subscription[0]) {
+        rc = s_send_ack(self, m->sequence, m->subscription);
+        /* remembered even when the ACK did not go out: the application has handled it, and
+         * the redelivery that follows is acknowledged then */
+        if (m->has_key && !self->dedup)
+            self->dedup = ab_dedup_new(AB_DEDUP_CAPACITY); /* NULL: no memory, no dedup */
+        if (m->has_key)
+            ab_dedup_add(self->dedup, m->key_name, m->key_id);
+    }
+    s_message_release(m);
+    return rc;
+}
+
+void
+ab_message_free(ab_message_t **msg_p)
+{
+    if (!msg_p || !*msg_p)
+        return;
+    ab_message_t *m = *msg_p;
+    *msg_p = NULL;
+    s_message_release(m);
+}
+
+int
+ab_message_kind(const ab_message_t *m)
+{
+    return m ? m->kind : 0;
+}
+
+const void *
+ab_message_payload(const ab_message_t *m, size_t *len)
+{
+    if (!m) {
+        if (len)
+            *len = 0;
+        return NULL;
+    }
+    /* zmq_msg_data/size take a non-const message but do not change it */
+    zmq_msg_t *msg = (zmq_msg_t *)&m->payload;
+    if (len)
+        *len = zmq_msg_size(msg);
+    return zmq_msg_size(msg) ? zmq_msg_data(msg) : "";
+}
+
+const char *
+ab_message_id(const ab_message_t *m)
+{
+    return m ? m->id_hex : "";
+}
+
+const char *
+ab_message_sender(const ab_message_t *m)
+{
+    return m ? m->sender : "";
+}
+
+const char *
+ab_message_recipient(const ab_message_t *m)
+{
+    return m ? m->recipient : "";
+}
+
+const char *
+ab_message_topic(const ab_message_t *m)
+{
+    return m ? m->topic : "";
+}
+
+const char *
+ab_message_schema(const ab_message_t *m)
+{
+    return m ? m->schema : "";
+}
+
+const char *
+ab_message_purpose(const ab_message_t *m)
+{
+    return m ? m->purpose : "";
+}
+
+const char *
+ab_message_subscription(const ab_message_t *m)
+{
+    return m ? m->subscription : "";
+}
+
+const char *
+ab_message_about(const ab_message_t *m)
+{
+    return m ? m->about_hex : "";
+}
+
+int
+ab_message_receipt(const ab_message_t *m)
+{
+    return m ? m->receipt : 0;
+}
+
+const char *
+ab_message_error(const ab_message_t *m)
+{
+    return m && m->error ? m->error : "";
+}
+
+uint64_t
+ab_message_timestamp_ms(const ab_message_t *m)
+{
+    return m ? m->timestamp_ms : 0;
+}
+
+uint32_t
+ab_message_attempt(const ab_message_t *m)
+{
+    return m ? m->attempt : 0;
+}
+
+uint64_t
+ab_message_sequence(const ab_message_t *m)
+{
+    return m ? m->sequence : 0;
+}
+
+uint64_t
+ab_client_duplicates_dropped(const ab_client_t *self)
+{
+    return self ? self->duplicates : 0;
 }
