@@ -99,6 +99,8 @@ s_record(void *ctx, const brk_event_t *ev)
     case BRK_EV_FAILED:
         brk_metrics_counter_add(g->metrics, BRK_M_CALL_ERRORS, ev->target, code, 1);
         break;
+    default: /* mailbox events: counted by the mailbox's own metrics */
+        break;
     }
     if (g->audit == NULL || g->audit_failed)
         return;
@@ -107,6 +109,10 @@ s_record(void *ctx, const brk_event_t *ev)
     if (ev->message_id && ev->message_id_len == sizeof r.id)
         memcpy(r.id, ev->message_id, sizeof r.id);
     r.kind = ev->kind == BRK_EV_CALL             ? AB_AUDIT_CALL
+             : ev->kind == BRK_EV_ACCEPTED       ? AB_AUDIT_ACCEPTED
+             : ev->kind == BRK_EV_ACKED          ? AB_AUDIT_ACKED
+             : ev->kind == BRK_EV_EXPIRED        ? AB_AUDIT_EXPIRED
+             : ev->kind == BRK_EV_DEAD           ? AB_AUDIT_FAILED
              : ev->kind == BRK_EV_REPLY          ? AB_AUDIT_REPLY
              : ev->kind == BRK_EV_FAILED         ? AB_AUDIT_FAILED
              : ev->outcome == AB_EFORBIDDEN      ? AB_AUDIT_FORBIDDEN

@@ -25,6 +25,7 @@
 #include "gate.h"
 #include "log.h"
 #include "loop_zmq.h"
+#include "mailbox.h"
 #include "proto.h"
 #include "services.h"
 #include "tls_gateway.h"
@@ -43,6 +44,8 @@ typedef struct {
     brk_proto_t *proto;
     brk_services_t *svc;
     brk_services_io_t io;
+    brk_mailbox_io_t mio;
+    brk_mailbox_t *mailbox;
     brk_store_t *store;
     brk_registry_t *registry;
     brk_gate_t *gate;
@@ -81,6 +84,11 @@ s_on_tick(uv_timer_t *t)
     if (b->stopping > 1)
         return;
     uint64_t wait = brk_services_tick(b->svc, uv_now(b->loop));
+    uint64_t mwait = brk_mailbox_tick(b->mailbox, uv_now(b->loop));
+    if (mwait < wait)
+        wait = mwait;
+    /* the turn's messages are on disk before their ACCEPTED and deliveries go out */
+    brk_mailbox_end_turn(b->mailbox);
     /* this turn's decisions are on disk before its answers go out */
     if (brk_gate_flush(b->gate, brk_proto_queued(b->proto)) || b->cfg.audit_background) {
         brk_proto_hold(b->proto, 0);
@@ -96,6 +104,7 @@ s_on_peer_gone(void *arg, const brk_peer_t *peer)
 {
     s_broker_t *b = arg;
     brk_services_peer_gone(b->svc, peer);
+    brk_mailbox_peer_gone(b->mailbox, peer);
 }
 
 static const uint8_t *
@@ -123,6 +132,14 @@ s_release(void *arg, size_t upto)
     } else {
         brk_proto_flush_upto(b->proto, upto);
     }
+}
+
+/* /readyz: the store must be able to write. */
+static int
+s_check_store(void *arg, char *why, size_t cap)
+{
+    s_broker_t *b = arg;
+    return b->mailbox ? brk_mailbox_ready(b->mailbox, why, cap) : 0;
 }
 
 /* The status page at /: the offers and who is connected. */
@@ -196,8 +213,15 @@ s_read_router(void *sock, void *arg)
     if (rc < 0)
         return -1;
     if (rc == 1) {
-        brk_services_handle(b->svc, &env.from, env.participant, env.hdr,
-                            env.has_payload ? &env.payload : NULL, uv_now(b->loop));
+        if (brk_mailbox_wants(env.hdr)) {
+            brk_mailbox_handle(b->mailbox, &env.from, env.participant, env.hdr,
+                               env.has_payload ? &env.payload : NULL, uv_now(b->loop));
+        } else {
+            if (env.hdr->kind == AMTSBOTE__V1__KIND__KIND_HEARTBEAT)
+                brk_mailbox_seen(b->mailbox, &env.from, uv_now(b->loop));
+            brk_services_handle(b->svc, &env.from, env.participant, env.hdr,
+                                env.has_payload ? &env.payload : NULL, uv_now(b->loop));
+        }
         brk_envelope_close(&env);
     }
     return 0;
@@ -257,7 +281,8 @@ s_finish(s_broker_t *b)
         brk_services_fail_all(b->svc, AB_EUNAVAILABLE,
                               "the broker stopped before the provider answered");
     }
-    brk_gate_drain(b->gate); /* the last decisions, before their answers */
+    brk_mailbox_end_turn(b->mailbox); /* the last messages, before their answers */
+    brk_gate_drain(b->gate);          /* the last decisions, before their answers */
     brk_proto_hold(b->proto, 0);
     brk_proto_flush(b->proto);
     s_log_stats(b, "stopped");
@@ -316,6 +341,7 @@ s_on_signal(uv_signal_t *h, int signum)
     if (b->tls)
         brk_tls_gateway_stop_listening(b->tls);
     brk_services_drain(b->svc);
+    brk_mailbox_drain(b->mailbox);
     brk_log(BRK_LOG_INFO, "event=shutdown signal=%d in_flight=%zu grace_ms=%llu", signum,
             brk_services_in_flight(b->svc), (unsigned long long)b->cfg.shutdown_grace_ms);
     if (brk_services_in_flight(b->svc) == 0)
@@ -535,10 +561,21 @@ main(int argc, char **argv)
     b.io.ctx = b.proto;
     b.io.payload_bytes = s_payload_bytes;
     b.svc = brk_services_new(&b.cfg, &b.io);
+    b.mio.send = brk_proto_send;
+    b.mio.send_raw = brk_proto_send_raw;
+    b.mio.ctx = b.proto;
+    if (!(b.mailbox = brk_mailbox_new(&b.cfg, &b.mio, b.store, err, sizeof err))) {
+        fprintf(stderr, "amtsbote-broker: mailboxes: %s\n", err);
+        goto out;
+    }
+    brk_mailbox_set_gate(b.mailbox, brk_gate_services(b.gate));
+    brk_mailbox_set_registry(b.mailbox, b.registry);
+    brk_metrics_add_check(brk_gate_metrics(b.gate), "store", s_check_store, &b);
     brk_gate_set_hold(b.gate, b.loop, s_queued, s_release, &b);
     if (b.svc) {
         brk_services_set_registry(b.svc, b.registry);
         brk_services_set_gate(b.svc, brk_gate_services(b.gate));
+        brk_services_set_extension(b.svc, brk_mailbox_method, brk_mailbox_attached, b.mailbox);
     }
     brk_metrics_add_source(brk_gate_metrics(b.gate), s_metrics_source, &b);
     brk_metrics_set_page(brk_gate_metrics(b.gate), s_page, &b);
@@ -581,6 +618,9 @@ out:
     if (b.loop)
         uv_run(b.loop, UV_RUN_DEFAULT); /* let closed handles finish */
     brk_services_destroy(&b.svc);
+    if (b.mailbox)
+        brk_mailbox_end_turn(b.mailbox);
+    brk_mailbox_destroy(&b.mailbox);
     brk_gate_destroy(&b.gate); /* flushes the audit log */
     if (b.loop)
         uv_run(b.loop, UV_RUN_DEFAULT); /* the metrics' memory is freed in close callbacks */

@@ -93,6 +93,10 @@ typedef enum {
     BRK_EV_REPLY,    /* its answer (a reply, or the provider's own error) went to the caller */
     BRK_EV_REFUSED,  /* a call, reply or offer refused by the policy or the registry */
     BRK_EV_FAILED,   /* a routed call ended without an answer: deadline, provider gone, shutdown */
+    BRK_EV_ACCEPTED, /* a SEND stored (sender, target = recipient) */
+    BRK_EV_ACKED,    /* a message acknowledged by its recipient */
+    BRK_EV_EXPIRED,  /* a message whose time to live ended */
+    BRK_EV_DEAD,     /* a message delivered too often without an acknowledgement */
 } brk_event_kind_t;
 
 typedef struct brk_event {
