@@ -471,13 +471,15 @@ s_collect_seq(s_ctx_t *c, uint64_t seq)
 static int
 s_on_mail_seq(void *arg, const brk_store_mail_t *m)
 {
-    return s_collect_seq(arg, m->seq);
+    s_ctx_t *c = arg;
+    return c->cb_rc = s_collect_seq(c, m->seq);
 }
 
 static int
 s_on_event_seq(void *arg, const brk_store_event_t *e)
 {
-    return s_collect_seq(arg, e->seq);
+    s_ctx_t *c = arg;
+    return c->cb_rc = s_collect_seq(c, e->seq);
 }
 
 static int
@@ -615,6 +617,7 @@ s_export_mail(s_ctx_t *c)
 {
     char why[1024] = "";
     c->nseqs = 0;
+    c->cb_rc = 0;
     int rc = brk_store_mail_each(c->store, 0, s_on_mail_seq, c, why, sizeof why);
     if (rc) {
         /* a record that cannot even be listed cannot be skipped: the store stops there */
@@ -637,6 +640,7 @@ s_export_events(s_ctx_t *c)
 {
     char why[1024] = "";
     c->nseqs = 0;
+    c->cb_rc = 0;
     int rc = brk_store_event_each(c->store, 0, 0, s_on_event_seq, c, why, sizeof why);
     if (rc && (rc = s_after_read(c, rc, "events", 0, why)) != 0)
         return rc;
