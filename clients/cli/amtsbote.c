@@ -110,6 +110,27 @@ static const char *s_usage =
     "        amtsbote --broker tcp://127.0.0.1:7450 --as kommune.09162000.meldeamt \\\n"
     "          serve meldewesen.v1.Melderegister --exec ./meldebescheinigung.sh\n"
     "\n"
+    "  send RECIPIENT [PAYLOAD] [--schema TYPE] [--ttl DURATION] [--message-id HEX] [--raw]\n"
+    "      Puts a message into RECIPIENT's mailbox (store-and-forward: the recipient need not\n"
+    "      be connected) and prints 'accepted MESSAGE_ID' once the broker has it on disk.\n"
+    "      PAYLOAD or stdin; JSON when TYPE is registered. 'amtsbote send --help' says more.\n"
+    "\n"
+    "  inbox [--ack] [--follow] [--count N] [--wait DURATION] [--credit N] [--json]\n"
+    "        [--payload-dir DIR]\n"
+    "      Prints the messages and receipts in your mailbox; --ack acknowledges each after\n"
+    "      printing it. 'amtsbote inbox --help' says more.\n"
+    "\n"
+    "  status MESSAGE_ID [--sender ADDRESS] [--json]\n"
+    "      What became of a message: state and timeline (accepted, delivered, acknowledged,\n"
+    "      expired, failed) with times.\n"
+    "\n"
+    "  publish TOPIC [PAYLOAD] [--schema TYPE] [--raw]\n"
+    "  subscribe PATTERN [--durable NAME] [--ack] [--follow] [--count N] [--wait D] [--json]\n"
+    "  unsubscribe --durable NAME\n"
+    "      Events: publish on a dotted topic; subscribe to a pattern ('*' one segment, a last\n"
+    "      '>' the rest), ephemeral or durable (kept while you are away); delete a durable\n"
+    "      subscription. 'amtsbote subscribe --help' says more.\n"
+    "\n"
     "  services\n"
     "      Lists the services offered at the broker now: each offer, the participants\n"
     "      that provide it and the calls in flight to them.\n"
@@ -176,7 +197,8 @@ static const char *s_usage =
     "  6 PROVIDER_GONE: the provider went away with the call in flight\n"
     "  7 PROVIDER_ERROR: the provider answered with an error\n"
     "  8 MALFORMED, TOO_LARGE or INVALID_ARGUMENT (e.g. a bad service name)\n"
-    "  9 FORBIDDEN or SCHEMA_INVALID\n";
+    "  9 FORBIDDEN or SCHEMA_INVALID\n"
+    "  10 MAILBOX_FULL: the recipient's mailbox is full (send: try again later)\n";
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
@@ -221,6 +243,8 @@ cli_exit_code(int err)
     case AB_EFORBIDDEN:
     case AB_ESCHEMA_INVALID:
         return EXIT_FORBIDDEN;
+    case AB_EMAILBOX_FULL:
+        return EXIT_MAILBOX_FULL;
     default:
         return EXIT_OTHER;
     }
@@ -1721,8 +1745,8 @@ main(int argc, char **argv)
         }
     }
     if (i >= argc)
-        return cli_usage_error(
-            "which command? call, serve, services, schema, policy, audit or tunnel");
+        return cli_usage_error("which command? call, serve, send, inbox, status, publish, "
+                               "subscribe, services, schema, policy, audit or tunnel");
     const char *cmd = argv[i++];
     int (*run)(const opts_t *, int, char **) = NULL;
     if (strcmp(cmd, "call") == 0)
@@ -1731,6 +1755,18 @@ main(int argc, char **argv)
         run = s_cmd_serve;
     else if (strcmp(cmd, "services") == 0)
         run = s_cmd_services;
+    else if (strcmp(cmd, "send") == 0)
+        run = cli_cmd_send;
+    else if (strcmp(cmd, "inbox") == 0)
+        run = cli_cmd_inbox;
+    else if (strcmp(cmd, "status") == 0)
+        run = cli_cmd_status;
+    else if (strcmp(cmd, "publish") == 0)
+        run = cli_cmd_publish;
+    else if (strcmp(cmd, "subscribe") == 0)
+        run = cli_cmd_subscribe;
+    else if (strcmp(cmd, "unsubscribe") == 0)
+        run = cli_cmd_unsubscribe;
     else if (strcmp(cmd, "tunnel") == 0)
         run = s_cmd_tunnel;
     else if (strcmp(cmd, "schema") == 0)
@@ -1743,7 +1779,8 @@ main(int argc, char **argv)
         fputs(s_usage, stdout);
         return EXIT_OK;
     } else
-        return cli_usage_error("unknown command '%s'; commands are call, serve, services, schema, "
+        return cli_usage_error("unknown command '%s'; commands are call, serve, send, inbox, "
+                               "status, publish, subscribe, unsubscribe, services, schema, "
                                "policy, audit and tunnel",
                                cmd);
     profile_t prof;

@@ -21,6 +21,7 @@ enum {
     EXIT_PROVIDER_ERROR = 7,
     EXIT_MALFORMED = 8,
     EXIT_FORBIDDEN = 9,
+    EXIT_MAILBOX_FULL = 10,
 };
 
 #define AB_CLI_MAX_INPUT (64u * 1024u * 1024u) /* request read from --file or stdin */
@@ -64,6 +65,32 @@ int cli_cmd_policy(const opts_t *opts, int argc, char **argv);
 
 /* `amtsbote audit verify|query` (audit_cli.c): reads a log directory offline. */
 int cli_cmd_audit(const opts_t *opts, int argc, char **argv);
+
+/* `amtsbote send|inbox|status|publish|subscribe|unsubscribe` (mailbox_cli.c). */
+int cli_cmd_send(const opts_t *opts, int argc, char **argv);
+int cli_cmd_inbox(const opts_t *opts, int argc, char **argv);
+int cli_cmd_status(const opts_t *opts, int argc, char **argv);
+int cli_cmd_publish(const opts_t *opts, int argc, char **argv);
+int cli_cmd_subscribe(const opts_t *opts, int argc, char **argv);
+int cli_cmd_unsubscribe(const opts_t *opts, int argc, char **argv);
+
+/* ---- mailbox_args.c: parsing and formatting without a broker ---- */
+
+/* Parses a duration "<digits><unit>", unit ms, s, m, h or d (90s, 10m, 7d), of at most max_ms.
+ * Returns 0 with *ms set, or -1. */
+int cli_parse_duration(const char *s, uint64_t max_ms, uint64_t *ms);
+
+/* Parses a message id: exactly 32 hex digits. Returns 0 or -1. */
+int cli_parse_message_id(const char *s, uint8_t out[16]);
+
+/* Parses a decimal number from min to max. Returns 0 or -1. */
+int cli_parse_count(const char *s, uint32_t min, uint32_t max, uint32_t *out);
+
+/* Unix milliseconds as ISO 8601 UTC with milliseconds: 2026-11-27T17:54:20.123Z. */
+void cli_iso_time(uint64_t ms, char *buf, size_t cap);
+
+/* `len` bytes as standard base64 in a new string (free()), or NULL when out of memory. */
+char *cli_base64(const void *data, size_t len);
 
 /* Fetches the registered descriptor set that defines `name` (a service, SERVICE/METHOD, a
  * message or a file): 0 with the set (caller destroys it), 1 when nothing registered defines
