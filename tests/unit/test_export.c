@@ -807,7 +807,8 @@ test_data_dir_in_use(void **state)
     rm_rf(base);
 }
 
-/* More than 10,000 records: a progress line, and every payload file in place. */
+/* More than 10,000 records: a progress line. Subscriptions make up the bulk (a payload file per
+ * record costs half a millisecond on some file systems); the events after them still land. */
 static void
 test_progress(void **state)
 {
@@ -819,9 +820,15 @@ test_progress(void **state)
     assert_int_equal(mkdir(data, 0700), 0);
     brk_store_t *st = brk_store_open(data, err, sizeof err);
     assert_non_null(st);
+    for (int i = 0; i < 10000; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "s%05d", i);
+        brk_store_sub_t sub = {"land.by.statistik", name, "a.>", 0, 1716000000000ULL};
+        assert_int_equal(brk_store_sub_put(st, &sub), 0);
+    }
     size_t hlen;
     uint8_t *h = event_header(&hlen);
-    for (uint64_t i = 1; i <= 10001; i++) {
+    for (uint64_t i = 1; i <= 3; i++) {
         uint8_t mid[16] = {0};
         memcpy(mid, &i, sizeof i);
         brk_store_event_t e = {
@@ -839,15 +846,19 @@ test_progress(void **state)
     fclose(pf);
     if (rc)
         fail_msg("%s", err);
-    assert_non_null(strstr(prog, "export: 10000 records (mail 0, sent 0, subscriptions 0, "
-                                 "events 10000, damaged 0)\n"));
-    assert_non_null(strstr(prog, "10001 events, 10001 payload files (80008 bytes)"));
+    assert_non_null(strstr(prog, "export: 10000 records (mail 0, sent 0, subscriptions 10000, "
+                                 "events 0, damaged 0)\n"));
+    assert_non_null(strstr(prog, "10000 subscriptions, 3 events, 3 payload files (24 bytes)"));
     free(prog);
+    json_t *subs = read_lines(out, "subscriptions.jsonl");
+    assert_int_equal(json_array_size(subs), 10000);
+    assert_string_equal(jstr(json_array_get(subs, 9999), "name"), "s09999");
     json_t *ev = read_lines(out, "events.jsonl");
-    assert_int_equal(json_array_size(ev), 10001);
-    json_t *last = json_array_get(ev, 10000);
-    uint64_t i = 10001;
-    check_payload(out, last, "payloads/event-10001.bin", (const uint8_t *)&i, sizeof i);
+    assert_int_equal(json_array_size(ev), 3);
+    uint64_t i = 3;
+    check_payload(out, json_array_get(ev, 2), "payloads/event-3.bin", (const uint8_t *)&i,
+                  sizeof i);
+    json_decref(subs);
     json_decref(ev);
     rm_rf(base);
 }
