@@ -322,6 +322,8 @@ s_is_loopback_host(const char *uri)
 static int
 s_validate(brk_config_t *cfg, FILE *err)
 {
+    if (cfg->export_dir)
+        return 0; /* an export needs only --data; a config file's listeners are not opened */
     if (cfg->nlisten == 0) {
         fprintf(err, "amtsbote-broker: no listener: give --listen URI (e.g. "
                      "--listen tcp://127.0.0.1:7450)\n");

@@ -22,6 +22,7 @@
 #include <zmq.h>
 
 #include "config.h"
+#include "export.h"
 #include "gate.h"
 #include "log.h"
 #include "loop_zmq.h"
@@ -512,6 +513,21 @@ main(int argc, char **argv)
     }
     brk_log_set_level(brk_log_level_parse(b.cfg.log_level));
     signal(SIGPIPE, SIG_IGN);
+    if (b.cfg.export_dir) {
+        /* the exit strategy: the store's contents in the open format, with the broker stopped */
+        char xerr[4096];
+        if (!b.cfg.data) {
+            fprintf(stderr, "amtsbote-broker: --export needs --data DIR: the data directory to "
+                            "export\n");
+            brk_config_free(&b.cfg);
+            return 2;
+        }
+        int xrc = brk_export_run(b.cfg.data, b.cfg.export_dir, stdout, xerr, sizeof xerr);
+        if (xrc != 0)
+            fprintf(stderr, "amtsbote-broker: --export: %s\n", xerr);
+        brk_config_free(&b.cfg);
+        return xrc == 0 ? 0 : xrc == AB_EINVAL ? 2 : 1;
+    }
     s_raise_fd_limit(&b.cfg);
     int exit_code = 1;
 

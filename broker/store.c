@@ -155,7 +155,11 @@ brk_store_open(const char *dir, char *err, size_t errlen)
     /* the loop must never wait on a lock: the data directory's lock keeps others out */
     if (s_exec(self,
                "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL;"
-               " PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+               " PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+               /* the working set of a busy broker (mailbox tails, the dedup index) stays in
+                * memory, and checkpoints come in fewer, larger runs */
+               " PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=4096;"
+               " PRAGMA journal_size_limit=134217728; PRAGMA temp_store=MEMORY;",
                err, errlen) < 0)
         goto fail;
     int layout = 0;
