@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Crash safety of the mailboxes: nothing accepted is lost, nothing is invented, nothing corrupted.
+#
+# mbload sends with a few senders and windows in flight while a receiver takes and acknowledges
+# part of it; meanwhile the broker is killed with SIGKILL after a random 50-400 ms and restarted
+# on the same port and data directory, ITERATIONS times (default 50). Then the senders stop
+# (SIGTERM: no new ids, what is in flight is answered), the broker is killed once more and
+# restarted, and a receiver drains the mailbox with ACKs. Asserted:
+#   - every id in the accepted log (fdatasync'd by mbload before it counted the REPLY) was
+#     received: none lost;
+#   - every received id is in the sender's attempted log: none invented;
+#   - no payload was corrupt (each carries its id and a stream generated from it);
+#   - every broker start became ready, and the senders got an answer for everything in flight.
+# Duplicates (a redelivery after a crash between an ACK and its commit) are allowed and counted.
+#   test_crash.sh BROKER_BIN MBLOAD_BIN [ITERATIONS]
+set -uo pipefail
+BROKER=$1
+MBLOAD=$2
+ITER=${3:-50}
+work=$(mktemp -d /tmp/amtsbote-crash-XXXXXX)
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck disable=SC2154 # failed: lib.sh
+keep_on_failure() { [ "$failed" = 0 ] || { cp -r "$work" "$work.kept" 2>/dev/null && echo "kept: $work.kept"; }; }
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+uri=tcp://127.0.0.1:$port
+rcpt=land.crash.empfang
+broker_pid="" send_pid="" recv_pid="" starts=0
+# lib.sh stops what `pids` names at exit; only the processes alive now
+# shellcheck disable=SC2034
+track() {
+  pids=()
+  local p
+  for p in "$send_pid" "$recv_pid" "$broker_pid"; do [ -n "$p" ] && pids+=("$p"); done
+}
+
+# start_broker: a broker on the same port and data directory; waits for its "ready" line.
+start_broker() {
+  starts=$((starts + 1))
+  local out=$work/broker-$starts.out
+  "$BROKER" --listen "$uri" --insecure-plain-identities --data "$work/data" --log-level warn \
+    >"$out" 2>>"$work/broker.log" &
+  broker_pid=$!
+  track
+  for _ in $(seq 300); do
+    grep -qx ready "$out" 2>/dev/null && return 0
+    if ! kill -0 "$broker_pid" 2>/dev/null; then
+      wait "$broker_pid"
+      echo "broker start $starts exited ($?) before it was ready"
+      tail -n 5 "$work/broker.log"
+      return 1
+    fi
+    sleep 0.05
+  done
+  echo "broker start $starts not ready within 15 s"
+  return 1
+}
+
+crash_broker() {
+  kill -KILL "$broker_pid" 2>/dev/null
+  wait "$broker_pid" 2>/dev/null
+  broker_pid=""
+  track
+}
+
+start_broker || { bad "the first broker start"; finish; exit 1; }
+t0=$(date +%s)
+
+"$MBLOAD" send --broker "$uri" --as bund.crash --to "$rcpt" --count 2000000 --size 512 \
+  --window 32 --senders 4 --accepted-log "$work/accepted" --attempted-log "$work/attempted" \
+  --seconds 200 --drain-seconds 60 --timeout-ms 3000 >"$work/send.out" 2>"$work/send.err" &
+send_pid=$!
+# a receiver during the crashes too: its ACKs race the kills
+"$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 64 --ack --size 512 --idle-ms 0 \
+  --seconds 200 --received-log "$work/received" >"$work/recv1.out" 2>"$work/recv1.err" &
+recv_pid=$!
+track
+
+start_failures=0
+for it in $(seq "$ITER"); do
+  sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.3f", (50 + r % 351) / 1000 }')"
+  crash_broker
+  if ! start_broker; then
+    start_failures=$((start_failures + 1))
+    # one more try, so that a single bad start does not end the test without its checks
+    start_broker || break
+  fi
+  if ! kill -0 "$send_pid" 2>/dev/null; then
+    echo "(the senders finished their count after $it kills)"
+    break
+  fi
+done
+[ "$start_failures" = 0 ] && ok "broker restarted after each of $it kills (SIGKILL)" ||
+  bad "$start_failures broker start(s) failed after a kill"
+
+# the senders stop taking new ids and wait for the answers to what is in flight
+kill -TERM "$send_pid" 2>/dev/null
+wait "$send_pid"
+send_rc=$?
+send_pid=""
+kill -TERM "$recv_pid" 2>/dev/null
+wait "$recv_pid"
+recv1_rc=$?
+recv_pid=""
+track
+cat "$work/send.out"
+t1=$(date +%s)
+# shellcheck disable=SC2016
+unanswered=$(sed -n 's/.* unanswered=\([0-9]*\).*/\1/p' "$work/send.out")
+[ "$send_rc" = 0 ] && [ "${unanswered:-1}" = 0 ] && ok "the senders got an answer for every message ($((t1 - t0)) s)" ||
+  bad "the senders: exit $send_rc, unanswered=${unanswered:-?}: $(tail -n 3 "$work/send.err")"
+
+# once more a crash, then drain what waits
+crash_broker
+start_broker || { bad "the last broker start"; keep_on_failure; finish; exit 1; }
+"$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 200 --ack --size 512 --idle-ms 5000 \
+  --seconds 150 --received-log "$work/received" >"$work/recv2.out" 2>"$work/recv2.err"
+recv2_rc=$?
+cat "$work/recv1.out" "$work/recv2.out"
+[ "$recv1_rc" = 0 ] && [ "$recv2_rc" = 0 ] && ok "the receivers found no corrupt payload" ||
+  bad "receivers: exit $recv1_rc/$recv2_rc: $(grep -h CORRUPT "$work"/recv*.err | head -n 3)"
+
+# ---- the logs: accepted <= received <= attempted -------------------------------------------
+sort -u "$work/accepted" >"$work/accepted.u"
+sort -u "$work/attempted" >"$work/attempted.u"
+awk '$6 == "new" || $6 == "dup" { print $3 }' "$work/received" | sort -u >"$work/received.u"
+corrupt=$(awk '$6 == "corrupt"' "$work/received" | wc -l)
+n_acc=$(wc -l <"$work/accepted.u")
+n_att=$(wc -l <"$work/attempted.u")
+n_rcv=$(wc -l <"$work/received.u")
+n_deliveries=$(wc -l <"$work/received")
+lost=$(comm -23 "$work/accepted.u" "$work/received.u" | wc -l)
+invented=$(comm -13 "$work/attempted.u" "$work/received.u" | wc -l)
+unconfirmed=$(comm -13 "$work/accepted.u" "$work/received.u" | wc -l)
+dups=$((n_deliveries - n_rcv - corrupt))
+acc_lines=$(wc -l <"$work/accepted")
+echo "attempted=$n_att accepted=$n_acc (log lines $acc_lines) received=$n_rcv deliveries=$n_deliveries" \
+  "duplicates=$dups received_not_confirmed=$unconfirmed lost=$lost invented=$invented corrupt=$corrupt" \
+  "kills=$((starts - 1))"
+
+[ "$n_acc" -gt 1000 ] && ok "$n_acc messages accepted across the crashes" || bad "only $n_acc messages accepted"
+[ "$acc_lines" = "$n_acc" ] && ok "no id accepted twice in the log" || bad "the accepted log repeats ids"
+[ "$lost" = 0 ] && ok "no accepted message lost" ||
+  bad "$lost accepted message(s) never delivered, e.g. $(comm -23 "$work/accepted.u" "$work/received.u" | head -n 3 | tr '\n' ' ')"
+[ "$invented" = 0 ] && ok "no message invented" ||
+  bad "$invented received id(s) were never sent, e.g. $(comm -13 "$work/attempted.u" "$work/received.u" | head -n 3 | tr '\n' ' ')"
+[ "$corrupt" = 0 ] && ok "no corrupt delivery" || bad "$corrupt corrupt deliveries"
+# the broker's own account of trouble: a crash of its own is not a kill of ours
+if grep -qE 'level=(fatal|crit)|AddressSanitizer|runtime error' "$work/broker.log"; then
+  bad "the broker logged: $(grep -E 'level=(fatal|crit)|AddressSanitizer|runtime error' "$work/broker.log" | head -n 3)"
+else
+  ok "the broker logged nothing fatal ($(grep -c 'level=error' "$work/broker.log") error line(s))"
+fi
+keep_on_failure
+finish

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# A full disk: the broker refuses SENDs with UNAVAILABLE (and does not crash), /readyz says it
+# is not ready, and once there is space again the same messages are accepted and every accepted
+# one is delivered intact.
+#
+# The data directory lies on a small tmpfs (24 MiB, so it needs root for the mount; without
+# root the test FAILS, it does not skip). A filler file takes all but a few MiB of it after the
+# broker started; mbload sends 4 KiB messages (and retries each refused one with the same id)
+# until the first UNAVAILABLE; then /readyz is checked, the filler removed, and the same sender
+# must get every message accepted; a receiver drains the mailbox and checks each payload.
+#   test_disk_full.sh BROKER_BIN MBLOAD_BIN
+set -uo pipefail
+BROKER=$1
+MBLOAD=$2
+if [ "$(id -u)" != 0 ]; then
+  echo "not ok - test_disk_full.sh needs root: it mounts a 24 MiB tmpfs (mount -t tmpfs) for the"
+  echo "         broker's data directory; run it as root (CI does), e.g. sudo ctest -R test_disk_full"
+  exit 1
+fi
+work=$(mktemp -d /tmp/amtsbote-diskfull-XXXXXX)
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+mnt=$work/tmpfs
+mkdir -p "$mnt"
+mount -t tmpfs -o size=24m,mode=0700 tmpfs "$mnt" || { echo "not ok - mount -t tmpfs failed"; rm -rf "$work"; exit 1; }
+# processes first (they hold files on the tmpfs), then the mount, then lib.sh's cleanup
+cleanup_mounted() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
+  pids=()
+  umount "$mnt" 2>/dev/null || umount -l "$mnt"
+  cleanup
+}
+trap cleanup_mounted EXIT
+
+http_status() { # http_status PATH: the status code of GET PATH, and the body on the next lines
+  python3 - "$metrics" "$1" <<'PY'
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen("http://" + sys.argv[1] + sys.argv[2], timeout=5) as r:
+        print(r.status); sys.stdout.write(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); sys.stdout.write(e.read().decode())
+except Exception as e:
+    print("000"); print(e)
+PY
+}
+
+mkfifo "$work/broker.out"
+"$BROKER" --listen 'tcp://127.0.0.1:*' --insecure-plain-identities --data "$mnt/data" \
+  --metrics 127.0.0.1:0 --log-level warn >"$work/broker.out" 2>"$work/broker.log" &
+broker_pid=$!
+pids+=("$broker_pid")
+exec 3<"$work/broker.out"
+uri="" metrics=""
+while IFS= read -r -t 15 line <&3; do
+  case "$line" in
+    "listening on tcp://"*) uri=${line#listening on } ;;
+    "metrics on http://"*) metrics=${line#metrics on http://}; metrics=${metrics%/metrics} ;;
+    ready) break ;;
+  esac
+done
+[ -n "$uri" ] && [ -n "$metrics" ] || { echo "not ok - broker did not start"; cat "$work/broker.log"; exit 1; }
+# keep reading its stdout so that it never blocks on a full pipe
+cat <&3 >/dev/null &
+pids+=($!)
+
+http_status /readyz >"$work/ready0"
+expect "/readyz ready before the disk fills" 0 0 "$work/ready0" "200"
+
+# all but 3 MiB of the tmpfs for the filler
+avail=$(df --output=avail -B1 "$mnt" | tail -n 1)
+fill=$((avail - 3 * 1024 * 1024))
+head -c "$fill" /dev/zero >"$mnt/filler" 2>/dev/null
+echo "tmpfs: $(df -h --output=size,used,avail "$mnt" | tail -n 1)"
+
+rcpt=land.voll.empfang
+count=2500 # 10 MiB of payloads: more than is left, less than the tmpfs without the filler
+"$MBLOAD" send --broker "$uri" --as bund.voll --to "$rcpt" --count $count --size 4096 --window 8 \
+  --accepted-log "$work/accepted" --attempted-log "$work/attempted" --seconds 90 \
+  --drain-seconds 30 >"$work/send.out" 2>"$work/send.err" &
+send_pid=$!
+pids+=("$send_pid")
+
+got=0
+for _ in $(seq 600); do
+  grep -q "first UNAVAILABLE" "$work/send.err" && { got=1; break; }
+  kill -0 "$send_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ "$got" = 1 ]; then
+  ok "the full disk is answered with UNAVAILABLE ($(grep -o 'first UNAVAILABLE.*' "$work/send.err"))"
+else
+  bad "no UNAVAILABLE within 60 s: $(cat "$work/send.out") $(tail -n 3 "$work/send.err")"
+fi
+sleep 0.5
+kill -0 "$broker_pid" 2>/dev/null && ok "the broker still runs on a full disk" ||
+  { bad "the broker exited on a full disk: $(tail -n 5 "$work/broker.log")"; finish; exit 1; }
+http_status /readyz >"$work/ready1"
+if [ "$(head -n 1 "$work/ready1")" != 200 ]; then
+  ok "/readyz not ready while the disk is full: $(head -n 1 "$work/ready1") $(sed -n 2,3p "$work/ready1" | tr '\n' ' ')"
+else
+  bad "/readyz says ready while the store cannot write: $(tr '\n' ' ' <"$work/ready1")"
+fi
+accepted_full=$(wc -l <"$work/accepted")
+
+# space again: the same sender's retries must now get through
+rm -f "$mnt/filler"
+wait "$send_pid"
+send_rc=$?
+cat "$work/send.out"
+accepted=$(sed -n 's/.* accepted=\([0-9]*\).*/\1/p' "$work/send.out")
+[ "$send_rc" = 0 ] && [ "${accepted:-0}" = "$count" ] &&
+  ok "after space was freed every message was accepted ($accepted_full before, $count in all)" ||
+  bad "after space was freed: exit $send_rc, accepted ${accepted:-?} of $count: $(tail -n 3 "$work/send.err")"
+ready=0
+for _ in $(seq 100); do
+  http_status /readyz >"$work/ready2"
+  [ "$(head -n 1 "$work/ready2")" = 200 ] && { ready=1; break; }
+  sleep 0.1
+done
+[ "$ready" = 1 ] && ok "/readyz ready again" || bad "/readyz still not ready: $(tr '\n' ' ' <"$work/ready2")"
+
+"$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 100 --ack --size 4096 --idle-ms 3000 \
+  --seconds 60 --received-log "$work/received" >"$work/recv.out" 2>"$work/recv.err"
+recv_rc=$?
+cat "$work/recv.out"
+sort -u "$work/accepted" >"$work/accepted.u"
+sort -u "$work/attempted" >"$work/attempted.u"
+awk '$6 == "new" || $6 == "dup" { print $3 }' "$work/received" 2>/dev/null | sort -u >"$work/received.u"
+lost=$(comm -23 "$work/accepted.u" "$work/received.u" | wc -l)
+invented=$(comm -13 "$work/attempted.u" "$work/received.u" | wc -l)
+[ "$recv_rc" = 0 ] && ok "every delivery intact" || bad "recv: exit $recv_rc: $(grep -m 3 CORRUPT "$work/recv.err")"
+[ "$lost" = 0 ] && ok "every accepted message delivered ($(wc -l <"$work/received.u") distinct)" ||
+  bad "$lost accepted message(s) not delivered"
+[ "$invented" = 0 ] && ok "nothing delivered that was not sent" || bad "$invented invented message(s)"
+kill -0 "$broker_pid" 2>/dev/null && ok "the broker still runs" || bad "the broker exited: $(tail -n 5 "$work/broker.log")"
+finish
