@@ -132,7 +132,7 @@ static const char *s_subscribe_usage =
     "  PAYLOAD (as JSON when TYPE is registered, else base64)\n"
     "Prints 'ready: subscribed to PATTERN ...' on stderr once the broker confirmed.\n"
     "\n"
-    "  --durable NAME     a durable subscription (NAME: 1-64 of A-Z a-z 0-9 _ - .): the broker\n"
+    "  --durable NAME     a durable subscription (NAME: 1-64 of a-z 0-9 _ - .): the broker\n"
     "                     keeps its events while you are away, and the next 'subscribe\n"
     "                     --durable NAME' resumes after the last one acknowledged. Without it\n"
     "                     you see only what is published while you are subscribed.\n"
@@ -1020,7 +1020,10 @@ cli_cmd_status(const opts_t *opts, int argc, char **argv)
             const Amtsbote__V1__MessageStatusStep *s = st->steps[i];
             char when[48];
             cli_iso_time(s->at_ms, when, sizeof when);
-            printf("  %s  %-12s%s%s\n", when, s->step, s->detail[0] ? " " : "", s->detail);
+            if (s->detail[0])
+                printf("  %s  %-12s %s\n", when, s->step, s->detail);
+            else
+                printf("  %s  %s\n", when, s->step);
         }
     }
     amtsbote__v1__message_status__free_unpacked(st, NULL);

@@ -198,6 +198,8 @@ test_subscription_names(void **state)
     assert_int_equal(ab_subscription_check("mit leerzeichen", why), AB_EINVAL);
     assert_non_null(strstr(why, "' '"));
     assert_int_equal(ab_subscription_check("a/b", why), AB_EINVAL);
+    assert_int_equal(ab_subscription_check("Statistik", why), AB_EINVAL); /* as the broker */
+    assert_non_null(strstr(why, "position 1"));
 }
 
 /* ---- the library's checks before anything is sent ----------------------------------------- */

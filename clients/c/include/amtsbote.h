@@ -339,8 +339,10 @@ int ab_publish(ab_client_t *self, const char *topic, const void *data, size_t le
  * Subscribes to the topics matching `pattern` (a segment `*` matches one segment, a last `>` the
  * rest: "meldewesen.umzug.>") and waits up to 5 s for the broker's answer; `fn` runs for each
  * event. With `durable` NULL the subscription is ephemeral: it sees what is published while
- * connected, at most once, and ab_ack() only frees the event. With `durable` a name (1-64 of
- * A-Z a-z 0-9 _ - .), the broker keeps the events for this participant's subscription of that
+ * connected, at most once, and ab_ack() only frees the event; an event that matches several
+ * ephemeral patterns of this client goes once, to the handler subscribed first.
+ * With `durable` a name (1-64 of
+ * a-z 0-9 _ - .), the broker keeps the events for this participant's subscription of that
  * name until they are acknowledged, and resumes after the last acknowledged one when a client of
  * the participant subscribes again; `credit` (0: 100) bounds the events delivered before any is
  * acknowledged. The client subscribes again by itself after a reconnect, and sends heartbeats

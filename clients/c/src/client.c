@@ -63,6 +63,7 @@
 #define S_MONITOR_EP "inproc://amtsbote-client-monitor"
 #define S_TUNNEL_SLICE_MS 50 /* connect looks this often for the tunnel's TLS failures */
 #define S_PASSPHRASE_MAX 1024
+#define S_RECENT_EVENTS 1024 /* ephemeral events remembered to drop the copies of one */
 
 /* Where a blocking caller waits for its answer; lives on that caller's stack. */
 typedef struct {
@@ -202,9 +203,10 @@ struct ab_client {
     ab_message_fn *inbox_fn;
     void *inbox_arg;
     s_sub_t *subs;
-    ab_message_t *messages; /* delivered and not yet acknowledged or freed */
-    ab_dedup_t *dedup;      /* acknowledged deliveries, made at the first ACK */
-    uint64_t duplicates;    /* redeliveries of those, acknowledged again and dropped */
+    ab_message_t *messages;    /* delivered and not yet acknowledged or freed */
+    ab_dedup_t *dedup;         /* acknowledged deliveries, made at the first ACK */
+    ab_dedup_t *recent_events; /* ids of ephemeral events just handled (s_ephemeral_repeat) */
+    uint64_t duplicates;       /* redeliveries of those, acknowledged again and dropped */
     volatile sig_atomic_t stop;
     char last_error[S_ERRLEN];
     uint64_t refused_replies; /* replies of ours the broker refused (SCHEMA_INVALID, ...) */
@@ -1128,20 +1130,41 @@ s_message_release(ab_message_t *m)
     free(m);
 }
 
-/* The subscription an EVENT belongs to: by its name when durable, else the first ephemeral
- * pattern its topic matches. */
+/* The subscription an EVENT belongs to: by its name when durable, else the ephemeral one
+ * subscribed first (the list is newest first) whose pattern its topic matches. */
 static s_sub_t *
 s_sub_for(ab_client_t *self, const ab_header_t *hdr)
 {
+    s_sub_t *found = NULL;
     for (s_sub_t *sub = self->subs; sub; sub = sub->next) {
         if (hdr->subscription[0]) {
             if (strcmp(sub->durable, hdr->subscription) == 0)
                 return sub;
         } else if (!sub->durable[0] && ab_topic_match(sub->pattern, hdr->topic)) {
-            return sub;
+            found = sub;
         }
     }
-    return NULL;
+    return found;
+}
+
+/*
+ * Non-zero for an ephemeral EVENT seen just now: the broker sends one per matching pattern of
+ * the connection, and the header does not say which, so the copies after the first are dropped.
+ */
+static int
+s_ephemeral_repeat(ab_client_t *self, const ab_header_t *hdr)
+{
+    if (hdr->subscription[0] || hdr->message_id.len != AB_MESSAGE_ID_LEN || !self->subs ||
+        !self->subs->next)
+        return 0; /* one subscription: every copy is its own */
+    if (!self->recent_events && !(self->recent_events = ab_dedup_new(S_RECENT_EVENTS)))
+        return 0;
+    char name[AB_MAX_NAME + 3];
+    snprintf(name, sizeof name, "x:%s", hdr->sender);
+    if (ab_dedup_seen(self->recent_events, name, hdr->message_id.data))
+        return 1;
+    ab_dedup_add(self->recent_events, name, hdr->message_id.data);
+    return 0;
 }
 
 /*
@@ -1157,6 +1180,8 @@ s_on_delivery(ab_client_t *self, const ab_header_t *hdr, zmq_msg_t *body)
     int kind;
     if (hdr->kind == AMTSBOTE__V1__KIND__KIND_EVENT) {
         kind = AB_MSG_EVENT;
+        if (s_ephemeral_repeat(self, hdr))
+            return;
         s_sub_t *sub = s_sub_for(self, hdr);
         if (sub) {
             fn = sub->fn;
@@ -1426,6 +1451,22 @@ ab_client_destroy(ab_client_t **self_p)
             hdr.service = o->service;
             s_send(self, &hdr, 0, NULL, 0, NULL);
         }
+        /* likewise the mailbox and the subscriptions: what was delivered and not acknowledged
+         * goes to another connection now, not after the heartbeat timeout; durable
+         * subscriptions stay stored */
+        if (self->inbox_on) {
+            ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+            hdr.kind = AMTSBOTE__V1__KIND__KIND_CREDIT;
+            s_send(self, &hdr, 0, NULL, 0, NULL);
+        }
+        for (s_sub_t *sub = self->subs; sub; sub = sub->next) {
+            ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+            hdr.kind = sub->durable[0] ? AMTSBOTE__V1__KIND__KIND_CREDIT
+                                       : AMTSBOTE__V1__KIND__KIND_WITHDRAW;
+            hdr.topic = sub->durable[0] ? (char *)"" : sub->pattern;
+            hdr.subscription = sub->durable;
+            s_send(self, &hdr, 0, NULL, 0, NULL);
+        }
         /* requests nobody can answer any more: tell their callers now, not at the deadline */
         for (ab_request_t *req = self->requests; req; req = req->next)
             s_send_error(self, req->corr, req->corr_len, AMTSBOTE__V1__ERROR_CODE__PROVIDER_ERROR,
@@ -1451,6 +1492,7 @@ ab_client_destroy(ab_client_t **self_p)
     }
     self->inbox_on = 0;
     ab_dedup_destroy(&self->dedup);
+    ab_dedup_destroy(&self->recent_events);
     /* bounded: nothing new can be added while closing */
     while (self->heap.n > 0) {
         s_pending_t *p = AB_CONTAINER_OF(self->heap.v[self->heap.n - 1], s_pending_t, expires);

@@ -304,10 +304,13 @@ ab_subscription_check(const char *name, char why[AB_WHY_LEN])
         return AB_EINVAL;
     }
     for (size_t i = 0; i < len; i++) {
-        if (!s_segment_char(name[i]) && name[i] != '.') {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+              c == '.')) {
             snprintf(why, AB_WHY_LEN,
-                     "durable subscription '%.64s' has '%c'; names are A-Z a-z 0-9 _ - .", name,
-                     (name[i] >= 0x20 && name[i] < 0x7f) ? name[i] : '?');
+                     "durable subscription '%.64s' has '%c' at position %zu; names are a-z 0-9 "
+                     "_ - .",
+                     name, (c >= 0x20 && c < 0x7f) ? c : '?', i + 1);
             return AB_EINVAL;
         }
     }

@@ -51,8 +51,8 @@ int ab_topic_check(const char *topic, int pattern, char why[AB_WHY_LEN]);
 int ab_topic_match(const char *pattern, const char *topic);
 
 /*
- * Checks a durable subscription's name: 1-64 characters of A-Z a-z 0-9 _ - . Returns 0, or
- * AB_EINVAL with a sentence in `why`.
+ * Checks a durable subscription's name: 1-64 characters of a-z 0-9 _ - . (as the broker).
+ * Returns 0, or AB_EINVAL with a sentence in `why`.
  */
 int ab_subscription_check(const char *name, char why[AB_WHY_LEN]);
 
