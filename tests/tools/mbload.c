@@ -9,7 +9,7 @@
  *
  *   mbload send  --broker URI --as ADDR --to RCPT --count N --size B --window W [--senders S]
  *                [--accepted-log F] [--attempted-log F] [--id-prefix HEX] [--ttl-ms T]
- *                [--seconds MAX] [--timeout-ms T] [--drain-seconds D]
+ *                [--seconds MAX] [--timeout-ms T] [--drain-seconds D] [--dup-every K]
  *   mbload recv  --broker URI --as ADDR --credit C [--count N] [--seconds MAX] [--idle-ms I]
  *                [--received-log F] [--ack] [--size B]
  *   mbload pub   --broker URI --as ADDR --topic T --count N --size B --window W [...as send]
@@ -21,6 +21,9 @@
  *
  * With --senders S > 1 (or --subscribers K > 1) each thread has its own DEALER and identity
  * ADDR.sI (ADDR.s0, ADDR.s1, ...): participant addresses are lower-case dotted segments.
+ *
+ * --dup-every K sends every Kth new message twice back to back (same id): the broker must store
+ * it once and answer both.
  *
  * Payloads: B bytes (B >= 16); the first 16 are the message id, the rest a stream generated from
  * the id, so a receiver checks every payload without knowing what was sent.
@@ -107,6 +110,7 @@ typedef struct {
     long idle_ms;
     int timeout_ms;
     int quiet;
+    long dup_every; /* send: every Nth new message goes out twice at once (0: never) */
 } opts_t;
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -518,6 +522,10 @@ s_slot_send(sender_t *w, int i, uint64_t now)
     if (s->attempts == 1)
         w->sends++;
     else
+        w->resends++;
+    /* the same message again at once: both copies likely reach the broker in one turn */
+    if (s->attempts == 1 && o->dup_every && w->sends % o->dup_every == 0 &&
+        s_send_hdr(w->c.sock, &h, w->payload, o->size, ZMQ_DONTWAIT) == 0)
         w->resends++;
 }
 
@@ -1020,6 +1028,8 @@ typedef struct {
     long delivered, distinct, dups, corrupt, acks, out_of_order, unexpected, errors, reconnects;
     long resubscribes;
     long receipts[4];
+    idset_t receipt_ids; /* the message ids the receipts are about */
+    long receipts_distinct;
     uint32_t *lat;
     long nlat, caplat;
     uint64_t first_rx_ns, last_new_ns;
@@ -1273,6 +1283,23 @@ s_recv_run(void *arg)
                 break;
             case AMTSBOTE__V1__KIND__KIND_RECEIPT:
                 r->receipts[h->receipt >= 0 && h->receipt < 4 ? h->receipt : 0]++;
+                if (h->correlation_id.len == ID_LEN &&
+                    s_idset_add(&r->receipt_ids, h->correlation_id.data) > 0)
+                    r->receipts_distinct++;
+                if (r->log_fd >= 0) {
+                    char hex[HEX_LEN + 1] = "-";
+                    if (h->correlation_id.len == ID_LEN)
+                        ab_hex(h->correlation_id.data, ID_LEN, hex);
+                    if (r->loglen == 0)
+                        r->log_first_ns = now;
+                    r->loglen += (size_t)snprintf(r->logbuf + r->loglen, 1024,
+                                                  "%s %s %s %u %" PRIu64 " receipt-%d\n",
+                                                  r->c.ident, h->recipient[0] ? h->recipient : "-",
+                                                  hex, h->attempt, h->sequence, (int)h->receipt);
+                    if (r->loglen > (size_t)LOG_BATCH * 128)
+                        s_log_flush(r);
+                }
+                r->last_new_ns = now; /* a receipt is progress for the idle time-out */
                 if (o->ack)
                     s_recv_ack(r, h->sequence, NULL);
                 break;
@@ -1339,8 +1366,8 @@ s_run_receivers(void *ctx, const opts_t *o, int is_sub, recv_result_t *res)
     for (int t = 0; t < n; t++)
         pthread_join(th[t], NULL);
     recv_result_t tot = {0};
-    long receipts[4] = {0}, acks = 0, ooo = 0, unexpected = 0, errors = 0, reconnects = 0,
-         resub = 0, nlat = 0;
+    long receipts[4] = {0}, receipts_distinct = 0, acks = 0, ooo = 0, unexpected = 0, errors = 0,
+         reconnects = 0, resub = 0, nlat = 0;
     uint64_t first = 0, last = 0;
     for (int t = 0; t < n; t++) {
         recv_t *r = &rs[t];
@@ -1358,6 +1385,7 @@ s_run_receivers(void *ctx, const opts_t *o, int is_sub, recv_result_t *res)
         nlat += r->nlat;
         for (int k = 0; k < 4; k++)
             receipts[k] += r->receipts[k];
+        receipts_distinct += r->receipts_distinct;
         if (r->first_rx_ns && (!first || r->first_rx_ns < first))
             first = r->first_rx_ns;
         if (r->last_new_ns > last)
@@ -1375,16 +1403,19 @@ s_run_receivers(void *ctx, const opts_t *o, int is_sub, recv_result_t *res)
     if (!o->quiet)
         printf("result mode=%s threads=%d delivered=%ld distinct=%ld dups=%ld corrupt=%ld "
                "acks=%ld out_of_order=%ld receipts_delivered=%ld receipts_expired=%ld "
-               "receipts_failed=%ld errors=%ld unexpected=%ld reconnects=%ld resubscribes=%ld "
+               "receipts_failed=%ld receipts_distinct=%ld errors=%ld unexpected=%ld reconnects=%ld "
+               "resubscribes=%ld "
                "refused=%ld seconds=%.3f msgs_per_s=%.0f e2e_p50_ms=%.3f e2e_p99_ms=%.3f\n",
                is_sub ? "sub" : "recv", n, tot.delivered, tot.distinct, tot.dups, tot.corrupt, acks,
-               ooo, receipts[1], receipts[2], receipts[3], errors, unexpected, reconnects, resub,
-               tot.refused, secs, tot.msgs_per_s, s_pct_ms(lat, nlat, 50), s_pct_ms(lat, nlat, 99));
+               ooo, receipts[1], receipts[2], receipts[3], receipts_distinct, errors, unexpected,
+               reconnects, resub, tot.refused, secs, tot.msgs_per_s, s_pct_ms(lat, nlat, 50),
+               s_pct_ms(lat, nlat, 99));
     fflush(stdout);
     for (int t = 0; t < n; t++) {
         recv_t *r = &rs[t];
         ab_wire_decoder_destroy(&r->dec);
         free(r->seen.keys);
+        free(r->receipt_ids.keys);
         free(r->logbuf);
         free(r->lat);
         for (int i = 0; i < r->nsenders; i++)
@@ -2301,7 +2332,7 @@ s_usage(FILE *out)
         "usage: mbload send|pub|call --broker URI --as ADDR (--to RCPT | --topic T | --service S)\n"
         "                 --count N --size B --window W [--senders S] [--accepted-log F]\n"
         "                 [--attempted-log F] [--id-prefix HEX] [--ttl-ms T] [--seconds MAX]\n"
-        "                 [--timeout-ms T] [--drain-seconds D]\n"
+        "                 [--timeout-ms T] [--drain-seconds D] [--dup-every K]\n"
         "       mbload recv --broker URI --as ADDR [--credit C] [--count N] [--seconds MAX]\n"
         "                 [--idle-ms I] [--received-log F] [--ack] [--size B]\n"
         "       mbload sub  --broker URI --as ADDR --topic PATTERN [--durable NAME] [--credit C]\n"
@@ -2387,6 +2418,7 @@ main(int argc, char **argv)
         O_ACK,
         O_IDLE,
         O_TIMEOUT,
+        O_DUP_EVERY,
     };
     static const struct option longopts[] = {
         {"broker", required_argument, NULL, O_BROKER},
@@ -2411,6 +2443,7 @@ main(int argc, char **argv)
         {"ack", no_argument, NULL, O_ACK},
         {"idle-ms", required_argument, NULL, O_IDLE},
         {"timeout-ms", required_argument, NULL, O_TIMEOUT},
+        {"dup-every", required_argument, NULL, O_DUP_EVERY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -2515,6 +2548,11 @@ main(int argc, char **argv)
             if (s_parse_num("timeout-ms", optarg, 50, 600000, &d))
                 return 2;
             o.timeout_ms = (int)d;
+            break;
+        case O_DUP_EVERY:
+            if (s_parse_num("dup-every", optarg, 0, MAX_COUNT, &d))
+                return 2;
+            o.dup_every = (long)d;
             break;
         case 'h':
             s_usage(stdout);
