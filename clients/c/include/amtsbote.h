@@ -1,8 +1,10 @@
 /*
  * amtsbote.h - the whole public API of libamtsbote, the Amtsbote client library.
  *
- * A client connects to an Amtsbote broker, calls services that other participants offer, and
- * offers services of its own. One ab_client_t is one connection (one ZeroMQ DEALER socket).
+ * A client connects to an Amtsbote broker, calls services that other participants offer, offers
+ * services of its own, sends store-and-forward messages to other participants' mailboxes and
+ * takes those in its own, and publishes and subscribes to events. One ab_client_t is one
+ * connection (one ZeroMQ DEALER socket).
  *
  * Threads: an ab_client_t is not thread-safe. Use each client from one thread at a time; use one
  * client per thread when you need several. Different clients are independent.
@@ -85,9 +87,12 @@ typedef struct ab_client ab_client_t;
 ab_client_t *ab_client_new(void);
 
 /*
- * Closes the connection (withdrawing every offer), fails calls still in flight with
- * AB_EUNAVAILABLE through their callbacks, and frees the client. Accepts NULL and a pointer to
- * NULL; sets *self_p to NULL.
+ * Closes the connection (withdrawing every offer, detaching from the mailbox and the durable
+ * subscriptions, which stay stored, and ending the ephemeral ones), fails calls and sends still
+ * in flight with AB_EUNAVAILABLE through their callbacks, and frees the client. Messages the
+ * application still holds stay readable and must still be freed; ab_ack() on them returns
+ * AB_ESTATE (the broker delivers them again). Accepts NULL and a pointer to NULL; sets *self_p
+ * to NULL.
  */
 void ab_client_destroy(ab_client_t **self_p);
 

@@ -617,7 +617,10 @@ s_complete_failed(ab_client_t *self)
         s_pending_remove(self, p);
         char what[AB_MAX_NAME + 32];
         char text[S_ERRLEN];
-        snprintf(what, sizeof what, "send the call to '%s'", p->service);
+        if (p->kind == AMTSBOTE__V1__KIND__KIND_CALL)
+            snprintf(what, sizeof what, "send the call to '%s'", p->service);
+        else
+            snprintf(what, sizeof what, "send %s to '%s'", ab_kind_name(p->kind), p->service);
         errno = list[i].err;
         s_zmq_fail(self, what);
         memcpy(text, self->last_error, sizeof text); /* the callback may change last_error */
