@@ -3,7 +3,8 @@
 #
 # mbload sends with a few senders and windows in flight while a receiver takes and acknowledges
 # part of it; meanwhile the broker is killed with SIGKILL after a random 50-400 ms and restarted
-# on the same port and data directory, ITERATIONS times (default 50). Then the senders stop
+# on the same port and data directory, ITERATIONS times (default 50); every 5th time the receiver
+# is killed with SIGKILL too, holding unacknowledged deliveries. Then the senders stop
 # (SIGTERM: no new ids, what is in flight is answered), the broker is killed once more and
 # restarted, and a receiver drains the mailbox with ACKs. Asserted:
 #   - every id in the accepted log (fdatasync'd by mbload before it counted the REPLY) was
@@ -70,15 +71,26 @@ t0=$(date +%s)
   --window 32 --senders 4 --accepted-log "$work/accepted" --attempted-log "$work/attempted" \
   --seconds 200 --drain-seconds 60 --timeout-ms 3000 >"$work/send.out" 2>"$work/send.err" &
 send_pid=$!
-# a receiver during the crashes too: its ACKs race the kills
-"$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 64 --ack --size 512 --idle-ms 0 \
-  --seconds 200 --received-log "$work/received" >"$work/recv1.out" 2>"$work/recv1.err" &
-recv_pid=$!
-track
+# a receiver during the crashes too: its ACKs race the kills, and every 5th kill it is killed
+# as well, holding deliveries it has not acknowledged (mbload logs a delivery before its ACK)
+nrecv=0
+start_receiver() {
+  nrecv=$((nrecv + 1))
+  "$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 64 --ack --size 512 --idle-ms 0 \
+    --seconds 200 --received-log "$work/received" >"$work/recv1-$nrecv.out" 2>"$work/recv1-$nrecv.err" &
+  recv_pid=$!
+  track
+}
+start_receiver
 
 start_failures=0
 for it in $(seq "$ITER"); do
   sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.3f", (50 + r % 351) / 1000 }')"
+  if [ $((it % 5)) = 0 ]; then
+    kill -KILL "$recv_pid" 2>/dev/null
+    wait "$recv_pid" 2>/dev/null
+    start_receiver
+  fi
   crash_broker
   if ! start_broker; then
     start_failures=$((start_failures + 1))
@@ -101,6 +113,7 @@ send_pid=""
 kill -TERM "$recv_pid" 2>/dev/null
 wait "$recv_pid"
 recv1_rc=$?
+if grep -q CORRUPT "$work"/recv1-*.err; then recv1_rc=1; fi
 recv_pid=""
 track
 cat "$work/send.out"
@@ -116,9 +129,11 @@ start_broker || { bad "the last broker start"; keep_on_failure; finish; exit 1; 
 "$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 200 --ack --size 512 --idle-ms 5000 \
   --seconds 150 --received-log "$work/received" >"$work/recv2.out" 2>"$work/recv2.err"
 recv2_rc=$?
-cat "$work/recv1.out" "$work/recv2.out"
+cat "$work/recv1-$nrecv.out" "$work/recv2.out"
 [ "$recv1_rc" = 0 ] && [ "$recv2_rc" = 0 ] && ok "the receivers found no corrupt payload" ||
   bad "receivers: exit $recv1_rc/$recv2_rc: $(grep -h CORRUPT "$work"/recv*.err | head -n 3)"
+
+echo "(the receiver during the crashes was killed with SIGKILL $((nrecv - 1)) times)"
 
 # ---- the logs: accepted <= received <= attempted -------------------------------------------
 sort -u "$work/accepted" >"$work/accepted.u"

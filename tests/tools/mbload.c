@@ -70,6 +70,7 @@
 #define ACC_BATCH 256
 #define ACC_BATCH_MS 20
 #define LOG_BATCH 256
+#define ACK_BATCH 4096
 #define POLL_MS 20
 /* How often the window is scanned for retries that are due and for time-outs. */
 #define SCAN_MS 5
@@ -715,10 +716,10 @@ s_sender_run(void *arg)
             }
         }
         if (timed_out) {
-            w->timeouts++;
-            s_note("%s: no answer within %d ms for %d message(s) in flight; reconnecting and "
-                   "sending them again",
-                   w->c.ident, o->timeout_ms, w->busy);
+            if (++w->timeouts <= 3)
+                s_note("%s: no answer within %d ms for %d message(s) in flight; reconnecting and "
+                       "sending them again",
+                       w->c.ident, o->timeout_ms, w->busy);
             s_sender_reconnect(w, now);
         }
         if (w->accn > 0 && now - w->acc_first_ns >= ACC_BATCH_MS * 1000000u)
@@ -1028,6 +1029,9 @@ typedef struct {
     long delivered, distinct, dups, corrupt, acks, out_of_order, unexpected, errors, reconnects;
     long resubscribes;
     long receipts[4];
+    uint64_t acks_seq[ACK_BATCH];
+    uint8_t acks_event[ACK_BATCH];
+    int nacks;
     idset_t receipt_ids; /* the message ids the receipts are about */
     long receipts_distinct;
     uint32_t *lat;
@@ -1092,6 +1096,31 @@ s_recv_ack(recv_t *r, uint64_t sequence, const char *subscription)
         h.subscription = (char *)subscription;
     if (s_send_hdr(r->c.sock, &h, NULL, 0, 0) == 0)
         r->acks++;
+}
+
+/*
+ * ACKs wait until the batch of messages read from the socket is logged: a receiver killed with
+ * SIGKILL must not have acknowledged anything its log does not show.
+ */
+static void s_acks_flush(recv_t *r);
+
+static void
+s_ack_later(recv_t *r, uint64_t sequence, int is_event)
+{
+    if (r->nacks == ACK_BATCH)
+        s_acks_flush(r);
+    r->acks_seq[r->nacks] = sequence;
+    r->acks_event[r->nacks++] = (uint8_t)is_event;
+}
+
+/* Writes the received log, then sends the ACKs it covers. */
+static void
+s_acks_flush(recv_t *r)
+{
+    s_log_flush(r);
+    for (int i = 0; i < r->nacks; i++)
+        s_recv_ack(r, r->acks_seq[i], r->acks_event[i] ? r->o->durable : NULL);
+    r->nacks = 0;
 }
 
 /* Returns 1 when this DELIVER/EVENT of `sender` at `ts` came before one seen earlier. */
@@ -1173,7 +1202,7 @@ s_recv_message(recv_t *r, const ab_header_t *h, zmq_msg_t *body, int has_body, u
             s_log_flush(r);
     }
     if (o->ack && !why)
-        s_recv_ack(r, h->sequence, h->subscription);
+        s_ack_later(r, h->sequence, h->subscription[0] != '\0');
 }
 
 static void *
@@ -1301,7 +1330,7 @@ s_recv_run(void *arg)
                 }
                 r->last_new_ns = now; /* a receipt is progress for the idle time-out */
                 if (o->ack)
-                    s_recv_ack(r, h->sequence, NULL);
+                    s_ack_later(r, h->sequence, 0);
                 break;
             default:
                 r->unexpected++;
@@ -1311,10 +1340,11 @@ s_recv_run(void *arg)
     out:
         zmq_msg_close(&hm);
         zmq_msg_close(&bm);
+        s_acks_flush(r);
         if (r->refused)
             break;
     }
-    s_log_flush(r);
+    s_acks_flush(r);
     s_conn_close(&r->c); /* lingers, so that the last ACKs reach the broker */
     return NULL;
 }
