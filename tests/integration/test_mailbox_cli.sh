@@ -27,6 +27,7 @@ while IFS= read -r -t 10 line <&3; do
 done
 [ -n "$uri" ] || { echo "broker did not start"; cat "$work/broker.log"; exit 1; }
 
+# (background processes run "$CLI" itself: $! of a function is a subshell's)
 as() { local who=$1; shift; "$CLI" --broker "$uri" --as "$who" "$@"; }
 BMI=bund.bmi
 AMT=kommune.09162000.meldeamt
@@ -166,7 +167,8 @@ as $BMI inbox --ack --credit 50 >/dev/null 2>&1
 # ---- events: an ephemeral subscription sees what is published while it is there ----
 as kommune.09162000.meldeamt publish meldewesen.umzug.09162000 'vorher' >"$out" 2>"$err"
 expect "publish" 0 $? "$out" "published "
-as bund.bmi subscribe 'meldewesen.*.09162000' --count 2 --wait 10s --json >"$work/sub.out" 2>"$work/sub.err" &
+"$CLI" --broker "$uri" --as bund.bmi subscribe 'meldewesen.*.09162000' --count 2 --wait 10s \
+  --json >"$work/sub.out" 2>"$work/sub.err" &
 sub=$!
 pids+=($sub)
 for _ in $(seq 1 50); do grep -q '^ready: ' "$work/sub.err" && break; sleep 0.1; done
@@ -194,6 +196,28 @@ as bund.destatis unsubscribe --durable statistik >"$out" 2>"$err"
 expect "unsubscribe --durable" 0 $? "$out" "deleted durable subscription statistik"
 as bund.destatis unsubscribe --durable statistik >"$out" 2>"$err"
 expect "unsubscribe of one that is gone" 8 $? "$err" "no durable subscription named statistik"
+
+# ---- inbox --follow attaches again after the broker restarts; SIGTERM ends it with 0 ----
+"$CLI" --broker "$uri" --as kommune.09162000.folgt inbox --follow --ack >"$work/follow.out" \
+  2>"$work/follow.err" &
+follow=$!
+pids+=($follow)
+sleep 0.5
+as $BMI send kommune.09162000.folgt 'vor dem Neustart' >/dev/null 2>&1
+broker=${pids[0]}
+kill "$broker"
+wait "$broker" 2>/dev/null
+"$BROKER" --listen "$uri" --insecure-plain-identities --data "$work/data" \
+  --heartbeat-ms 200 --heartbeat-timeout-ms 600 --ack-timeout-ms 10000 --max-deliveries 2 \
+  --mailbox-max-messages 20 >"$work/broker2.out" 2>>"$work/broker.log" &
+pids+=($!)
+for _ in $(seq 1 50); do grep -q '^ready' "$work/broker2.out" && break; sleep 0.1; done
+as $BMI send kommune.09162000.folgt 'nach dem Neustart' >/dev/null 2>&1
+for _ in $(seq 1 50); do [ "$(grep -c '^message ' "$work/follow.out")" -ge 2 ] && break; sleep 0.1; done
+kill -TERM "$follow"
+wait "$follow"
+expect "inbox --follow across a broker restart" 0 $? "$work/follow.out" "dm9yIGRlbSBOZXVzdGFydA==" \
+  "$work/follow.out" "bmFjaCBkZW0gTmV1c3RhcnQ="
 
 # ---- payloads never reach the broker's log ----
 if grep -q 'Guten Tag\|Muster\|ereignis' "$work/broker.log"; then bad "payload in the broker log"; else ok "no payloads in the broker log"; fi
