@@ -105,6 +105,7 @@ typedef struct s_esub {
 
 struct s_conn {
     brk_peer_t peer;
+    uint64_t published_mark; /* the last PUBLISH sent to it: once per connection */
     char participant[AB_MAX_NAME + 1];
     uint64_t last_seen;
     s_attach_t *attach;
@@ -174,6 +175,8 @@ struct brk_mailbox {
     int draining;
     int acks_dirty; /* a durable subscription's position moved in this turn */
     int store_full; /* the last commit failed for want of space: not ready until one succeeds */
+    uint64_t pump_after; /* after a failed commit, deliveries wait (no redelivery storm) */
+    uint64_t publish_count;
     int store_failed;
     char store_err[512];
     brk_ratelimit_t log_refused;
@@ -1555,11 +1558,15 @@ s_handle_publish(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void 
     d.headers = hdr->headers;
     d.trace = hdr->trace;
     d.timestamp_ms = now;
-    /* ephemeral subscribers: at most once, now */
+    /* ephemeral subscribers: at most once, now, once per connection however many of its
+     * patterns match */
+    self->publish_count++;
     for (size_t i = 0; i < f.neph; i++) {
         s_esub_t *s = f.eph[i];
-        if (!s_cleared(self, s->conn->participant, (int)hdr->classification))
+        if (s->conn->published_mark == self->publish_count ||
+            !s_cleared(self, s->conn->participant, (int)hdr->classification))
             continue;
+        s->conn->published_mark = self->publish_count;
         zmq_msg_t m;
         zmq_msg_init(&m);
         if (payload)
@@ -1816,6 +1823,9 @@ brk_mailbox_end_turn(brk_mailbox_t *self)
             if (!self->store_failed)
                 brk_log(BRK_LOG_ERROR, "event=store_commit_failed error=%s reason=\"%s\"",
                         ab_err_name(rc), err);
+            /* what the failed turn undid (acknowledgements) would go straight out again and
+             * come back acknowledged into the same full disk: deliveries pause a moment */
+            self->pump_after = ab_now_ms() + 250;
             if (rc == AB_EUNAVAILABLE) {
                 self->store_full = 1;
                 snprintf(self->store_err, sizeof self->store_err, "%s", err);
@@ -1826,6 +1836,8 @@ brk_mailbox_end_turn(brk_mailbox_t *self)
             }
         }
         s_finish_ops(self, rc, err);
+        if (ab_now_ms() < self->pump_after)
+            return; /* the boxes stay dirty; brk_mailbox_tick() asks to be run again */
         /* deliveries of what is now on disk */
         while (self->dirty) {
             s_box_t *list = self->dirty;
@@ -1954,6 +1966,9 @@ brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
             brk_store_sent_purge(self->store, wall - self->cfg->dedup_window_ms);
     }
     uint64_t next = RETENTION_EVERY_MS;
+    uint64_t mono = ab_now_ms();
+    if (self->dirty && self->pump_after > mono && self->pump_after - mono < next)
+        next = self->pump_after - mono;
     if ((n = ab_heap_top(&self->ack)) != NULL)
         next = n->at <= wall ? 0 : (n->at - wall < next ? n->at - wall : next);
     if ((n = ab_heap_top(&self->exp)) != NULL)
@@ -1995,7 +2010,26 @@ brk_mailbox_stats(const brk_mailbox_t *self, brk_mailbox_stats_t *out)
     *out = self->st;
     out->events_kept = self->nevents;
     out->cache_bytes = self->cache_used;
-    out->store_failed = self->store_failed;
+    out->store_failed = (size_t)(self->store_failed || self->store_full);
+}
+
+void
+brk_mailbox_each(const brk_mailbox_t *self, brk_mailbox_each_fn *fn, void *arg)
+{
+    uint64_t now = s_wall_ms();
+    for (const s_box_t *b = self->boxes; b; b = b->hh.next) {
+        if (b->is_sub || b->messages == 0)
+            continue;
+        /* the oldest: the lowest sequence, waiting or in flight */
+        uint64_t oldest = UINT64_MAX;
+        if (b->head && b->head->accepted_ms < oldest)
+            oldest = b->head->accepted_ms;
+        for (const s_attach_t *a = b->attached; a; a = a->next_in_box)
+            if (a->head && a->head->accepted_ms < oldest)
+                oldest = a->head->accepted_ms;
+        fn(arg, b->participant, b->messages,
+           oldest != UINT64_MAX && now > oldest ? now - oldest : 0);
+    }
 }
 
 /* ---- MessageStatus -------------------------------------------------------------------------- */

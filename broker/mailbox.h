@@ -62,7 +62,7 @@ typedef struct brk_mailbox_stats {
     size_t ephemeral_subscriptions;
     size_t events_kept;
     uint64_t cache_bytes;
-    int store_failed; /* 1: the store cannot write; SEND and PUBLISH get UNAVAILABLE */
+    size_t store_failed; /* 1: the store cannot write; SEND and PUBLISH get UNAVAILABLE */
 } brk_mailbox_stats_t;
 
 /* Loads the mailboxes, subscriptions and events from `store` (borrowed, like `cfg` and `io`).
@@ -117,5 +117,11 @@ int brk_mailbox_attached(void *ctx, const brk_peer_t *peer, uint64_t now);
 int brk_mailbox_ready(const brk_mailbox_t *self, char *why, size_t cap);
 
 void brk_mailbox_stats(const brk_mailbox_t *self, brk_mailbox_stats_t *out);
+
+/* Calls fn for every mailbox with messages waiting: its owner, how many, and the age of the
+ * oldest in ms (for /metrics). */
+typedef void brk_mailbox_each_fn(void *arg, const char *participant, size_t messages,
+                                 uint64_t oldest_age_ms);
+void brk_mailbox_each(const brk_mailbox_t *self, brk_mailbox_each_fn *fn, void *arg);
 
 #endif

@@ -89,7 +89,13 @@ s_on_tick(uv_timer_t *t)
     if (mwait < wait)
         wait = mwait;
     /* the turn's messages are on disk before their ACCEPTED and deliveries go out */
+    brk_store_stats_t before, after;
+    brk_store_stats(b->store, &before);
     brk_mailbox_end_turn(b->mailbox);
+    brk_store_stats(b->store, &after);
+    if (after.commits != before.commits)
+        brk_metrics_observe(brk_gate_metrics(b->gate), BRK_M_STORE_COMMIT, NULL,
+                            (double)after.last_commit_us / 1e6);
     /* this turn's decisions are on disk before its answers go out */
     if (brk_gate_flush(b->gate, brk_proto_queued(b->proto)) || b->cfg.audit_background) {
         brk_proto_hold(b->proto, 0);
@@ -180,11 +186,19 @@ s_on_tls_refused(void *arg, const char *category)
     brk_metrics_counter_add(brk_gate_metrics(b->gate), BRK_M_TLS_HANDSHAKE_FAIL, category, NULL, 1);
 }
 
+/* One mailbox's depth and the age of its oldest message, for /metrics. */
+static void
+s_metrics_box(void *arg, const char *participant, size_t messages, uint64_t oldest_age_ms)
+{
+    brk_metrics_gauge_set(arg, BRK_M_MAILBOX_DEPTH, participant, (double)messages);
+    brk_metrics_gauge_set(arg, BRK_M_MAILBOX_OLDEST_AGE, participant,
+                          (double)oldest_age_ms / 1000.0);
+}
+
 /* What the modules count, for /metrics. */
 static void
 s_metrics_source(void *arg, brk_metrics_t *m, brk_metrics_stats_t *out)
 {
-    (void)m;
     s_broker_t *b = arg;
     if (b->svc) {
         brk_services_stats(b->svc, &out->services);
@@ -201,6 +215,17 @@ s_metrics_source(void *arg, brk_metrics_t *m, brk_metrics_stats_t *out)
     if (b->tls) {
         brk_tls_gateway_stats(b->tls, &out->tls);
         out->have_tls = 1;
+    }
+    if (b->mailbox) {
+        brk_mailbox_stats(b->mailbox, &out->mailbox);
+        out->have_mailbox = 1;
+        brk_metrics_gauge_clear(m, BRK_M_MAILBOX_DEPTH);
+        brk_metrics_gauge_clear(m, BRK_M_MAILBOX_OLDEST_AGE);
+        brk_mailbox_each(b->mailbox, s_metrics_box, m);
+    }
+    if (b->store) {
+        brk_store_stats(b->store, &out->store);
+        out->have_store = 1;
     }
 }
 
@@ -260,6 +285,22 @@ s_log_stats(s_broker_t *b, const char *event)
             (unsigned long long)p.no_identity, (unsigned long long)p.unroutable,
             (unsigned long long)p.queue_full, (unsigned long long)acc, (unsigned long long)ref,
             s.in_flight, s.providers);
+    if (b->mailbox) {
+        brk_mailbox_stats_t m;
+        brk_store_stats_t st;
+        brk_mailbox_stats(b->mailbox, &m);
+        brk_store_stats(b->store, &st);
+        brk_log(BRK_LOG_INFO,
+                "event=%s_mailbox accepted=%llu duplicates=%llu delivered=%llu acked=%llu "
+                "expired=%llu dead_letters=%llu damaged=%llu mailbox_full=%llu unavailable=%llu "
+                "published=%llu waiting=%zu commits=%llu commit_ms_max=%llu",
+                event, (unsigned long long)m.accepted, (unsigned long long)m.duplicates,
+                (unsigned long long)m.delivered, (unsigned long long)m.acked,
+                (unsigned long long)m.expired, (unsigned long long)m.dead_letters,
+                (unsigned long long)m.damaged, (unsigned long long)m.mailbox_full,
+                (unsigned long long)m.unavailable, (unsigned long long)m.published, m.waiting,
+                (unsigned long long)st.commits, (unsigned long long)st.commit_ms_max);
+    }
     if (b->tls) {
         brk_tls_stats_t t;
         brk_tls_gateway_stats(b->tls, &t);

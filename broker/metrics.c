@@ -647,6 +647,63 @@ static const stat_def_t s_registry_stats[] = {
     GSZ(brk_registry_stats_t, types, "amtsbote_schema_types",
         "Messages, enums and services in the schema index."),
 };
+static const stat_def_t s_mailbox_stats[] = {
+    U64(brk_mailbox_stats_t, accepted, "amtsbote_messages_accepted_total",
+        "SENDs stored and answered ACCEPTED (after their commit)."),
+    U64(brk_mailbox_stats_t, duplicates, "amtsbote_messages_duplicate_total",
+        "SENDs of a message id already accepted: accepted again, nothing stored."),
+    U64(brk_mailbox_stats_t, delivered, "amtsbote_deliveries_total",
+        "Messages and receipts delivered (redeliveries included)."),
+    U64(brk_mailbox_stats_t, redelivered, "amtsbote_redeliveries_total",
+        "Deliveries that were not the first attempt."),
+    U64(brk_mailbox_stats_t, acked, "amtsbote_messages_acknowledged_total",
+        "Messages acknowledged by their recipient."),
+    U64(brk_mailbox_stats_t, expired, "amtsbote_messages_expired_total",
+        "Messages whose time to live ended before an acknowledgement."),
+    U64(brk_mailbox_stats_t, dead_letters, "amtsbote_dead_letters_total",
+        "Messages delivered max_deliveries times without an acknowledgement."),
+    U64(brk_mailbox_stats_t, damaged, "amtsbote_store_records_damaged_total",
+        "Stored records whose checksum did not match: reported, not delivered."),
+    U64(brk_mailbox_stats_t, mailbox_full, "amtsbote_mailbox_full_total",
+        "SENDs refused because the recipient's mailbox was at its quota."),
+    U64(brk_mailbox_stats_t, unavailable, "amtsbote_store_unavailable_total",
+        "SENDs and PUBLISHes answered UNAVAILABLE because the store could not write."),
+    U64(brk_mailbox_stats_t, published, "amtsbote_events_published_total", "PUBLISHes accepted."),
+    U64(brk_mailbox_stats_t, events_delivered, "amtsbote_events_delivered_total",
+        "EVENTs sent to subscribers."),
+    U64(brk_mailbox_stats_t, events_dropped, "amtsbote_events_dropped_total",
+        "EVENTs for ephemeral subscribers dropped because their queue was full."),
+    GSZ(brk_mailbox_stats_t, waiting, "amtsbote_mailbox_messages",
+        "Messages waiting in mailboxes (in flight included)."),
+    G64(brk_mailbox_stats_t, waiting_bytes, "amtsbote_mailbox_bytes",
+        "Payload bytes of the messages waiting in mailboxes."),
+    GSZ(brk_mailbox_stats_t, receipts_waiting, "amtsbote_mailbox_receipts",
+        "Receipts waiting for their senders."),
+    GSZ(brk_mailbox_stats_t, in_flight, "amtsbote_deliveries_in_flight",
+        "Deliveries sent and not yet acknowledged."),
+    GSZ(brk_mailbox_stats_t, mailboxes, "amtsbote_mailboxes", "Mailboxes the broker knows."),
+    GSZ(brk_mailbox_stats_t, durable_subscriptions, "amtsbote_subscriptions_durable",
+        "Durable subscriptions."),
+    GSZ(brk_mailbox_stats_t, ephemeral_subscriptions, "amtsbote_subscriptions_ephemeral",
+        "Ephemeral subscriptions of connected clients."),
+    GSZ(brk_mailbox_stats_t, events_kept, "amtsbote_events_kept",
+        "Events kept for durable subscriptions."),
+    G64(brk_mailbox_stats_t, cache_bytes, "amtsbote_payload_cache_bytes",
+        "Bytes of waiting payloads also kept in memory."),
+    GSZ(brk_mailbox_stats_t, store_failed, "amtsbote_store_failed",
+        "1 while the store cannot write (SEND and PUBLISH get UNAVAILABLE)."),
+};
+static const stat_def_t s_store_stats[] = {
+    U64(brk_store_stats_t, commits, "amtsbote_store_commits_total",
+        "Group commits (one per loop turn with writes)."),
+    U64(brk_store_stats_t, rollbacks, "amtsbote_store_rollbacks_total",
+        "Turns rolled back because a write or the commit failed."),
+    G64(brk_store_stats_t, commit_ms_max, "amtsbote_store_commit_milliseconds_max",
+        "The longest commit so far."),
+    U64(brk_store_stats_t, writes, "amtsbote_store_writes_total", "Rows written."),
+    U64(brk_store_stats_t, reads, "amtsbote_store_reads_total",
+        "Records read back for a delivery (not in the payload cache)."),
+};
 static const stat_def_t s_tls_stats[] = {
     U64(brk_tls_stats_t, accepted, "amtsbote_tls_handshakes_accepted_total",
         "TLS handshakes completed with a valid identity."),
@@ -780,6 +837,10 @@ brk_metrics_render(brk_metrics_t *m, size_t *len)
         s_render_stats(&b, s_registry_stats, NB(s_registry_stats), &st.registry);
     if (st.have_tls)
         s_render_stats(&b, s_tls_stats, NB(s_tls_stats), &st.tls);
+    if (st.have_mailbox)
+        s_render_stats(&b, s_mailbox_stats, NB(s_mailbox_stats), &st.mailbox);
+    if (st.have_store)
+        s_render_stats(&b, s_store_stats, NB(s_store_stats), &st.store);
     s_sb_printf(&b,
                 "# HELP amtsbote_metrics_http_requests_total Requests to the metrics server.\n"
                 "# TYPE amtsbote_metrics_http_requests_total counter\n"

@@ -24,9 +24,11 @@
 
 #include <uv.h>
 
+#include "mailbox.h"
 #include "proto.h"
 #include "registry.h"
 #include "services.h"
+#include "store.h"
 #include "tls_gateway.h"
 
 /*
@@ -110,11 +112,13 @@ double brk_metrics_value(const brk_metrics_t *self, brk_metric_t id, const char 
  * fills; the rest is not shown.
  */
 typedef struct brk_metrics_stats {
-    int have_services, have_proto, have_registry, have_tls;
+    int have_services, have_proto, have_registry, have_tls, have_mailbox, have_store;
     brk_services_stats_t services;
     brk_proto_stats_t proto;
     brk_registry_stats_t registry;
     brk_tls_stats_t tls;
+    brk_mailbox_stats_t mailbox;
+    brk_store_stats_t store;
 } brk_metrics_stats_t;
 
 /*

@@ -65,7 +65,7 @@ int brk_store_schema_each(brk_store_t *self, const char *name, uint32_t version,
 typedef struct brk_store_stats {
     uint64_t commits;
     uint64_t rollbacks;
-    uint64_t commit_ms_total;
+    uint64_t last_commit_us; /* the latest commit's duration, fsync included */
     uint64_t commit_ms_max;
     uint64_t writes;
     uint64_t reads;
