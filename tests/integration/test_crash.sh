@@ -11,6 +11,7 @@
 #     received: none lost;
 #   - every received id is in the sender's attempted log: none invented;
 #   - no payload was corrupt (each carries its id and a stream generated from it);
+#   - no message was stored twice (a redelivery carries the sequence number of the first);
 #   - every broker start became ready, and the senders got an answer for everything in flight.
 # Duplicates (a redelivery after a crash between an ACK and its commit) are allowed and counted.
 #   test_crash.sh BROKER_BIN MBLOAD_BIN [ITERATIONS]
@@ -148,9 +149,12 @@ lost=$(comm -23 "$work/accepted.u" "$work/received.u" | wc -l)
 invented=$(comm -13 "$work/attempted.u" "$work/received.u" | wc -l)
 unconfirmed=$(comm -13 "$work/accepted.u" "$work/received.u" | wc -l)
 dups=$((n_deliveries - n_rcv - corrupt))
+# a redelivery carries the sequence of the first delivery; another sequence means stored twice
+twice=$(awk '$6 == "new" || $6 == "dup" { print $3, $5 }' "$work/received" | sort -u |
+  awk '{ n[$1]++ } END { c = 0; for (k in n) if (n[k] > 1) c++; print c }')
 acc_lines=$(wc -l <"$work/accepted")
 echo "attempted=$n_att accepted=$n_acc (log lines $acc_lines) received=$n_rcv deliveries=$n_deliveries" \
-  "duplicates=$dups received_not_confirmed=$unconfirmed lost=$lost invented=$invented corrupt=$corrupt" \
+  "duplicates=$dups stored_twice=$twice received_not_confirmed=$unconfirmed lost=$lost invented=$invented corrupt=$corrupt" \
   "kills=$((starts - 1))"
 
 [ "$n_acc" -gt 1000 ] && ok "$n_acc messages accepted across the crashes" || bad "only $n_acc messages accepted"
@@ -160,6 +164,8 @@ echo "attempted=$n_att accepted=$n_acc (log lines $acc_lines) received=$n_rcv de
 [ "$invented" = 0 ] && ok "no message invented" ||
   bad "$invented received id(s) were never sent, e.g. $(comm -13 "$work/attempted.u" "$work/received.u" | head -n 3 | tr '\n' ' ')"
 [ "$corrupt" = 0 ] && ok "no corrupt delivery" || bad "$corrupt corrupt deliveries"
+[ "$twice" = 0 ] && ok "no message stored twice (each redelivery has its first sequence number)" ||
+  bad "$twice message id(s) delivered with two different sequence numbers: stored twice"
 # the broker's own account of trouble: a crash of its own is not a kill of ours
 if grep -qE 'level=(fatal|crit)|AddressSanitizer|runtime error' "$work/broker.log"; then
   bad "the broker logged: $(grep -E 'level=(fatal|crit)|AddressSanitizer|runtime error' "$work/broker.log" | head -n 3)"

@@ -133,5 +133,9 @@ invented=$(comm -13 "$work/attempted.u" "$work/received.u" | wc -l)
 [ "$lost" = 0 ] && ok "every accepted message delivered ($(wc -l <"$work/received.u") distinct)" ||
   bad "$lost accepted message(s) not delivered"
 [ "$invented" = 0 ] && ok "nothing delivered that was not sent" || bad "$invented invented message(s)"
+# "UNAVAILABLE: nothing was stored": a retry of a refused SEND must not make a second copy
+twice=$(awk '$6 == "new" || $6 == "dup" { print $3, $5 }' "$work/received" | sort -u |
+  awk '{ n[$1]++ } END { c = 0; for (k in n) if (n[k] > 1) c++; print c }')
+[ "$twice" = 0 ] && ok "no message stored twice" || bad "$twice message(s) stored twice (two sequence numbers)"
 kill -0 "$broker_pid" 2>/dev/null && ok "the broker still runs" || bad "the broker exited: $(tail -n 5 "$work/broker.log")"
 finish
