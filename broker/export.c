@@ -118,7 +118,7 @@ static const char *const s_out_names[O_COUNT] = {"mail.jsonl", "sent.jsonl", "su
                                                  "events.jsonl", "damaged.jsonl"};
 
 typedef struct s_ctx {
-    char tmp[PATH_MAX]; /* the export while it is written: OUT.partial-XXXXXX */
+    char tmp[PATH_MAX + 32]; /* the export while it is written: OUT.partial-XXXXXX */
     char *err;
     size_t errlen;
     FILE *progress;

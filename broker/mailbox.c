@@ -514,7 +514,8 @@ s_reply_after_commit(brk_mailbox_t *self, const brk_peer_t *to, const uint8_t *c
         return; /* out of memory: the sender times out and sends again (deduplicated) */
     o->peer = *to;
     o->corr_len = (uint8_t)(corr_len > sizeof o->corr ? sizeof o->corr : corr_len);
-    memcpy(o->corr, corr, o->corr_len);
+    if (o->corr_len)
+        memcpy(o->corr, corr, o->corr_len);
     if (msg_id)
         memcpy(o->msg_id, msg_id, AB_MESSAGE_ID_LEN);
     else
