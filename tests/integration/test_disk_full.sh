@@ -3,17 +3,18 @@
 # is not ready, and once there is space again the same messages are accepted and every accepted
 # one is delivered intact.
 #
-# The data directory lies on a small tmpfs (24 MiB, so it needs root for the mount; without
-# root the test FAILS, it does not skip). A filler file takes all but a few MiB of it after the
-# broker started; mbload sends 4 KiB messages (and retries each refused one with the same id)
-# until the first UNAVAILABLE; then /readyz is checked, the filler removed, and the same sender
-# must get every message accepted; a receiver drains the mailbox and checks each payload.
+# The data directory lies on a small tmpfs (64 MiB: the store checkpoints its WAL only every
+# 4096 pages, so the WAL alone may take 16 MiB), so it needs root for the mount; without root the
+# test FAILS, it does not skip. A filler file takes all but 3 MiB of it after the broker started;
+# mbload sends 4 KiB messages (and retries each refused one with the same id) until the first
+# UNAVAILABLE; then /readyz is checked, the filler removed, and the same sender must get every
+# message accepted; a receiver drains the mailbox and checks each payload.
 #   test_disk_full.sh BROKER_BIN MBLOAD_BIN
 set -uo pipefail
 BROKER=$1
 MBLOAD=$2
 if [ "$(id -u)" != 0 ]; then
-  echo "not ok - test_disk_full.sh needs root: it mounts a 24 MiB tmpfs (mount -t tmpfs) for the"
+  echo "not ok - test_disk_full.sh needs root: it mounts a 64 MiB tmpfs (mount -t tmpfs) for the"
   echo "         broker's data directory; run it as root (CI does), e.g. sudo ctest -R test_disk_full"
   exit 1
 fi
@@ -21,7 +22,7 @@ work=$(mktemp -d /tmp/amtsbote-diskfull-XXXXXX)
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mnt=$work/tmpfs
 mkdir -p "$mnt"
-mount -t tmpfs -o size=24m,mode=0700 tmpfs "$mnt" || { echo "not ok - mount -t tmpfs failed"; rm -rf "$work"; exit 1; }
+mount -t tmpfs -o size=64m,mode=0700 tmpfs "$mnt" || { echo "not ok - mount -t tmpfs failed"; rm -rf "$work"; exit 1; }
 # processes first (they hold files on the tmpfs), then the mount, then lib.sh's cleanup
 cleanup_mounted() {
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
@@ -74,7 +75,7 @@ head -c "$fill" /dev/zero >"$mnt/filler" 2>/dev/null
 echo "tmpfs: $(df -h --output=size,used,avail "$mnt" | tail -n 1)"
 
 rcpt=land.voll.empfang
-count=2500 # 10 MiB of payloads: more than is left, less than the tmpfs without the filler
+count=2500 # 10 MiB of payloads: more than is left, and with a 16 MiB WAL less than the tmpfs
 "$MBLOAD" send --broker "$uri" --as bund.voll --to "$rcpt" --count $count --size 4096 --window 8 \
   --accepted-log "$work/accepted" --attempted-log "$work/attempted" --seconds 90 \
   --drain-seconds 30 >"$work/send.out" 2>"$work/send.err" &
