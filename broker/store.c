@@ -45,6 +45,8 @@ struct brk_store {
     int failed; /* a write failed in a way that is not "disk full": no more writes */
     char failed_err[4608];
     brk_store_stats_t st;
+    EVP_MD *md;
+    EVP_MD_CTX *mdctx;
 };
 
 /* Each entry moves the layout from version i to i + 1. Append only; never edit a shipped one. */
@@ -155,13 +157,15 @@ brk_store_open(const char *dir, char *err, size_t errlen)
     sqlite3_extended_result_codes(self->db, 1);
     /* the loop must never wait on a lock: the data directory's lock keeps others out */
     if (s_exec(self,
-               "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL;"
+               /* a new database gets 16 KiB pages: a group commit of a few hundred kilobyte
+                * messages is a quarter of the write calls (an existing one keeps its size) */
+               "PRAGMA page_size=16384; PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL;"
                " PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
                /* the working set of a busy broker (mailbox tails, the dedup index) stays in
-                * memory; the WAL stays at SQLite's default checkpoint size (4 MiB), which keeps
-                * a nearly full disk usable */
-               " PRAGMA cache_size=-65536;"
-               " PRAGMA journal_size_limit=134217728; PRAGMA temp_store=MEMORY;",
+                * memory; the WAL is checkpointed at 256 pages (4 MiB with 16 KiB pages), which
+                * keeps a nearly full disk usable */
+               " PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=256;"
+               " PRAGMA journal_size_limit=16777216; PRAGMA temp_store=MEMORY;",
                err, errlen) < 0)
         goto fail;
     int layout = 0;
@@ -208,6 +212,8 @@ brk_store_close(brk_store_t **self_p)
     }
     for (int i = 0; i < Q_COUNT; i++)
         sqlite3_finalize(self->q[i]);
+    EVP_MD_CTX_free(self->mdctx);
+    EVP_MD_free(self->md);
     if (self->db)
         sqlite3_close_v2(self->db);
     free(self);
@@ -457,8 +463,8 @@ brk_store_commit(brk_store_t *self, char *err, size_t errlen)
         clock_gettime(CLOCK_MONOTONIC, &t0);
         int src = sqlite3_exec(self->db, "COMMIT;", NULL, NULL, NULL);
         clock_gettime(CLOCK_MONOTONIC, &t1);
-        uint64_t us = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000u +
-                      (uint64_t)(t1.tv_nsec - t0.tv_nsec) / 1000u;
+        int64_t ns = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec);
+        uint64_t us = ns > 0 ? (uint64_t)ns / 1000u : 0;
         self->st.commits++;
         self->st.last_commit_us = us;
         if (us / 1000 > self->st.commit_ms_max)
@@ -488,16 +494,22 @@ brk_store_stats(const brk_store_t *self, brk_store_stats_t *out)
     out->failed = self->failed;
 }
 
-/* SHA-256 over a record's header then payload. */
+/* SHA-256 over a record's header then payload, with the store's digest context (made once:
+ * creating one per record cost more than hashing a kilobyte). */
 static void
-s_sha256_2(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen, uint8_t out[32])
+s_sha256_2(brk_store_t *self, const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
+           uint8_t out[32])
 {
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
     unsigned int n = 32;
-    if (!c || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(c, a, alen) != 1 ||
-        EVP_DigestUpdate(c, b, blen) != 1 || EVP_DigestFinal_ex(c, out, &n) != 1)
+    if (!self->md) {
+        self->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        self->mdctx = EVP_MD_CTX_new();
+    }
+    if (!self->md || !self->mdctx || EVP_DigestInit_ex(self->mdctx, self->md, NULL) != 1 ||
+        EVP_DigestUpdate(self->mdctx, a, alen) != 1 ||
+        EVP_DigestUpdate(self->mdctx, b, blen) != 1 ||
+        EVP_DigestFinal_ex(self->mdctx, out, &n) != 1)
         memset(out, 0, 32);
-    EVP_MD_CTX_free(c);
 }
 
 static const uint8_t s_nothing[1];
@@ -509,7 +521,8 @@ brk_store_mail_put(brk_store_t *self, const brk_store_mail_t *m)
     if (rc)
         return rc;
     uint8_t sum[32];
-    s_sha256_2(m->header, m->header_len, m->payload ? m->payload : s_nothing, m->payload_len, sum);
+    s_sha256_2(self, m->header, m->header_len, m->payload ? m->payload : s_nothing, m->payload_len,
+               sum);
     sqlite3_stmt *st = s_q(self, Q_MAIL_PUT);
     if (st) {
         sqlite3_bind_int64(st, 1, (sqlite3_int64)m->seq);
@@ -588,7 +601,7 @@ s_mail_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_mail_t *m, 
     m->payload_len = (size_t)sqlite3_column_bytes(st, 6);
     const void *sum = sqlite3_column_blob(st, 11);
     uint8_t want[32];
-    s_sha256_2(m->header ? m->header : s_nothing, m->header_len,
+    s_sha256_2(self, m->header ? m->header : s_nothing, m->header_len,
                m->payload ? m->payload : s_nothing, m->payload_len, want);
     if (sqlite3_column_bytes(st, 11) != 32 || memcmp(sum, want, 32) != 0 ||
         m->message_id_len != 16) {
@@ -908,7 +921,8 @@ brk_store_event_put(brk_store_t *self, const brk_store_event_t *e)
     if (rc)
         return rc;
     uint8_t sum[32];
-    s_sha256_2(e->header, e->header_len, e->payload ? e->payload : s_nothing, e->payload_len, sum);
+    s_sha256_2(self, e->header, e->header_len, e->payload ? e->payload : s_nothing, e->payload_len,
+               sum);
     sqlite3_stmt *st = s_q(self, Q_EVENT_PUT);
     if (st) {
         sqlite3_bind_int64(st, 1, (sqlite3_int64)e->seq);
@@ -947,7 +961,7 @@ s_event_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_event_t *e
     e->header_len = (size_t)sqlite3_column_bytes(st, 4);
     e->payload = sqlite3_column_blob(st, 5);
     uint8_t want[32];
-    s_sha256_2(e->header ? e->header : s_nothing, e->header_len,
+    s_sha256_2(self, e->header ? e->header : s_nothing, e->header_len,
                e->payload ? e->payload : s_nothing, e->payload_len, want);
     if (sqlite3_column_bytes(st, 7) != 32 || memcmp(sqlite3_column_blob(st, 7), want, 32) != 0) {
         snprintf(err, errlen,
