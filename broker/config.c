@@ -106,6 +106,10 @@ static const s_setting_t s_settings[] = {
     {"event_retention_bytes", T_UINT, OFF(event_retention_bytes), "1073741824", 1024,
      1099511627776ull, "BYTES",
      "payload bytes of events kept for durable subscriptions; the oldest go first beyond it"},
+    {"min_free_bytes", T_UINT, OFF(min_free_bytes), "67108864", 0, 1099511627776ull, "BYTES",
+     "SEND and PUBLISH get UNAVAILABLE (and /readyz fails) while the data directory's file "
+     "system has less free space than this, so that acknowledgements, which also write, can "
+     "still drain the mailboxes; 0: only a write that fails stops them"},
     {"cache_bytes", T_UINT, OFF(cache_bytes), "67108864", 0, 17179869184ull, "BYTES",
      "payloads of waiting messages and events kept in memory as well, so that delivering them "
      "does not read the store"},

@@ -53,6 +53,7 @@ typedef struct brk_config {
     uint64_t event_retention_ms;
     uint64_t event_retention_bytes;
     uint64_t cache_bytes;
+    uint64_t min_free_bytes;
     char *export_dir;                     /* --export DIR: write the store's contents and exit */
     char *require_schema[BRK_MAX_LISTEN]; /* service patterns that need a registered interface */
     size_t nrequire_schema;

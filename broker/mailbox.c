@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <uthash.h>
 #include <zmq.h>
@@ -177,6 +178,9 @@ struct brk_mailbox {
     int store_full; /* the last commit failed for want of space: not ready until one succeeds */
     uint64_t pump_after; /* after a failed commit, deliveries wait (no redelivery storm) */
     uint64_t publish_count;
+    uint64_t disk_checked; /* when the free space was last looked at (monotonic ms) */
+    uint64_t disk_free;
+    int disk_low;
     int store_failed;
     char store_err[512];
     brk_ratelimit_t log_refused;
@@ -793,9 +797,41 @@ s_cleared(brk_mailbox_t *self, const char *participant, int classification)
     return self->gate->cleared(self->gate->ctx, participant, classification);
 }
 
+/* Whether the data directory's file system is below min_free_bytes (looked at every 100 ms). */
+static int
+s_disk_low(brk_mailbox_t *self)
+{
+    if (!self->cfg->data || !self->cfg->min_free_bytes)
+        return 0;
+    uint64_t now = ab_now_ms();
+    if (now - self->disk_checked < 100 && self->disk_checked)
+        return self->disk_low;
+    self->disk_checked = now;
+    struct statvfs sv;
+    if (statvfs(self->cfg->data, &sv) != 0)
+        return self->disk_low;
+    self->disk_free = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+    int low = self->disk_free < self->cfg->min_free_bytes;
+    if (low != self->disk_low)
+        brk_log(low ? BRK_LOG_ERROR : BRK_LOG_INFO,
+                "event=%s path=%s free_bytes=%llu min_free_bytes=%llu",
+                low ? "disk_low" : "disk_ok", self->cfg->data, (unsigned long long)self->disk_free,
+                (unsigned long long)self->cfg->min_free_bytes);
+    self->disk_low = low;
+    return low;
+}
+
 static int
 s_store_unavailable(brk_mailbox_t *self, char *why, size_t cap)
 {
+    if (s_disk_low(self)) {
+        snprintf(why, cap,
+                 "the broker's data directory has %llu bytes free, less than its min_free_bytes "
+                 "%llu; nothing was stored (acknowledgements still drain the mailboxes)",
+                 (unsigned long long)self->disk_free,
+                 (unsigned long long)self->cfg->min_free_bytes);
+        return 1;
+    }
     if (self->store_failed) {
         snprintf(why, cap, "the broker's store cannot write (%s); nothing was stored",
                  self->store_err);
@@ -1267,9 +1303,10 @@ s_handle_withdraw(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, cons
                      "%s has no durable subscription named %s", c->participant, sub);
         return;
     }
-    char why[AB_MAX_ERROR_TEXT];
-    if (s_store_unavailable(self, why, sizeof why)) {
-        s_send_error(self, &c->peer, corr, corr_len, "withdraw", AB_EUNAVAILABLE, "%s", why);
+    /* deleting frees space: only a store that cannot write at all refuses it */
+    if (self->store_failed) {
+        s_send_error(self, &c->peer, corr, corr_len, "withdraw", AB_EUNAVAILABLE,
+                     "the broker's store cannot write (%s)", self->store_err);
         return;
     }
     brk_store_sub_delete(self->store, c->participant, sub);
@@ -2015,7 +2052,7 @@ brk_mailbox_drain(brk_mailbox_t *self)
 }
 
 int
-brk_mailbox_ready(const brk_mailbox_t *self, char *why, size_t cap)
+brk_mailbox_ready(brk_mailbox_t *self, char *why, size_t cap)
 {
     if (self->store_failed) {
         snprintf(why, cap, "the store cannot write: %s", self->store_err);
@@ -2023,6 +2060,12 @@ brk_mailbox_ready(const brk_mailbox_t *self, char *why, size_t cap)
     }
     if (self->store_full) {
         snprintf(why, cap, "the store could not write at its last commit: %s", self->store_err);
+        return -1;
+    }
+    if (s_disk_low(self)) {
+        snprintf(why, cap, "the data directory has %llu bytes free, less than min_free_bytes %llu",
+                 (unsigned long long)self->disk_free,
+                 (unsigned long long)self->cfg->min_free_bytes);
         return -1;
     }
     return 0;

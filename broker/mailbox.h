@@ -113,8 +113,9 @@ int brk_mailbox_method(void *ctx, const char *participant, const char *method, c
 /* A brk_services_attached_fn (ctx: the mailbox). */
 int brk_mailbox_attached(void *ctx, const brk_peer_t *peer, uint64_t now);
 
-/* 0 when the mailboxes can accept; otherwise -1 with the reason (the store's error) in why. */
-int brk_mailbox_ready(const brk_mailbox_t *self, char *why, size_t cap);
+/* 0 when the mailboxes can accept; otherwise -1 with the reason (the store's error, or free
+ * space below min_free_bytes) in why. */
+int brk_mailbox_ready(brk_mailbox_t *self, char *why, size_t cap);
 
 void brk_mailbox_stats(const brk_mailbox_t *self, brk_mailbox_stats_t *out);
 

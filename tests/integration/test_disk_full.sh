@@ -9,10 +9,16 @@
 # mbload sends 4 KiB messages (and retries each refused one with the same id) until the first
 # UNAVAILABLE; then /readyz is checked, the filler removed, and the same sender must get every
 # message accepted; a receiver drains the mailbox and checks each payload.
-#   test_disk_full.sh BROKER_BIN MBLOAD_BIN
+#
+# MIN_FREE (default 0) is the broker's --min-free-bytes. With 0 the disk really fills and SQLite's
+# writes fail (SQLITE_FULL: the turn is rolled back and answered UNAVAILABLE); with 8 MiB the
+# broker refuses SENDs while less than that is free, before any write fails, and a consumer can
+# still drain the mailbox (its acknowledgements write too) while the disk stays low.
+#   test_disk_full.sh BROKER_BIN MBLOAD_BIN [MIN_FREE]
 set -uo pipefail
 BROKER=$1
 MBLOAD=$2
+MIN_FREE=${3:-0}
 if [ "$(id -u)" != 0 ]; then
   echo "not ok - test_disk_full.sh needs root: it mounts a 64 MiB tmpfs (mount -t tmpfs) for the"
   echo "         broker's data directory; run it as root (CI does), e.g. sudo ctest -R test_disk_full"
@@ -48,7 +54,8 @@ PY
 
 mkfifo "$work/broker.out"
 "$BROKER" --listen 'tcp://127.0.0.1:*' --insecure-plain-identities --data "$mnt/data" \
-  --metrics 127.0.0.1:0 --log-level warn >"$work/broker.out" 2>"$work/broker.log" &
+  --metrics 127.0.0.1:0 --log-level warn --min-free-bytes "$MIN_FREE" \
+  >"$work/broker.out" 2>"$work/broker.log" &
 broker_pid=$!
 pids+=("$broker_pid")
 exec 3<"$work/broker.out"
@@ -71,6 +78,8 @@ expect "/readyz ready before the disk fills" 0 0 "$work/ready0" "200"
 # all but 3 MiB of the tmpfs for the filler
 avail=$(df --output=avail -B1 "$mnt" | tail -n 1)
 fill=$((avail - 3 * 1024 * 1024))
+# with a low-water mark: room for some messages above it, so that there is something to drain
+[ "$MIN_FREE" != 0 ] && fill=$((avail - MIN_FREE - 6 * 1024 * 1024))
 head -c "$fill" /dev/zero >"$mnt/filler" 2>/dev/null
 echo "tmpfs: $(df -h --output=size,used,avail "$mnt" | tail -n 1)"
 
@@ -104,6 +113,19 @@ else
 fi
 accepted_full=$(wc -l <"$work/accepted")
 
+if [ "$MIN_FREE" != 0 ]; then
+  grep -q "min_free_bytes" "$work/send.err" && ok "the refusal names min_free_bytes" ||
+    bad "the refusal does not name min_free_bytes: $(grep -o 'first UNAVAILABLE.*' "$work/send.err")"
+  # below the low-water mark the consumer can still take and acknowledge what was accepted
+  "$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 100 --ack --size 4096 --idle-ms 2000 \
+    --count "$accepted_full" --seconds 30 --received-log "$work/received" >"$work/recv0.out" \
+    2>"$work/recv0.err"
+  drained=$(sed -n 's/.* distinct=\([0-9]*\).*/\1/p' "$work/recv0.out")
+  [ "${drained:-0}" -ge "$accepted_full" ] && [ "$accepted_full" -gt 0 ] &&
+    ok "acknowledgements drain the mailbox while the disk is low ($drained of $accepted_full)" ||
+    bad "drained ${drained:-?} of $accepted_full while the disk was low: $(cat "$work/recv0.out")"
+fi
+
 # space again: the same sender's retries must now get through
 rm -f "$mnt/filler"
 wait "$send_pid"
@@ -122,7 +144,8 @@ done
 [ "$ready" = 1 ] && ok "/readyz ready again" || bad "/readyz still not ready: $(tr '\n' ' ' <"$work/ready2")"
 
 "$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 100 --ack --size 4096 --idle-ms 3000 \
-  --seconds 60 --received-log "$work/received" >"$work/recv.out" 2>"$work/recv.err"
+  --seconds 60 --received-log "$work/received.2" >"$work/recv.out" 2>"$work/recv.err"
+cat "$work/received.2" >>"$work/received"
 recv_rc=$?
 cat "$work/recv.out"
 sort -u "$work/accepted" >"$work/accepted.u"
