@@ -4,7 +4,9 @@
 # the registration offices' interface (proto/examples/meldewesen/v1/meldewesen.proto), a
 # municipality (kommune.09162000.meldeamt) offer it from a shell script that speaks JSON, and the
 # ministry call it with JSON, each known to the broker by its certificate alone, under an access
-# policy, with an audit log and metrics; shows a request
+# policy, with an audit log and metrics; sends a request by store-and-forward to two
+# registration offices (one offline) with receipts and a timeline, and an event to a durable
+# subscriber that was away; shows a request
 # and an interface change the broker refuses, a short throughput and latency measurement, and
 # stops everything it started.
 set -euo pipefail
@@ -28,10 +30,10 @@ echo "==> making a development PKI (certs/pki.sh) in $work/pki"
 pki=$work/pki
 bash certs/pki.sh init "$pki" >/dev/null
 bash certs/pki.sh broker "$pki" broker >/dev/null
-for p in bund.bmi kommune.09162000.meldeamt bund.bench kommune.bench.worker; do
+for p in bund.bmi kommune.09162000.meldeamt kommune.09184119.meldeamt bund.bench kommune.bench.worker; do
   bash certs/pki.sh issue "$pki" "$p" >/dev/null
 done
-echo "    participants: bund.bmi, kommune.09162000.meldeamt (and two for the measurement)"
+echo "    participants: bund.bmi, kommune.09162000.meldeamt, kommune.09184119.meldeamt (and two for the measurement)"
 
 # Who may do what: the ministries may ask the registration offices, for a legal basis; the
 # registration offices offer the register; bund.bmi publishes the interface (examples/policy.yaml
@@ -50,6 +52,22 @@ rules:
     who: "@meldeaemter"
     action: offer
     resource: "meldewesen.v1.Melderegister/*"
+  - name: anfragen-an-meldeaemter
+    who: "@bund"
+    action: send
+    resource: "kommune.*.meldeamt"
+  - name: post-vom-bund
+    who: "@meldeaemter"
+    action: receive
+    resource: "bund.*"
+  - name: umzug-melden
+    who: "@meldeaemter"
+    action: publish
+    resource: "meldewesen.umzug.*"
+  - name: umzuege-verfolgen
+    who: "@bund"
+    action: subscribe
+    resource: "meldewesen.umzug.>"
   - name: meldewesen-veroeffentlichen
     who: bund.bmi
     action: schema-push
@@ -183,6 +201,41 @@ code=$?
 set -e
 echo "    exit code $code: $(cat "$work/err.txt")"
 
+echo "==> store-and-forward: bund.bmi sends a request to two registration offices; one is offline"
+mreq='{"name": {"familienname": "Mustermann", "vornamen": ["Erika"]}, "geburtsdatum": {"jahr": 1964, "monat": 8, "tag": 12}, "anlass": "Rentenantrag", "art": "ERWEITERT"}'
+ids=()
+for to in kommune.09162000.meldeamt kommune.09184119.meldeamt; do
+  # shellcheck disable=SC2046
+  out=$(build/amtsbote --broker "$uri" $(as_ bund.bmi) send "$to" --schema meldewesen.v1.MeldebescheinigungAnfrage \
+    --ttl 7d --purpose "BMG §34" "$mreq")
+  echo "    to $to: $out (on the broker's disk before this answer)"
+  ids+=("${out#accepted }")
+done
+echo "==> kommune.09162000.meldeamt takes its mailbox (amtsbote inbox --ack)"
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ kommune.09162000.meldeamt) inbox --ack --wait 1s 2>/dev/null | head -n 8 | sed "s/^/    /"; echo "    ..."
+echo "==> bund.bmi asks where its messages are (amtsbote status)"
+for id in "${ids[@]}"; do
+  # shellcheck disable=SC2046
+  build/amtsbote --broker "$uri" $(as_ bund.bmi) status "$id" | sed -n '2,4p;7,$p' | sed 's/^/    /'
+done
+echo "==> later, kommune.09184119.meldeamt comes online and finds the request waiting"
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ kommune.09184119.meldeamt) inbox --ack --wait 1s 2>/dev/null | head -n 1 | sed 's/^/    /'
+echo "==> bund.bmi's own mailbox holds the receipts (the Laufzettel)"
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) inbox --ack --wait 1s 2>/dev/null | sed 's/^/    /'
+
+echo "==> events: bund.bmi follows moves with a durable subscription, then goes offline"
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) subscribe 'meldewesen.umzug.>' --durable umzuege --wait 200ms 2>&1 | sed 's/^/    /'
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ kommune.09162000.meldeamt) publish meldewesen.umzug.09162000 \
+  --schema meldewesen.v1.UmzugGemeldet '{"vorgangId": "U-2026-4711", "einzug": {"jahr": 2026, "monat": 11, "tag": 1}}' | sed 's/^/    kommune.09162000.meldeamt: /'
+echo "    bund.bmi comes back and gets what was published meanwhile:"
+# shellcheck disable=SC2046
+build/amtsbote --broker "$uri" $(as_ bund.bmi) subscribe 'meldewesen.umzug.>' --durable umzuege --ack --wait 1s 2>/dev/null | sed 's/^/    /'
+
 echo "==> what the broker offers now (amtsbote services, amtsbote schema list)"
 # shellcheck disable=SC2046
 build/amtsbote --broker "$uri" $(as_ bund.bmi) services | sed 's/^/    /'
@@ -201,10 +254,10 @@ if [ -x build/bench/bench_calls ]; then
 fi
 
 echo "==> what the broker logged (metadata only, never payloads)"
-grep -E 'event=(tls_session|offer|schema_pushed|call_refused|provider_gone)' "$work/broker.log" | sed 's/^/    /' | head -n 12
+grep -E 'event=(tls_session|offer|schema_pushed|call_refused|provider_gone|subscription_created)' "$work/broker.log" | sed 's/^/    /' | head -n 12
 echo "==> what the operator sees: /metrics (a few lines) and the audit log"
 /usr/bin/python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$metrics', timeout=5).read().decode())" |
-  grep -E '^amtsbote_(service_calls_total|policy_denials_total|tls_handshakes_accepted_total)' | sed 's/^/    /' | head -n 6
+  grep -E '^amtsbote_(service_calls_total|policy_denials_total|tls_handshakes_accepted_total|messages_accepted_total|messages_acknowledged_total|store_commit_duration_seconds_count)' | sed 's/^/    /' | head -n 9
 # shellcheck disable=SC2046
 build/amtsbote --broker "$uri" $(as_ bund.bmi) services >/dev/null 2>&1 || true
 build/amtsbote audit query "$work/audit" --participant bund.bmi 2>/dev/null | head -n 3 | sed 's/^/    /'
