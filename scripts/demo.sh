@@ -221,7 +221,8 @@ for id in "${ids[@]}"; do
 done
 echo "==> later, kommune.09184119.meldeamt comes online and finds the request waiting"
 # shellcheck disable=SC2046
-build/amtsbote --broker "$uri" $(as_ kommune.09184119.meldeamt) inbox --ack --wait 1s 2>/dev/null | head -n 1 | sed 's/^/    /'
+build/amtsbote --broker "$uri" $(as_ kommune.09184119.meldeamt) inbox --ack --wait 1s >"$work/inbox2.txt" 2>/dev/null
+head -n 1 "$work/inbox2.txt" | sed 's/^/    /'
 echo "==> bund.bmi's own mailbox holds the receipts (the Laufzettel)"
 # shellcheck disable=SC2046
 build/amtsbote --broker "$uri" $(as_ bund.bmi) inbox --ack --wait 1s 2>/dev/null | sed 's/^/    /'
