@@ -213,7 +213,9 @@ for to in kommune.09162000.meldeamt kommune.09184119.meldeamt; do
 done
 echo "==> kommune.09162000.meldeamt takes its mailbox (amtsbote inbox --ack)"
 # shellcheck disable=SC2046
-build/amtsbote --broker "$uri" $(as_ kommune.09162000.meldeamt) inbox --ack --wait 1s 2>/dev/null | head -n 8 | sed "s/^/    /"; echo "    ..."
+build/amtsbote --broker "$uri" $(as_ kommune.09162000.meldeamt) inbox --ack --wait 1s >"$work/inbox.txt" 2>/dev/null
+head -n 8 "$work/inbox.txt" | sed 's/^/    /'
+echo "    ..."
 echo "==> bund.bmi asks where its messages are (amtsbote status)"
 for id in "${ids[@]}"; do
   # shellcheck disable=SC2046
