@@ -47,6 +47,22 @@ rules:
     who: bund.admin
     action: admin
     resource: "*"
+  - name: post-an-meldeaemter
+    who: "@bund"
+    action: send
+    resource: "kommune.*.meldeamt"
+  - name: post-vom-bund
+    who: "@meldeaemter"
+    action: receive
+    resource: "bund.*"
+  - name: umzug-melden
+    who: "@meldeaemter"
+    action: publish
+    resource: "meldewesen.umzug.*"
+  - name: umzuege-verfolgen
+    who: "@bund"
+    action: subscribe
+    resource: "meldewesen.umzug.>"
 YAML
 
 mkfifo "$work/broker.out"
@@ -117,6 +133,28 @@ expect "the administrative view needs admin" 9 $? "$work/out" "FORBIDDEN"
 as bund.admin services >"$work/out" 2>&1
 expect "admin sees the offers" 0 $? "$work/out" "meldewesen.v1.Melderegister"
 
+# --- mailboxes and events under the policy: send/receive, publish/subscribe, clearances
+as bund.bmi send --raw kommune.09162000.meldeamt 'Anfrage' >"$work/out" 2>&1
+expect "send allowed by send and receive rules" 0 $? "$work/out" "accepted"
+as kommune.09162000.meldeamt send --raw bund.bmi 'Antwort' >"$work/out" 2>&1
+expect "send without a send rule refused" 9 $? "$work/out" "FORBIDDEN"
+as bund.bmi send --raw kommune.05315000.kasse 'x' >"$work/out" 2>&1
+expect "send to a recipient outside the rule refused" 9 $? "$work/out" "FORBIDDEN"
+as bund.bmi send --raw kommune.05315000.meldeamt --classification VS-NUR-FUER-DEN-DIENSTGEBRAUCH 'x' >"$work/out" 2>&1
+expect "a classified message to an uncleared recipient refused" 9 $? "$work/out" "cleared for OFFEN"
+as bund.bmi send --raw kommune.09162000.meldeamt --classification VS-NUR-FUER-DEN-DIENSTGEBRAUCH 'vs' >"$work/out" 2>&1
+expect "a classified message to a cleared recipient" 0 $? "$work/out" "accepted"
+as kommune.09162000.meldeamt inbox --ack --count 2 --wait 2s >"$work/out" 2>&1
+expect "the recipient takes both" 0 $? "$work/out" "from bund.bmi"
+as bund.bmi subscribe 'meldewesen.umzug.>' --durable umzuege --wait 200ms >"$work/out" 2>&1
+expect "subscribe allowed by its rule" 0 $? "$work/out" "subscribed"
+as kommune.09162000.meldeamt subscribe 'meldewesen.>' --wait 200ms >"$work/out" 2>&1
+expect "subscribe without a rule refused" 9 $? "$work/out" "FORBIDDEN"
+as kommune.09162000.meldeamt publish --raw meldewesen.umzug.09162000 'U-1' >"$work/out" 2>&1
+expect "publish allowed by its rule" 0 $? "$work/out" "published"
+as bund.bmi publish --raw meldewesen.umzug.09162000 'U-2' >"$work/out" 2>&1
+expect "publish without a rule refused" 9 $? "$work/out" "FORBIDDEN"
+
 # --- metrics and health
 http_get /metrics >"$work/metrics.txt"
 grep -q '^amtsbote_service_calls_total{service="meldewesen.v1.Melderegister/Meldebescheinigung"} 4$' "$work/metrics.txt" &&
@@ -158,6 +196,11 @@ exec 3<&-
 expect "audit log intact" 0 $? "$work/out" "intact"
 "$CLI" audit query "$work/audit" --participant bund.bmi >"$work/out" 2>&1
 expect "transparency query" 0 $? "$work/out" "meldewesen.v1.Melderegister/Meldebescheinigung"
+grep -q "accepted bund.bmi -> kommune.09162000.meldeamt" "$work/out" &&
+  ok "the audit log has the accepted message" || bad "no accepted record: $(grep -c . "$work/out") lines"
+"$CLI" audit query "$work/audit" --participant kommune.09162000.meldeamt >"$work/out" 2>&1
+grep -Eq "(acked|acknowledged).*kommune.09162000.meldeamt" "$work/out" &&
+  ok "the audit log has its acknowledgement" || bad "no ack record: $(head -c 600 "$work/out")"
 grep -c '"kind":"forbidden"' "$work"/audit/audit-*.log | awk -F: '{s+=$NF} END {exit !(s >= 6)}' &&
   ok "refusals are audited" || bad "forbidden records: $(grep -c forbidden "$work"/audit/audit-*.log)"
 grep -q '"kind":"call".*"purpose":"BMG §34"' "$work"/audit/audit-*.log && ok "calls are audited with their purpose" ||
