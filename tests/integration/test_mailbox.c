@@ -698,6 +698,40 @@ test_restart_and_damaged_record(void **state)
     zmq_close(a);
 }
 
+/* Events a durable subscriber does not take within event_retention_ms are dropped for it. */
+static void
+test_event_retention(void **state)
+{
+    (void)state;
+    h_broker_t b2;
+    const char *const extra[] = {"--event-retention-ms", "1000", "--heartbeat-timeout-ms", "30000",
+                                 NULL};
+    assert_int_equal(h_broker_start(&b2, 0, extra), 0);
+    h_broker_t saved = B;
+    B = b2; /* s_raw() connects to B */
+    void *sub = s_raw("bund.destatis", 3000);
+    s_subscribe(sub, "statistik.>", "kurz", 10);
+    s_credit(sub, 0, "kurz"); /* away, with the subscription kept */
+    void *pub = s_raw("kommune.09162000.meldeamt", 3000);
+    s_publish(pub, "statistik.geburten", "alt");
+    usleep(2600 * 1000); /* older than 1 s at the next retention run (every second) */
+    s_publish(pub, "statistik.geburten", "neu");
+    s_subscribe(sub, "statistik.>", "kurz", 10);
+    char text[64];
+    ab_header_t *e = s_delivery(sub, text, sizeof text);
+    assert_string_equal(text, "neu");
+    s_ack(sub, e->sequence, "kurz");
+    amtsbote__v1__header__free_unpacked(e, NULL);
+    int t = 300;
+    zmq_setsockopt(sub, ZMQ_RCVTIMEO, &t, sizeof t);
+    assert_null(s_get(sub, NULL, 0));
+    assert_true(h_broker_log_has(&B, "event=events_dropped"));
+    zmq_close(sub);
+    zmq_close(pub);
+    B = saved;
+    assert_int_equal(h_broker_stop(&b2, SIGTERM, 10000), 0);
+}
+
 int
 main(void)
 {
@@ -711,6 +745,7 @@ main(void)
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_events_ephemeral_and_durable),
         cmocka_unit_test(test_restart_and_damaged_record),
+        cmocka_unit_test(test_event_retention),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
