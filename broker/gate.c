@@ -110,6 +110,8 @@ s_record(void *ctx, const brk_event_t *ev)
         memcpy(r.id, ev->message_id, sizeof r.id);
     r.kind = ev->kind == BRK_EV_CALL             ? AB_AUDIT_CALL
              : ev->kind == BRK_EV_ACCEPTED       ? AB_AUDIT_ACCEPTED
+             : ev->kind == BRK_EV_PUBLISHED      ? AB_AUDIT_ACCEPTED
+             : ev->kind == BRK_EV_DELIVERED      ? AB_AUDIT_DELIVERED
              : ev->kind == BRK_EV_ACKED          ? AB_AUDIT_ACKED
              : ev->kind == BRK_EV_EXPIRED        ? AB_AUDIT_EXPIRED
              : ev->kind == BRK_EV_DEAD           ? AB_AUDIT_FAILED

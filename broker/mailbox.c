@@ -144,6 +144,7 @@ typedef struct s_op {
     uint8_t type;
     uint8_t corr_len;
     uint8_t is_send;
+    uint8_t published;
     s_entry_t *e;
     s_box_t *box;
     brk_peer_t peer;
@@ -458,6 +459,7 @@ s_op(brk_mailbox_t *self, int type)
     o->e = NULL;
     o->box = NULL;
     o->is_send = 0;
+    o->published = 0;
     return o;
 }
 
@@ -1484,10 +1486,14 @@ s_deliver(brk_mailbox_t *self, s_attach_t *a, s_entry_t *e)
     e->ack.at = now + self->cfg->ack_timeout_ms;
     if (ab_heap_push(&self->ack, &e->ack) == 0)
         e->in_ack = 1;
-    if (e->kind == S_EVENT)
+    if (e->kind == S_EVENT) {
         self->st.events_delivered++;
-    else
+    } else {
         self->st.delivered++;
+        if (e->kind == BRK_MAIL_MESSAGE)
+            s_record(self, BRK_EV_DELIVERED, e->msg_id, e->from ? e->from->participant : "",
+                     e->box->participant, a->conn->participant, 0, "");
+    }
     if (e->attempts > 1)
         self->st.redelivered++;
     return 0;
@@ -1710,6 +1716,8 @@ s_handle_publish(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void 
     free(f.eph);
     s_reply_after_commit(self, &c->peer, corr, corr_len, hdr->message_id.data, now, seq, 0,
                          c->participant, hdr->topic);
+    if (self->nops && self->ops[self->nops - 1].type == OP_REPLY)
+        self->ops[self->nops - 1].published = 1;
 }
 
 /* ---- the turn ------------------------------------------------------------------------------- */
@@ -1817,6 +1825,9 @@ s_finish_ops(brk_mailbox_t *self, int rc, const char *err)
                 if (o->is_send) {
                     self->st.accepted++;
                     s_record(self, BRK_EV_ACCEPTED, o->msg_id, o->participant, o->target, "", 0,
+                             "");
+                } else if (o->published) {
+                    s_record(self, BRK_EV_PUBLISHED, o->msg_id, o->participant, o->target, "", 0,
                              "");
                 }
             } else {

@@ -163,11 +163,19 @@ s_page_conn(void *arg, const char *participant)
 }
 
 static void
+s_page_box(void *arg, const char *participant, size_t messages, uint64_t oldest_age_ms)
+{
+    brk_metrics_page_mailbox(arg, participant, messages, (double)oldest_age_ms / 1000.0);
+}
+
+static void
 s_page(void *arg, brk_metrics_page_t *p)
 {
     s_broker_t *b = arg;
     if (b->svc)
         brk_services_each(b->svc, s_page_offer, s_page_conn, p);
+    if (b->mailbox)
+        brk_mailbox_each(b->mailbox, s_page_box, p);
 }
 
 /* An accepted connection, counted by transport for /metrics. */

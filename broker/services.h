@@ -89,14 +89,16 @@ void brk_services_peer_gone(brk_services_t *self, const brk_peer_t *peer);
 
 /* What happened to a call, for the audit log and the metrics (brk_services_gate_t.record). */
 typedef enum {
-    BRK_EV_CALL = 1, /* routed to a provider */
-    BRK_EV_REPLY,    /* its answer (a reply, or the provider's own error) went to the caller */
-    BRK_EV_REFUSED,  /* a call, reply or offer refused by the policy or the registry */
-    BRK_EV_FAILED,   /* a routed call ended without an answer: deadline, provider gone, shutdown */
-    BRK_EV_ACCEPTED, /* a SEND stored (sender, target = recipient) */
-    BRK_EV_ACKED,    /* a message acknowledged by its recipient */
-    BRK_EV_EXPIRED,  /* a message whose time to live ended */
-    BRK_EV_DEAD,     /* a message delivered too often without an acknowledgement */
+    BRK_EV_CALL = 1,  /* routed to a provider */
+    BRK_EV_REPLY,     /* its answer (a reply, or the provider's own error) went to the caller */
+    BRK_EV_REFUSED,   /* a call, reply or offer refused by the policy or the registry */
+    BRK_EV_FAILED,    /* a routed call ended without an answer: deadline, provider gone, shutdown */
+    BRK_EV_ACCEPTED,  /* a SEND stored (sender, target = recipient) */
+    BRK_EV_ACKED,     /* a message acknowledged by its recipient */
+    BRK_EV_EXPIRED,   /* a message whose time to live ended */
+    BRK_EV_DEAD,      /* a message delivered too often without an acknowledgement */
+    BRK_EV_DELIVERED, /* a message delivered to its recipient (each attempt) */
+    BRK_EV_PUBLISHED, /* an event accepted (target = topic) */
 } brk_event_kind_t;
 
 typedef struct brk_event {

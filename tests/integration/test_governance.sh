@@ -154,6 +154,8 @@ as kommune.09162000.meldeamt publish --raw meldewesen.umzug.09162000 'U-1' >"$wo
 expect "publish allowed by its rule" 0 $? "$work/out" "published"
 as bund.bmi publish --raw meldewesen.umzug.09162000 'U-2' >"$work/out" 2>&1
 expect "publish without a rule refused" 9 $? "$work/out" "FORBIDDEN"
+as bund.bmi send --raw kommune.09162000.meldeamt 'wartet' >"$work/out" 2>&1
+expect "a message that waits" 0 $? "$work/out" "accepted"
 
 # --- metrics and health
 http_get /metrics >"$work/metrics.txt"
@@ -165,11 +167,23 @@ grep -Eq '^amtsbote_calls_forbidden_total [1-9]' "$work/metrics.txt" && ok "/met
   bad "forbidden: $(grep forbidden "$work/metrics.txt" | head -3)"
 grep -Eq '^amtsbote_connections_accepted_total\{transport="plain"\} [1-9]' "$work/metrics.txt" &&
   ok "/metrics counts accepted connections" || bad "connections: $(grep connections "$work/metrics.txt" | head -3)"
+grep -q '^amtsbote_messages_accepted_total 3$' "$work/metrics.txt" &&
+  grep -q '^amtsbote_messages_acknowledged_total 2$' "$work/metrics.txt" &&
+  ok "/metrics counts accepted and acknowledged messages" ||
+  bad "mailbox counters: $(grep -E 'messages_(accepted|acknowledged)' "$work/metrics.txt")"
+grep -q '^amtsbote_mailbox_depth{mailbox="kommune.09162000.meldeamt"} 1$' "$work/metrics.txt" &&
+  grep -q '^amtsbote_mailbox_oldest_age_seconds{mailbox="kommune.09162000.meldeamt"}' "$work/metrics.txt" &&
+  ok "/metrics shows the mailbox's depth and the age of its oldest message" ||
+  bad "mailbox depth: $(grep mailbox_ "$work/metrics.txt" | head -5)"
+grep -Eq '^amtsbote_store_commit_duration_seconds_count [1-9]' "$work/metrics.txt" &&
+  ok "/metrics has the store's commit latency" || bad "commit latency: $(grep store_commit "$work/metrics.txt" | tail -2)"
 http_get /readyz >"$work/ready.txt"
 head -1 "$work/ready.txt" | grep -q 200 && ok "/readyz is ready" || bad "/readyz: $(cat "$work/ready.txt")"
 http_get / >"$work/page.html"
 grep -q "meldewesen.v1.Melderegister" "$work/page.html" && grep -q "kommune.09162000.meldeamt" "$work/page.html" &&
   ok "the status page shows the offer and its provider" || bad "page: $(head -c 300 "$work/page.html")"
+grep -A1 "kommune.09162000.meldeamt</td>" "$work/page.html" | grep -q "<td>1</td>" &&
+  ok "the status page shows the mailbox backlog" || bad "page mailboxes: $(grep -i -A3 mailbox "$work/page.html" | head -8)"
 http_get /healthz >"$work/health.txt"
 head -1 "$work/health.txt" | grep -q 200 && ok "/healthz" || bad "/healthz: $(cat "$work/health.txt")"
 
@@ -199,6 +213,8 @@ expect "transparency query" 0 $? "$work/out" "meldewesen.v1.Melderegister/Meldeb
 grep -q "accepted bund.bmi -> kommune.09162000.meldeamt" "$work/out" &&
   ok "the audit log has the accepted message" || bad "no accepted record: $(grep -c . "$work/out") lines"
 "$CLI" audit query "$work/audit" --participant kommune.09162000.meldeamt >"$work/out" 2>&1
+grep -q "delivered bund.bmi -> kommune.09162000.meldeamt" "$work/out" &&
+  ok "the audit log has the delivery" || bad "no delivered record: $(head -c 600 "$work/out")"
 grep -Eq "(acked|acknowledged).*kommune.09162000.meldeamt" "$work/out" &&
   ok "the audit log has its acknowledgement" || bad "no ack record: $(head -c 600 "$work/out")"
 grep -c '"kind":"forbidden"' "$work"/audit/audit-*.log | awk -F: '{s+=$NF} END {exit !(s >= 6)}' &&
