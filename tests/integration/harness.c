@@ -296,6 +296,7 @@ s_handler(ab_client_t *c, ab_request_t *req, void *arg)
     snprintf(p->last_purpose, sizeof p->last_purpose, "%s", ab_request_purpose(req));
     if (p->mode == 1 && p->nheld < 64) {
         p->held[p->nheld++] = req; /* answered later (or never) */
+        atomic_fetch_add(&p->received, 1);
         return;
     }
     if (p->mode == 2)

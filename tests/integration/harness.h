@@ -70,6 +70,7 @@ typedef struct {
     atomic_int stop;
     atomic_int ready;
     atomic_int served;
+    atomic_int received; /* mode 1: requests held so far */
     pthread_t thread;
     ab_request_t *held[64];
     int nheld;
