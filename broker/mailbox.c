@@ -2326,6 +2326,13 @@ brk_mailbox_new(const brk_config_t *cfg, const brk_mailbox_io_t *io, brk_store_t
         brk_mailbox_destroy(&self);
         return NULL;
     }
+    /* events every durable subscription had acknowledged before the stop (or all of them, when
+     * there is no durable subscription any more) are not needed: not loaded, and removed */
+    if (brk_store_event_purge(store, from == UINT64_MAX ? self->next_seq : from, 0) < 0 ||
+        brk_store_commit(store, err, errlen) != 0) {
+        brk_mailbox_destroy(&self);
+        return NULL;
+    }
     /* everything loaded is on disk already: deliverable */
     self->dirty = NULL;
     for (s_box_t *b = self->boxes; b; b = b->hh.next)
