@@ -6,8 +6,10 @@
 # directory under /var/tmp, not tmpfs: every accepted SEND is fsync'd), driven by mbload
 # (tests/tools/mbload.c) on raw DEALERs over tcp://127.0.0.1, all in the same run:
 #   durable   SEND with a concurrent consumer (recv --ack, credit 1000) for 100 B and 1 KiB, from
-#             1 and from 16 senders (each its own connection and participant; 256 SENDs in
+#             1 and from 16 senders (each its own connection and participant; 1024 SENDs in
 #             flight in all); reports accepted/s at the senders and delivered/s at the consumer
+#   send-only the same SENDs with nobody reading meanwhile (the mailbox is drained afterwards,
+#             untimed)
 #   baseline  CALL round trips of the same sizes and the same threads and windows to `mbload
 #             serve` (2 echo providers): the transient path through the same broker
 #   fan-out   1 publisher -> 10 durable subscribers (1 KiB events; each subscriber acks)
@@ -75,8 +77,9 @@ fstype=$(df --output=fstype "$tmp" | tail -n 1)
 
 # ---- the broker -------------------------------------------------------------------------------
 mkfifo "$tmp/broker.out"
+# (a send-only run leaves up to a few hundred thousand messages waiting in one mailbox)
 "$broker_bin" --listen 'tcp://127.0.0.1:*' --insecure-plain-identities --data "$tmp/data" \
-    --log-level warn >"$tmp/broker.out" 2>"$tmp/broker.log" &
+    --mailbox-max-messages 10000000 --log-level warn >"$tmp/broker.out" 2>"$tmp/broker.log" &
 broker_pid=$!
 pids+=("$broker_pid")
 exec 3<"$tmp/broker.out"
@@ -100,25 +103,32 @@ failed=0
 runs=$tmp/runs.txt
 : >"$runs"
 
-# window SENDERS: messages in flight per sender (256 in all)
-window() { echo $((256 / $1 < 16 ? 16 : 256 / $1)); }
+# window SENDERS: messages in flight per sender (1024 in all: with 256, 16 connections of 16 are
+# bound by the commit latency, not by the CPU; 1024 measures what the broker can take)
+window() { echo $((1024 / $1)); }
 
-# durable SIZE SENDERS REP: SEND with a concurrent consumer
+# durable SIZE SENDERS REP [CASE]: SEND with a concurrent consumer; with CASE=sendonly the
+# consumer starts after the senders stopped (untimed: it only checks that nothing was lost)
 n_durable=0
 durable() {
-    local size=$1 senders=$2 rep=$3 rcpt s r c0 c1
+    local size=$1 senders=$2 rep=$3 case=${4:-durable} rcpt s r c0 c1
     n_durable=$((n_durable + 1))
     rcpt=land.bench.empfang$n_durable
-    "$mbload" recv --broker "$uri" --as "$rcpt" --credit 1000 --ack --size "$size" --idle-ms 3000 \
-        --seconds $((secs + 60)) >"$tmp/recv.out" 2>"$tmp/recv.err" &
-    local rpid=$!
-    pids+=("$rpid")
-    for _ in $(seq 100); do grep -q ready "$tmp/recv.err" && break; sleep 0.05; done
+    local rpid
+    start_consumer() {
+        "$mbload" recv --broker "$uri" --as "$rcpt" --credit 1000 --ack --size "$size" --idle-ms 3000 \
+            --seconds $((secs + 120)) >"$tmp/recv.out" 2>"$tmp/recv.err" &
+        rpid=$!
+        pids+=("$rpid")
+        for _ in $(seq 100); do grep -q ready "$tmp/recv.err" && break; sleep 0.05; done
+    }
+    [[ $case == durable ]] && start_consumer
     c0=$(cpu_ticks)
     s=$("$mbload" send --broker "$uri" --as bund.bench.sender --to "$rcpt" --count 50000000 \
         --size "$size" --window "$(window "$senders")" --senders "$senders" --seconds "$secs" \
         --drain-seconds 30 2>"$tmp/send.err" | grep '^result' || true)
     c1=$(cpu_ticks)
+    [[ $case == sendonly ]] && start_consumer
     wait "$rpid" || true
     r=$(grep '^result' "$tmp/recv.out" || true)
     local acc dist rate drate
@@ -127,9 +137,9 @@ durable() {
     if [[ -z $acc || -z $dist || $(field "$s" unanswered) != 0 || $(field "$r" corrupt) != 0 ||
         $dist -lt $acc ]]; then
         failed=1
-        log "durable size=$size senders=$senders rep=$rep FAILED: send: ${s:-none} $(tail -n 2 "$tmp/send.err") recv: ${r:-none} $(tail -n 2 "$tmp/recv.err")"
+        log "$case size=$size senders=$senders rep=$rep FAILED: send: ${s:-none} $(tail -n 2 "$tmp/send.err") recv: ${r:-none} $(tail -n 2 "$tmp/recv.err")"
     fi
-    echo "case=durable size=$size senders=$senders rep=$rep rate=${rate:-0} delivered_rate=${drate:-0} accepted=${acc:-0} delivered=${dist:-0} p50_ms=$(field "$s" p50_ms) p99_ms=$(field "$s" p99_ms) broker_cpu_s=$(awk -v a="$c0" -v b="$c1" -v t="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / t }')" |
+    echo "case=$case size=$size senders=$senders rep=$rep rate=${rate:-0} delivered_rate=${drate:-0} accepted=${acc:-0} delivered=${dist:-0} p50_ms=$(field "$s" p50_ms) p99_ms=$(field "$s" p99_ms) broker_cpu_s=$(awk -v a="$c0" -v b="$c1" -v t="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / t }')" |
         tee -a "$runs" >&2
 }
 
@@ -152,7 +162,9 @@ baseline() {
 # fanout REP: 1 publisher, 10 durable subscribers
 fanout() {
     local rep=$1 p r
-    "$mbload" sub --broker "$uri" --as "land.bench.abo$rep" --topic 'bench.fanout.>' \
+    # the same 10 durable subscriptions every repetition (each drains what it got): new names
+    # per repetition would leave earlier subscriptions matching, storing events nobody takes
+    "$mbload" sub --broker "$uri" --as land.bench.abo --topic 'bench.fanout.>' \
         --durable bench --credit 500 --ack --subscribers 10 --size 1024 --idle-ms 3000 \
         --seconds $((secs + 60)) >"$tmp/sub.out" 2>"$tmp/sub.err" &
     local spid=$!
@@ -191,7 +203,9 @@ for rep in $(seq "$reps"); do
             if (((rep + senders) % 2)); then
                 durable "$size" "$senders" "$rep"
                 baseline "$size" "$senders" "$rep"
+                durable "$size" "$senders" "$rep" sendonly
             else
+                durable "$size" "$senders" "$rep" sendonly
                 baseline "$size" "$senders" "$rep"
                 durable "$size" "$senders" "$rep"
             fi
@@ -229,18 +243,20 @@ goal=$(median durable 1024 16 rate)
         "$reps repetition(s) of $secs s per case, $elapsed s in all; load average $load_start -> $load_end;" \
         "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown) $(git -C "$root" diff --quiet 2>/dev/null || echo '(with uncommitted changes)')."
     echo "Broker defaults (synchronous=FULL WAL, one transaction per loop turn). Load from mbload"
-    echo "(tests/tools/mbload.c) on the same 2 cores: 256 messages in flight in all (1 sender x 256 or"
-    echo "16 senders x 16), every sender its own connection and participant. Durable: a consumer"
-    echo "(credit 1000, ACK each) drains the mailbox concurrently. Baseline: CALL to 2 echo providers."
+    echo "(tests/tools/mbload.c) on the same 2 cores: 1024 messages in flight in all (1 sender x 1024 or"
+    echo "16 senders x 64), every sender its own connection and participant. Durable: a consumer"
+    echo "(credit 1000, ACK each) drains the mailbox concurrently; the DELIVERED receipts are stored in"
+    echo "the senders' mailboxes and not read. Baseline: CALL to 2 echo providers."
     echo
-    echo "| case | size | senders | durable accepted/s | consumer delivered/s | CALL round trips/s | durable / CALL | durable p50 / p99 ms | CALL p50 / p99 ms | broker CPU s (durable / CALL) |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
+    echo "| size | senders | durable accepted/s | consumer delivered/s | send-only accepted/s | CALL round trips/s | durable / CALL | durable p50 / p99 ms | CALL p50 / p99 ms | broker CPU s (durable / CALL) |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
     for size in 100 1024; do
         for senders in 1 16; do
             d=$(median durable "$size" "$senders" rate)
             b=$(median baseline "$size" "$senders" rate)
-            printf '| send | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s |\n' "$size" "$senders" \
-                "$d" "$(median durable "$size" "$senders" delivered_rate)" "$b" "$(ratio "$d" "$b")" \
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s |\n' "$size" "$senders" \
+                "$d" "$(median durable "$size" "$senders" delivered_rate)" \
+                "$(median sendonly "$size" "$senders" rate)" "$b" "$(ratio "$d" "$b")" \
                 "$(median durable "$size" "$senders" p50_ms)" "$(median durable "$size" "$senders" p99_ms)" \
                 "$(median baseline "$size" "$senders" p50_ms)" "$(median baseline "$size" "$senders" p99_ms)" \
                 "$(median durable "$size" "$senders" broker_cpu_s)" "$(median baseline "$size" "$senders" broker_cpu_s)"
@@ -252,11 +268,12 @@ goal=$(median durable 1024 16 rate)
     echo "(publish p50 / p99 $(median fanout 1024 1 p50_ms) / $(median fanout 1024 1 p99_ms) ms)."
     echo
     echo "Goal (the issue): >= 80,000 durable messages/s at 1 KiB with 16 senders on this 2-core machine."
-    echo "Measured: $goal/s ($(awk -v g="$goal" 'BEGIN { if (g == "-") print "no result"; else if (g >= 80000) print "goal met"; else printf "%.0f %% of the goal", 100 * g / 80000 }'))."
+    echo "Measured at 1 KiB x 16: accepted $goal/s while a consumer reads (which delivered $(median durable 1024 16 delivered_rate)/s:"
+    echo "when it is slower, a backlog grows), $(median sendonly 1024 16 rate)/s send-only (accepted with a consumer: $(awk -v g="$goal" 'BEGIN { if (g == "-") print "no result"; else if (g >= 80000) print "goal met"; else printf "%.0f %% of the goal", 100 * g / 80000 }'))."
     echo
     echo "Runs (accepted/s, per repetition):"
     echo
-    for c in durable baseline; do
+    for c in durable sendonly baseline; do
         for size in 100 1024; do
             for senders in 1 16; do
                 echo "- $c $size B, $senders sender(s): $(all "$c" "$size" "$senders" rate)"
