@@ -1340,47 +1340,37 @@ typedef struct {
     zmq_msg_t payload;
 } s_load_t;
 
+/* Copies a stored record's header and payload out of the store's row. */
+static int
+s_load_blobs(s_load_t *l, const uint8_t *hdr, size_t hdr_len, const uint8_t *payload, size_t len)
+{
+    if (hdr_len > AB_MAX_HEADER_BYTES)
+        return AB_EINTERNAL;
+    memcpy(l->hdr, hdr, hdr_len);
+    l->hdr_len = hdr_len;
+    if (zmq_msg_init_size(&l->payload, len) != 0)
+        return AB_ENOMEM;
+    if (len)
+        memcpy(zmq_msg_data(&l->payload), payload, len);
+    return 0;
+}
+
 static int
 s_load_mail(void *arg, const brk_store_mail_t *m)
 {
-    s_load_t *l = arg;
-    if (m->header_len > AB_MAX_HEADER_BYTES)
-        return AB_EINTERNAL;
-    memcpy(l->hdr, m->header, m->header_len);
-    l->hdr_len = m->header_len;
-    if (zmq_msg_init_size(&l->payload, m->payload_len) != 0)
-        return AB_ENOMEM;
-    if (m->payload_len)
-        memcpy(zmq_msg_data(&l->payload), m->payload, m->payload_len);
-    return 0;
+    return s_load_blobs(arg, m->header, m->header_len, m->payload, m->payload_len);
 }
 
 static int
 s_load_event(void *arg, const brk_store_event_t *ev)
 {
-    s_load_t *l = arg;
-    if (ev->header_len > AB_MAX_HEADER_BYTES)
-        return AB_EINTERNAL;
-    memcpy(l->hdr, ev->header, ev->header_len);
-    l->hdr_len = ev->header_len;
-    if (zmq_msg_init_size(&l->payload, ev->payload_len) != 0)
-        return AB_ENOMEM;
-    if (ev->payload_len)
-        memcpy(zmq_msg_data(&l->payload), ev->payload, ev->payload_len);
-    return 0;
+    return s_load_blobs(arg, ev->header, ev->header_len, ev->payload, ev->payload_len);
 }
 
-/* Appends a varint field to a header tail. */
 static size_t
-s_put_varint_field(uint8_t *p, unsigned field, uint64_t v)
+s_put_varint(uint8_t *p, uint64_t v)
 {
     size_t n = 0;
-    uint64_t key = (uint64_t)field << 3;
-    while (key >= 0x80) {
-        p[n++] = (uint8_t)(key | 0x80);
-        key >>= 7;
-    }
-    p[n++] = (uint8_t)key;
     while (v >= 0x80) {
         p[n++] = (uint8_t)(v | 0x80);
         v >>= 7;
@@ -1389,23 +1379,21 @@ s_put_varint_field(uint8_t *p, unsigned field, uint64_t v)
     return n;
 }
 
+/* Appends a varint field to a header tail. */
+static size_t
+s_put_varint_field(uint8_t *p, unsigned field, uint64_t v)
+{
+    size_t n = s_put_varint(p, (uint64_t)field << 3);
+    return n + s_put_varint(p + n, v);
+}
+
+/* Appends a string field to a header tail. */
 static size_t
 s_put_string_field(uint8_t *p, unsigned field, const char *s)
 {
     size_t len = strlen(s);
-    size_t n = 0;
-    uint64_t key = (uint64_t)field << 3 | 2;
-    while (key >= 0x80) {
-        p[n++] = (uint8_t)(key | 0x80);
-        key >>= 7;
-    }
-    p[n++] = (uint8_t)key;
-    uint64_t v = len;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
+    size_t n = s_put_varint(p, (uint64_t)field << 3 | 2);
+    n += s_put_varint(p + n, len);
     memcpy(p + n, s, len);
     return n + len;
 }

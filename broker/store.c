@@ -514,6 +514,60 @@ s_sha256_2(brk_store_t *self, const uint8_t *a, size_t alen, const uint8_t *b, s
 
 static const uint8_t s_nothing[1];
 
+/* Reads the rows of `st` (prepared, bound) and hands each to `row` with `ctx`; stops at the
+ * first non-zero value. `one` names the record when exactly one row must exist (its absence is
+ * AB_EINTERNAL), else NULL. Returns 0, row's value, or AB_EIO. */
+typedef int s_row_fn(brk_store_t *self, sqlite3_stmt *st, void *ctx, char *err, size_t errlen);
+
+static int
+s_rows(brk_store_t *self, sqlite3_stmt *st, s_row_fn *row, void *ctx, const char *one, char *err,
+       size_t errlen)
+{
+    int rc = 0, step, n = 0;
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        n++;
+        rc = row(self, st, ctx, err, errlen);
+    }
+    if (rc == 0 && step != SQLITE_DONE) {
+        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        rc = AB_EIO;
+    } else if (rc == 0 && one && n == 0) {
+        snprintf(err, errlen, "%s: %s is missing", self->path, one);
+        rc = AB_EINTERNAL;
+    }
+    return rc;
+}
+
+typedef struct {
+    int blobs;
+    brk_store_mail_fn *fn;
+    brk_store_event_fn *efn;
+    void *arg;
+} s_each_t;
+
+static int s_mail_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_mail_t *m,
+                      char *err, size_t errlen);
+static int s_event_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_event_t *e,
+                       char *err, size_t errlen);
+
+static int
+s_mail_each_row(brk_store_t *self, sqlite3_stmt *st, void *ctx, char *err, size_t errlen)
+{
+    s_each_t *x = ctx;
+    brk_store_mail_t m;
+    int rc = s_mail_row(self, st, x->blobs, &m, err, errlen);
+    return rc ? rc : x->fn(x->arg, &m);
+}
+
+static int
+s_event_each_row(brk_store_t *self, sqlite3_stmt *st, void *ctx, char *err, size_t errlen)
+{
+    s_each_t *x = ctx;
+    brk_store_event_t e;
+    int rc = s_event_row(self, st, x->blobs, &e, err, errlen);
+    return rc ? rc : x->efn(x->arg, &e);
+}
+
 int
 brk_store_mail_put(brk_store_t *self, const brk_store_mail_t *m)
 {
@@ -623,20 +677,10 @@ brk_store_mail_get(brk_store_t *self, uint64_t seq, brk_store_mail_fn *fn, void 
         return AB_EIO;
     }
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
-    int step = sqlite3_step(st), rc;
-    if (step == SQLITE_ROW) {
-        brk_store_mail_t m;
-        rc = s_mail_row(self, st, 1, &m, err, errlen);
-        if (rc == 0)
-            rc = fn(arg, &m);
-    } else if (step == SQLITE_DONE) {
-        snprintf(err, errlen, "%s: mail record %llu is missing", self->path,
-                 (unsigned long long)seq);
-        rc = AB_EINTERNAL;
-    } else {
-        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
-        rc = AB_EIO;
-    }
+    char what[64];
+    snprintf(what, sizeof what, "mail record %llu", (unsigned long long)seq);
+    s_each_t x = {1, fn, NULL, arg};
+    int rc = s_rows(self, st, s_mail_each_row, &x, what, err, errlen);
     sqlite3_reset(st);
     self->st.reads++;
     return rc;
@@ -657,17 +701,8 @@ brk_store_mail_each(brk_store_t *self, int blobs, brk_store_mail_fn *fn, void *a
         snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
         return AB_EIO;
     }
-    int rc = 0, step;
-    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
-        brk_store_mail_t m;
-        rc = s_mail_row(self, st, blobs, &m, err, errlen);
-        if (rc == 0)
-            rc = fn(arg, &m);
-    }
-    if (rc == 0 && step != SQLITE_DONE) {
-        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
-        rc = AB_EIO;
-    }
+    s_each_t x = {blobs, fn, NULL, arg};
+    int rc = s_rows(self, st, s_mail_each_row, &x, NULL, err, errlen);
     sqlite3_finalize(st);
     return rc;
 }
@@ -983,20 +1018,10 @@ brk_store_event_get(brk_store_t *self, uint64_t seq, brk_store_event_fn *fn, voi
         return AB_EIO;
     }
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
-    int step = sqlite3_step(st), rc;
-    if (step == SQLITE_ROW) {
-        brk_store_event_t e;
-        rc = s_event_row(self, st, 1, &e, err, errlen);
-        if (rc == 0)
-            rc = fn(arg, &e);
-    } else if (step == SQLITE_DONE) {
-        snprintf(err, errlen, "%s: event record %llu is missing", self->path,
-                 (unsigned long long)seq);
-        rc = AB_EINTERNAL;
-    } else {
-        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
-        rc = AB_EIO;
-    }
+    char what[64];
+    snprintf(what, sizeof what, "event record %llu", (unsigned long long)seq);
+    s_each_t x = {1, NULL, fn, arg};
+    int rc = s_rows(self, st, s_event_each_row, &x, what, err, errlen);
     sqlite3_reset(st);
     self->st.reads++;
     return rc;
@@ -1015,17 +1040,8 @@ brk_store_event_each(brk_store_t *self, uint64_t after_seq, int blobs, brk_store
         return AB_EIO;
     }
     sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
-    int rc = 0, step;
-    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
-        brk_store_event_t e;
-        rc = s_event_row(self, st, blobs, &e, err, errlen);
-        if (rc == 0)
-            rc = fn(arg, &e);
-    }
-    if (rc == 0 && step != SQLITE_DONE) {
-        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
-        rc = AB_EIO;
-    }
+    s_each_t x = {blobs, NULL, fn, arg};
+    int rc = s_rows(self, st, s_event_each_row, &x, NULL, err, errlen);
     sqlite3_finalize(st);
     return rc;
 }
