@@ -858,6 +858,44 @@ s_bytes(void *payload, size_t *len)
     return zmq_msg_data(payload);
 }
 
+/* The header a recipient or subscriber gets: what the sender said about its message, with the
+ * sender stamped from its identity. */
+static ab_header_t
+s_forward_header(int kind, const ab_header_t *hdr, const char *sender, uint64_t now)
+{
+    ab_header_t d = AMTSBOTE__V1__HEADER__INIT;
+    d.version = AB_PROTOCOL_VERSION;
+    d.kind = (Amtsbote__V1__Kind)kind;
+    d.message_id = hdr->message_id;
+    d.sender = (char *)sender;
+    d.schema = hdr->schema;
+    d.purpose = hdr->purpose;
+    d.classification = hdr->classification;
+    d.n_headers = hdr->n_headers;
+    d.headers = hdr->headers;
+    d.trace = hdr->trace;
+    d.timestamp_ms = now;
+    return d;
+}
+
+/* A payload the registry refused: SCHEMA_INVALID with the reason and the field path. */
+static void
+s_send_verdict(brk_mailbox_t *self, const brk_peer_t *to, const uint8_t *corr, size_t corr_len,
+               const brk_verdict_t *v)
+{
+    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+    Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
+    e.code = (Amtsbote__V1__ErrorCode)ab_err_to_wire(v->code);
+    e.text = (char *)v->text;
+    e.field = (char *)v->field;
+    h.version = AB_PROTOCOL_VERSION;
+    h.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
+    h.correlation_id.data = (uint8_t *)corr;
+    h.correlation_id.len = corr_len;
+    h.error = &e;
+    self->io->send(self->io->ctx, to, &h, NULL);
+}
+
 static void
 s_handle_send(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void *payload,
               const uint8_t *corr, size_t corr_len)
@@ -926,17 +964,7 @@ s_handle_send(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void *pa
             self->st.refused++;
             s_record(self, BRK_EV_REFUSED, hdr->message_id.data, c->participant, hdr->recipient, "",
                      v.code, "");
-            ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
-            Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
-            e.code = (Amtsbote__V1__ErrorCode)ab_err_to_wire(v.code);
-            e.text = v.text;
-            e.field = v.field;
-            h.version = AB_PROTOCOL_VERSION;
-            h.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
-            h.correlation_id.data = (uint8_t *)corr;
-            h.correlation_id.len = corr_len;
-            h.error = &e;
-            self->io->send(self->io->ctx, from, &h, NULL);
+            s_send_verdict(self, from, corr, corr_len, &v);
             return;
         }
     }
@@ -993,19 +1021,8 @@ s_handle_send(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void *pa
     }
     self->next_seq = seq;
     /* the header the recipient gets, stored as it will be sent */
-    ab_header_t d = AMTSBOTE__V1__HEADER__INIT;
-    d.version = AB_PROTOCOL_VERSION;
-    d.kind = AMTSBOTE__V1__KIND__KIND_DELIVER;
-    d.message_id = hdr->message_id;
-    d.sender = c->participant;
+    ab_header_t d = s_forward_header(AMTSBOTE__V1__KIND__KIND_DELIVER, hdr, c->participant, now);
     d.recipient = hdr->recipient;
-    d.schema = hdr->schema;
-    d.purpose = hdr->purpose;
-    d.classification = hdr->classification;
-    d.n_headers = hdr->n_headers;
-    d.headers = hdr->headers;
-    d.trace = hdr->trace;
-    d.timestamp_ms = now;
     d.sequence = seq;
     uint8_t buf[AB_MAX_HEADER_BYTES];
     int n = ab_wire_encode(&d, buf, sizeof buf);
@@ -1582,17 +1599,7 @@ s_handle_publish(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void 
         brk_verdict_t v;
         if (brk_registry_check_message(self->registry, hdr->schema, data, len, &v) != 0) {
             self->st.refused++;
-            ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
-            Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
-            e.code = (Amtsbote__V1__ErrorCode)ab_err_to_wire(v.code);
-            e.text = v.text;
-            e.field = v.field;
-            h.version = AB_PROTOCOL_VERSION;
-            h.kind = AMTSBOTE__V1__KIND__KIND_ERROR;
-            h.correlation_id.data = (uint8_t *)corr;
-            h.correlation_id.len = corr_len;
-            h.error = &e;
-            self->io->send(self->io->ctx, &c->peer, &h, NULL);
+            s_send_verdict(self, &c->peer, corr, corr_len, &v);
             return;
         }
     }
@@ -1600,19 +1607,8 @@ s_handle_publish(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void 
     brk_trie_match(self->trie, hdr->topic, s_collect_value, &f);
     uint64_t now = s_wall_ms();
     self->st.published++;
-    ab_header_t d = AMTSBOTE__V1__HEADER__INIT;
-    d.version = AB_PROTOCOL_VERSION;
-    d.kind = AMTSBOTE__V1__KIND__KIND_EVENT;
-    d.message_id = hdr->message_id;
+    ab_header_t d = s_forward_header(AMTSBOTE__V1__KIND__KIND_EVENT, hdr, c->participant, now);
     d.topic = hdr->topic;
-    d.sender = c->participant;
-    d.schema = hdr->schema;
-    d.purpose = hdr->purpose;
-    d.classification = hdr->classification;
-    d.n_headers = hdr->n_headers;
-    d.headers = hdr->headers;
-    d.trace = hdr->trace;
-    d.timestamp_ms = now;
     /* ephemeral subscribers: at most once, now, once per connection however many of its
      * patterns match */
     self->publish_count++;
