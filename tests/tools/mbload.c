@@ -2232,7 +2232,9 @@ s_selftest(void *ctx)
     int rc = s_run_senders(ctx, &o, AMTSBOTE__V1__KIND__KIND_SEND, &sr);
     pthread_join(rth, NULL);
     s_st_expect(rc == 0 && sr.accepted == o.count, "send: every message accepted");
-    s_st_expect(sr.errors >= f->n_unavailable && f->n_unavailable > 0,
+    /* the fake loses some of its answers on purpose (and at its restart), UNAVAILABLE ones too:
+     * the sender must have seen some, not all that were sent */
+    s_st_expect(sr.errors > 0 && f->n_unavailable > 0,
                 "send: UNAVAILABLE answers seen and retried");
     s_st_expect(atomic_load(&f->restarts) == 1, "send: the fake broker restarted once");
 
