@@ -2223,7 +2223,9 @@ s_selftest(void *ctx)
                 .attempted_log = att,
                 .credit = 50,
                 .ack = 1,
-                .idle_ms = 1500};
+                /* the receivers stop at their count; the idle time only bounds a failure, and is
+                 * long so that a loaded machine (CI, sanitizers) does not end them early */
+                .idle_ms = 10000};
     memcpy(o.prefix, "\xab\xcd", 2);
     o.prefix_len = 2;
     pthread_t rth;
@@ -2243,7 +2245,7 @@ s_selftest(void *ctx)
     ro.mode = M_RECV;
     ro.as = "land.be.empfang";
     ro.threads = 1;
-    ro.count = 0;
+    ro.count = o.count;
     ro.received_log = rcv;
     ro.size = 200;
     recv_result_t rr;
@@ -2319,7 +2321,7 @@ s_selftest(void *ctx)
     vj.o.seconds = 30;
     pthread_t vth;
     pthread_create(&vth, NULL, s_serve_job, &vj);
-    while (!f->prov_len)
+    for (int i = 0; i < 1000 && !f->prov_len; i++)
         usleep(10000);
     opts_t co = o;
     co.mode = M_CALL;
