@@ -145,8 +145,8 @@ done
 
 "$MBLOAD" recv --broker "$uri" --as "$rcpt" --credit 100 --ack --size 4096 --idle-ms 3000 \
   --seconds 60 --received-log "$work/received.2" >"$work/recv.out" 2>"$work/recv.err"
-cat "$work/received.2" >>"$work/received"
 recv_rc=$?
+cat "$work/received.2" >>"$work/received"
 cat "$work/recv.out"
 sort -u "$work/accepted" >"$work/accepted.u"
 sort -u "$work/attempted" >"$work/attempted.u"
