@@ -1201,7 +1201,8 @@ s_recv_message(recv_t *r, const ab_header_t *h, zmq_msg_t *body, int has_body, u
         if (r->loglen > (size_t)LOG_BATCH * 128)
             s_log_flush(r);
     }
-    if (o->ack && !why)
+    /* an ephemeral subscription's events are not acknowledged (they are not stored) */
+    if (o->ack && !why && (!r->is_sub || o->durable))
         s_ack_later(r, h->sequence, h->subscription[0] != '\0');
 }
 
