@@ -47,11 +47,13 @@ struct ab_audit {
     unsigned file_no;
     uint64_t file_bytes; /* on disk in the current file */
     uint64_t seq;        /* of the next line */
-    char prev[65];       /* hash of the last line queued */
+    char prev[65];       /* hash of the last line written (run computes the chain) */
     size_t max_bytes;
     EVP_PKEY *key;
-    char *buf;
-    size_t len, cap, nlines;
+    EVP_MD *sha256;          /* fetched once: a fetch per hash costs more than the hash */
+    EVP_MD_CTX *md;          /* the loop's, for payloads too large to copy */
+    ab_audit_batch_t *cur;   /* where appends go */
+    ab_audit_batch_t *spare; /* the other batch, when no job holds it */
     int failed;
     char err[512];
 };
@@ -96,7 +98,6 @@ s_hex(const uint8_t *in, size_t n, char *out)
         out[2 * i] = d[in[i] >> 4];
         out[2 * i + 1] = d[in[i] & 15];
     }
-    out[2 * n] = '\0';
 }
 
 static void
@@ -105,6 +106,7 @@ s_sha256_hex(const void *data, size_t len, char out[65])
     uint8_t md[SHA256_DIGEST_LENGTH];
     SHA256(data, len, md);
     s_hex(md, sizeof md, out);
+    out[64] = '\0';
 }
 
 static int
@@ -307,45 +309,142 @@ s_parse_line(const char *line, size_t len, s_line_t *p, char *why, size_t whylen
 
 /* ---- writing lines ------------------------------------------------------------------------ */
 
-static int
-s_reserve(ab_audit_t *log, size_t more)
+/*
+ * The loop only copies: append formats a line with room where the hashes go and keeps a copy of
+ * the payload; run, on the writer's thread, fills in, line by line, the payload's SHA-256, prev
+ * and the line's own hash, then writes and syncs. A batch's buffers are kept for the next one,
+ * so a record costs no allocation once they have grown.
+ */
+#define NONE SIZE_MAX
+#define COPY_MAX (64u * 1024u)        /* larger payloads are hashed on the loop, not copied */
+#define KEEP_MAX (4u * 1024u * 1024u) /* a batch's buffers above this are freed after a burst */
+
+typedef struct {
+    size_t start;        /* the line's first byte in buf */
+    size_t ph;           /* where payload_sha256's 64 digits go, or NONE */
+    size_t pay, pay_len; /* the payload's copy in pay */
+    size_t prev;         /* where prev's 64 digits go */
+    size_t end;          /* where HASH_KEY starts: the line's hash covers [start, end) */
+} s_pending_t;
+
+struct ab_audit_batch {
+    char *buf;
+    size_t len, cap;
+    unsigned char *pay;
+    size_t pay_len, pay_cap;
+    s_pending_t *lines;
+    size_t nlines, lines_cap;
+    EVP_MD_CTX *md;
+    /* set by ab_audit_flush_begin for run */
+    const EVP_MD *sha256;
+    EVP_PKEY *key;
+    int fd;
+    char prev[65]; /* in: the hash before the first line; out: the last line's */
+    int seal;
+    uint64_t seal_seq;
+    unsigned file_no;
+    char path[4096];
+};
+
+static ab_audit_batch_t *
+s_batch_new(void)
 {
-    if (log->len + more <= log->cap)
+    ab_audit_batch_t *b = calloc(1, sizeof *b);
+    if (b && !(b->md = EVP_MD_CTX_new())) {
+        free(b);
+        b = NULL;
+    }
+    return b;
+}
+
+static void
+s_batch_free(ab_audit_batch_t **b_p)
+{
+    ab_audit_batch_t *b = *b_p;
+    if (!b)
+        return;
+    free(b->buf);
+    free(b->pay);
+    free(b->lines);
+    EVP_MD_CTX_free(b->md);
+    free(b);
+    *b_p = NULL;
+}
+
+/* Empties a batch for reuse; buffers that a burst made large are given back. */
+static void
+s_batch_reset(ab_audit_batch_t *b)
+{
+    b->len = b->pay_len = b->nlines = 0;
+    b->seal = 0;
+    if (b->cap > KEEP_MAX) {
+        free(b->buf);
+        b->buf = NULL;
+        b->cap = 0;
+    }
+    if (b->pay_cap > KEEP_MAX) {
+        free(b->pay);
+        b->pay = NULL;
+        b->pay_cap = 0;
+    }
+    if (b->lines_cap * sizeof *b->lines > KEEP_MAX) {
+        free(b->lines);
+        b->lines = NULL;
+        b->lines_cap = 0;
+    }
+}
+
+/* Grows *p (of *cap bytes) to hold len + more. 0 or AB_ENOMEM. */
+static int
+s_grow(void **p, size_t *cap, size_t len, size_t more, size_t first)
+{
+    if (len + more <= *cap)
         return 0;
-    size_t cap = log->cap ? log->cap : 4096;
-    while (cap < log->len + more)
-        cap *= 2;
-    char *t = realloc(log->buf, cap);
+    size_t c = *cap ? *cap : first;
+    while (c < len + more)
+        c *= 2;
+    void *t = realloc(*p, c);
     if (!t)
         return AB_ENOMEM;
-    log->buf = t;
-    log->cap = cap;
+    *p = t;
+    *cap = c;
     return 0;
 }
 
+/* Room for `more` bytes of text and one more line. 0 or AB_ENOMEM. */
 static int
-s_put(ab_audit_t *log, const char *s, size_t n)
+s_reserve(ab_audit_batch_t *b, size_t more)
 {
-    if (s_reserve(log, n) != 0)
+    size_t lc = b->lines_cap * sizeof *b->lines;
+    if (s_grow((void **)&b->buf, &b->cap, b->len, more, 16384) != 0 ||
+        s_grow((void **)&b->lines, &lc, b->nlines * sizeof *b->lines, sizeof *b->lines,
+               64 * sizeof *b->lines) != 0)
         return AB_ENOMEM;
-    memcpy(log->buf + log->len, s, n);
-    log->len += n;
+    b->lines_cap = lc / sizeof *b->lines;
     return 0;
 }
 
-static int s_putf(ab_audit_t *log, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static int
-s_putf(ab_audit_t *log, const char *fmt, ...)
+static char *
+s_lit(char *o, const char *s, size_t n)
 {
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof tmp)
-        return AB_EINVAL;
-    return s_put(log, tmp, (size_t)n);
+    memcpy(o, s, n);
+    return o + n;
+}
+
+#define S_LIT(o, s) s_lit((o), (s), sizeof(s) - 1)
+
+static char *
+s_u64(char *o, uint64_t v)
+{
+    char t[20];
+    int n = 0;
+    do {
+        t[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *o++ = t[--n];
+    return o;
 }
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 when it is not one. */
@@ -381,59 +480,69 @@ s_utf8_len(const unsigned char *s, size_t avail)
     return n;
 }
 
-/* Appends "key":"escaped value" (with a leading comma). */
-static int
-s_put_str(ab_audit_t *log, const char *key, const char *val)
+/* The JSON-escaped bytes of s (n bytes; at most 6 * n out), without quotes. */
+static char *
+s_esc(char *o, const char *str, size_t n)
 {
-    if (!val)
-        val = "";
-    size_t n = strlen(val);
-    /* worst case: every byte becomes \u00XX or U+FFFD */
-    if (s_reserve(log, strlen(key) + 6 + 6 * n) != 0)
-        return AB_ENOMEM;
-    char *o = log->buf + log->len;
-    o += sprintf(o, ",\"%s\":\"", key);
-    const unsigned char *s = (const unsigned char *)val;
+    static const char d[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
     for (size_t i = 0; i < n;) {
         unsigned char c = s[i];
-        if (c == '"' || c == '\\') {
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            i++;
+        } else if (c == '"' || c == '\\') {
             *o++ = '\\';
             *o++ = (char)c;
             i++;
         } else if (c < 0x20) {
-            o += sprintf(o, "\\u%04x", c);
+            o = S_LIT(o, "\\u00");
+            *o++ = d[c >> 4];
+            *o++ = d[c & 15];
             i++;
         } else {
             size_t k = s_utf8_len(s + i, n - i);
             if (k == 0) {
-                memcpy(o, "\xEF\xBF\xBD", 3);
-                o += 3;
+                o = S_LIT(o, "\xEF\xBF\xBD");
                 i++;
             } else {
-                memcpy(o, s + i, k);
-                o += k;
+                o = s_lit(o, (const char *)s + i, k);
                 i += k;
             }
         }
     }
-    *o++ = '"';
-    log->len = (size_t)(o - log->buf);
-    return 0;
+    return o;
 }
 
-/* Ends the line that started at `start`: hash, chain, newline. */
-static int
-s_end_line(ab_audit_t *log, size_t start)
+/*
+ * Ends the line p that is being written at o: `,"prev":"` and `,"hash":"` with room for their
+ * digits (filled in by run), and the newline. The caller reserved the room.
+ */
+static char *
+s_end_line(ab_audit_batch_t *b, s_pending_t *p, char *o)
 {
-    char h[65];
-    s_sha256_hex(log->buf + start, log->len - start, h);
-    if (s_reserve(log, sizeof HASH_KEY + 64 + 3) != 0)
-        return AB_ENOMEM;
-    log->len += (size_t)sprintf(log->buf + log->len, HASH_KEY "%s\"}\n", h);
-    memcpy(log->prev, h, 65);
-    log->seq++;
-    log->nlines++;
-    return 0;
+    o = S_LIT(o, ",\"prev\":\"");
+    p->prev = (size_t)(o - b->buf);
+    memset(o, '0', 64);
+    o = S_LIT(o + 64, "\"");
+    p->end = (size_t)(o - b->buf);
+    o = S_LIT(o, HASH_KEY);
+    memset(o, '0', 64);
+    o = S_LIT(o + 64, "\"}\n");
+    b->len = (size_t)(o - b->buf);
+    b->nlines++;
+    return o;
+}
+
+/* SHA-256 of data with a reused context. 0, or -1 (OpenSSL failed). */
+static int
+s_digest(EVP_MD_CTX *ctx, const EVP_MD *md, const void *data, size_t len, uint8_t out[32])
+{
+    unsigned int n = 0;
+    return EVP_DigestInit_ex2(ctx, md, NULL) == 1 && EVP_DigestUpdate(ctx, data, len) == 1 &&
+                   EVP_DigestFinal_ex(ctx, out, &n) == 1 && n == 32
+               ? 0
+               : -1;
 }
 
 int
@@ -443,51 +552,90 @@ ab_audit_append(ab_audit_t *log, const ab_audit_record_t *rec)
         return AB_EINVAL;
     if (log->failed)
         return AB_EIO;
-    size_t start = log->len;
-    char id[33], ph[65] = "";
-    s_hex(rec->id, 16, id);
-    if (rec->payload_sha256)
-        s_hex(rec->payload_sha256, 32, ph);
-    else if (rec->payload)
-        s_sha256_hex(rec->payload, rec->payload_len, ph);
-    int rc = s_putf(log, "{\"v\":1,\"seq\":%" PRIu64 ",\"t\":%" PRIu64 ",\"kind\":\"%s\"", log->seq,
-                    rec->time_ms ? rec->time_ms : s_now_ms(), s_kind_names[rec->kind]);
-    if (!rc)
-        rc = s_putf(log, ",\"id\":\"%s\"", id);
-    if (!rc)
-        rc = s_put_str(log, "sender", rec->sender);
-    if (!rc)
-        rc = s_put_str(log, "target", rec->target);
-    if (!rc)
-        rc = s_put_str(log, "purpose", rec->purpose);
-    if (!rc)
-        rc = s_put_str(log, "class", rec->classification);
-    if (!rc)
-        rc = s_putf(log, ",\"payload_sha256\":\"%s\"", ph);
-    if (!rc)
-        rc = s_put_str(log, "outcome", rec->outcome ? rec->outcome : "ok");
-    if (!rc)
-        rc = s_putf(log, ",\"prev\":\"%s\"", log->prev);
-    if (!rc)
-        rc = s_end_line(log, start);
-    if (rc)
-        log->len = start; /* nothing half-queued */
-    return rc;
+    ab_audit_batch_t *b = log->cur;
+    const char *kind = s_kind_names[rec->kind];
+    const char *f[5] = {rec->sender, rec->target, rec->purpose, rec->classification,
+                        rec->outcome ? rec->outcome : "ok"};
+    size_t fl[5], need = 512;
+    for (int i = 0; i < 5; i++) {
+        if (!f[i])
+            f[i] = "";
+        fl[i] = strlen(f[i]);
+        need += 6 * fl[i]; /* worst case: every byte becomes \u00XX */
+    }
+    int copy = !rec->payload_sha256 && rec->payload && rec->payload_len <= COPY_MAX;
+    if (s_reserve(b, need) != 0 ||
+        (copy && s_grow((void **)&b->pay, &b->pay_cap, b->pay_len, rec->payload_len + 1, 65536)))
+        return AB_ENOMEM;
+    uint8_t md[32];
+    const uint8_t *ph = rec->payload_sha256;
+    if (!ph && rec->payload && !copy) { /* too large to copy: hashed here */
+        if (s_digest(log->md, log->sha256, rec->payload, rec->payload_len, md) != 0) {
+            ERR_clear_error();
+            return AB_ENOMEM;
+        }
+        ph = md;
+    }
+    s_pending_t *p = &b->lines[b->nlines];
+    char *o = b->buf + b->len;
+    p->start = b->len;
+    p->ph = NONE;
+    o = S_LIT(o, "{\"v\":1,\"seq\":");
+    o = s_u64(o, log->seq);
+    o = S_LIT(o, ",\"t\":");
+    o = s_u64(o, rec->time_ms ? rec->time_ms : s_now_ms());
+    o = S_LIT(o, ",\"kind\":\"");
+    o = s_lit(o, kind, strlen(kind));
+    o = S_LIT(o, "\",\"id\":\"");
+    s_hex(rec->id, 16, o);
+    o = S_LIT(o + 32, "\",\"sender\":\"");
+    o = s_esc(o, f[0], fl[0]);
+    o = S_LIT(o, "\",\"target\":\"");
+    o = s_esc(o, f[1], fl[1]);
+    o = S_LIT(o, "\",\"purpose\":\"");
+    o = s_esc(o, f[2], fl[2]);
+    o = S_LIT(o, "\",\"class\":\"");
+    o = s_esc(o, f[3], fl[3]);
+    o = S_LIT(o, "\",\"payload_sha256\":\"");
+    if (ph) {
+        s_hex(ph, 32, o);
+        o += 64;
+    } else if (copy) {
+        p->ph = (size_t)(o - b->buf);
+        memset(o, '0', 64);
+        o += 64;
+        p->pay = b->pay_len;
+        p->pay_len = rec->payload_len;
+        memcpy(b->pay + b->pay_len, rec->payload, rec->payload_len);
+        b->pay_len += rec->payload_len;
+    }
+    o = S_LIT(o, "\",\"outcome\":\"");
+    o = s_esc(o, f[4], fl[4]);
+    o = S_LIT(o, "\"");
+    s_end_line(b, p, o);
+    log->seq++;
+    return 0;
 }
 
 static int
 s_queue_recovered(ab_audit_t *log, size_t torn)
 {
-    size_t start = log->len;
-    int rc = s_putf(log,
-                    "{\"v\":1,\"seq\":%" PRIu64 ",\"t\":%" PRIu64
-                    ",\"kind\":\"recovered\",\"torn_bytes\":%zu,\"prev\":\"%s\"",
-                    log->seq, s_now_ms(), torn, log->prev);
-    if (!rc)
-        rc = s_end_line(log, start);
-    if (rc)
-        log->len = start;
-    return rc;
+    ab_audit_batch_t *b = log->cur;
+    if (s_reserve(b, 512) != 0)
+        return AB_ENOMEM;
+    s_pending_t *p = &b->lines[b->nlines];
+    char *o = b->buf + b->len;
+    p->start = b->len;
+    p->ph = NONE;
+    o = S_LIT(o, "{\"v\":1,\"seq\":");
+    o = s_u64(o, log->seq);
+    o = S_LIT(o, ",\"t\":");
+    o = s_u64(o, s_now_ms());
+    o = S_LIT(o, ",\"kind\":\"recovered\",\"torn_bytes\":");
+    o = s_u64(o, torn);
+    s_end_line(b, p, o);
+    log->seq++;
+    return 0;
 }
 
 static const char *
@@ -498,53 +646,64 @@ s_alg(EVP_PKEY *key)
     return EVP_PKEY_get_base_id(key) == EVP_PKEY_EC ? "ecdsa-sha256" : "rsa-pkcs1-sha256";
 }
 
-/* Queues the seal of the current file. */
+/* Appends the seal of the batch's file after its lines (run: the chain is complete). */
 static int
-s_queue_seal(ab_audit_t *log)
+s_seal(ab_audit_batch_t *b, char *err, size_t errlen)
 {
-    size_t start = log->len;
-    int rc = s_putf(log,
-                    "{\"v\":1,\"seq\":%" PRIu64 ",\"t\":%" PRIu64
-                    ",\"kind\":\"seal\",\"file\":%u,\"alg\":\"%s\",\"prev\":\"%s\"",
-                    log->seq, s_now_ms(), log->file_no, s_alg(log->key), log->prev);
-    char *b64 = NULL;
-    if (!rc && log->key) {
+    size_t siglen = b->key ? (size_t)EVP_PKEY_get_size(b->key) : 0;
+    if (s_reserve(b, 512 + 4 * (siglen / 3 + 1)) != 0) {
+        snprintf(err, errlen, "out of memory for the seal of audit-%06u.log", b->file_no);
+        return -1;
+    }
+    const char *alg = s_alg(b->key);
+    char *o = b->buf + b->len;
+    size_t start = b->len;
+    o = S_LIT(o, "{\"v\":1,\"seq\":");
+    o = s_u64(o, b->seal_seq);
+    o = S_LIT(o, ",\"t\":");
+    o = s_u64(o, s_now_ms());
+    o = S_LIT(o, ",\"kind\":\"seal\",\"file\":");
+    o = s_u64(o, b->file_no);
+    o = S_LIT(o, ",\"alg\":\"");
+    o = s_lit(o, alg, strlen(alg));
+    o = S_LIT(o, "\",\"prev\":\"");
+    o = s_lit(o, b->prev, 64);
+    o = S_LIT(o, "\"");
+    const unsigned char *tbs = (const unsigned char *)b->buf + start;
+    size_t tbslen = (size_t)(o - b->buf) - start;
+    o = S_LIT(o, SIG_KEY);
+    if (b->key) {
         EVP_MD_CTX *mctx = EVP_MD_CTX_new();
-        size_t siglen = 0;
-        unsigned char *sig = NULL;
-        const unsigned char *tbs = (const unsigned char *)log->buf + start;
-        size_t tbslen = log->len - start;
-        rc = AB_EIO;
-        if (mctx && EVP_DigestSignInit(mctx, NULL, EVP_sha256(), NULL, log->key) == 1 &&
-            EVP_DigestSign(mctx, NULL, &siglen, tbs, tbslen) == 1 &&
-            (sig = malloc(siglen)) != NULL &&
-            EVP_DigestSign(mctx, sig, &siglen, tbs, tbslen) == 1 &&
-            (b64 = malloc(4 * ((siglen + 2) / 3) + 1)) != NULL) {
-            EVP_EncodeBlock((unsigned char *)b64, sig, (int)siglen);
-            rc = 0;
-        } else {
-            char e[256];
+        unsigned char *sig = malloc(siglen ? siglen : 1);
+        size_t n = siglen;
+        int ok = mctx && sig && EVP_DigestSignInit(mctx, NULL, b->sha256, NULL, b->key) == 1 &&
+                 EVP_DigestSign(mctx, sig, &n, tbs, tbslen) == 1 && n <= siglen;
+        char e[256];
+        if (ok)
+            o += EVP_EncodeBlock((unsigned char *)o, sig, (int)n);
+        else
             s_ssl_err(e, sizeof e);
-            snprintf(log->err, sizeof log->err, "cannot sign the seal of audit-%06u.log: %s",
-                     log->file_no, e);
-        }
         free(sig);
         EVP_MD_CTX_free(mctx);
+        if (!ok) {
+            snprintf(err, errlen, "cannot sign the seal of audit-%06u.log: %s", b->file_no, e);
+            return -1;
+        }
     }
-    if (!rc)
-        rc = s_putf(log, SIG_KEY "%s\"", "") ? AB_ENOMEM : 0;
-    if (!rc && b64) {
-        log->len--; /* reopen the string for the signature */
-        rc = s_put(log, b64, strlen(b64));
-        if (!rc)
-            rc = s_put(log, "\"", 1);
+    o = S_LIT(o, "\"");
+    uint8_t h[32];
+    if (s_digest(b->md, b->sha256, b->buf + start, (size_t)(o - b->buf) - start, h) != 0) {
+        ERR_clear_error();
+        snprintf(err, errlen, "cannot hash the seal of audit-%06u.log", b->file_no);
+        return -1;
     }
-    free(b64);
-    if (!rc)
-        rc = s_end_line(log, start);
-    if (rc)
-        log->len = start;
-    return rc;
+    s_hex(h, 32, b->prev);
+    b->prev[64] = '\0';
+    o = S_LIT(o, HASH_KEY);
+    o = s_lit(o, b->prev, 64);
+    o = S_LIT(o, "\"}\n");
+    b->len = (size_t)(o - b->buf);
+    return 0;
 }
 
 /* ---- files -------------------------------------------------------------------------------- */
@@ -600,66 +759,104 @@ ab_audit_flush(ab_audit_t *log)
 int
 ab_audit_flush_begin(ab_audit_t *log, ab_audit_job_t *job)
 {
-    memset(job, 0, sizeof *job);
-    job->fd = -1;
+    job->batch = NULL;
+    job->err[0] = '\0';
     if (!log)
         return AB_EINVAL;
     if (log->failed)
         return AB_EIO;
-    if (log->len == 0)
+    ab_audit_batch_t *b = log->cur;
+    if (b->nlines == 0)
         return 0;
-    job->seal = log->file_bytes + log->len >= log->max_bytes;
-    if (job->seal && s_queue_seal(log) != 0) {
+    if (!log->spare && !(log->spare = s_batch_new())) {
+        snprintf(log->err, sizeof log->err, "out of memory");
         log->failed = 1;
         return AB_EIO;
     }
-    /* the queued lines leave with the job; appends go on into a fresh buffer */
-    job->fd = log->fd;
-    job->buf = log->buf;
-    job->len = log->len;
-    s_path(job->path, sizeof job->path, log->dir, log->file_no);
-    log->buf = NULL;
-    log->len = log->cap = log->nlines = 0;
+    b->seal = log->file_bytes + b->len >= log->max_bytes;
+    if (b->seal) {
+        b->seal_seq = log->seq++;
+        b->file_no = log->file_no;
+    }
+    b->sha256 = log->sha256;
+    b->key = log->key;
+    b->fd = log->fd;
+    memcpy(b->prev, log->prev, 65);
+    s_path(b->path, sizeof b->path, log->dir, log->file_no);
+    /* the queued lines leave with the job; appends go on into the other batch */
+    log->cur = log->spare;
+    log->spare = NULL;
+    job->batch = b;
     return 1;
 }
 
 void
 ab_audit_flush_run(ab_audit_job_t *job)
 {
+    ab_audit_batch_t *b = job->batch;
+    const size_t klen = sizeof HASH_KEY - 1;
+    uint8_t h[32];
+    for (size_t i = 0; i < b->nlines; i++) {
+        const s_pending_t *p = &b->lines[i];
+        if (p->ph != NONE) {
+            if (s_digest(b->md, b->sha256, b->pay + p->pay, p->pay_len, h) != 0)
+                goto digest_failed;
+            s_hex(h, 32, b->buf + p->ph);
+        }
+        memcpy(b->buf + p->prev, b->prev, 64);
+        if (s_digest(b->md, b->sha256, b->buf + p->start, p->end - p->start, h) != 0)
+            goto digest_failed;
+        s_hex(h, 32, b->prev);
+        memcpy(b->buf + p->end + klen, b->prev, 64);
+    }
+    if (b->seal && s_seal(b, job->err, sizeof job->err) != 0)
+        return;
     size_t off = 0;
-    while (off < job->len) {
-        ssize_t w = write(job->fd, job->buf + off, job->len - off);
+    while (off < b->len) {
+        ssize_t w = write(b->fd, b->buf + off, b->len - off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0) {
-            snprintf(job->err, sizeof job->err, "%.300s: write failed: %s", job->path,
+            snprintf(job->err, sizeof job->err, "%.300s: write failed: %s", b->path,
                      strerror(errno));
             return;
         }
         off += (size_t)w;
     }
-    if (fdatasync(job->fd) != 0)
-        snprintf(job->err, sizeof job->err, "%.300s: fdatasync failed: %s", job->path,
+    if (fdatasync(b->fd) != 0)
+        snprintf(job->err, sizeof job->err, "%.300s: fdatasync failed: %s", b->path,
                  strerror(errno));
+    return;
+digest_failed:
+    ERR_clear_error();
+    snprintf(job->err, sizeof job->err, "%.300s: SHA-256 failed (out of memory?)", b->path);
 }
 
 int
 ab_audit_flush_end(ab_audit_t *log, ab_audit_job_t *job)
 {
+    ab_audit_batch_t *b = job->batch;
     int rc = 0;
+    if (!b)
+        return 0;
     if (job->err[0]) {
         snprintf(log->err, sizeof log->err, "%s", job->err);
         log->failed = 1;
         rc = AB_EIO;
     } else {
-        log->file_bytes += job->len;
-        if (job->seal && s_create(log, log->file_no + 1) != 0) {
+        log->file_bytes += b->len;
+        memcpy(log->prev, b->prev, 65);
+        if (b->seal && s_create(log, log->file_no + 1) != 0) {
             log->failed = 1;
             rc = AB_EIO;
         }
     }
-    free(job->buf);
-    job->buf = NULL;
+    s_batch_reset(b);
+    if (!log->spare)
+        log->spare = b;
+    else
+        s_batch_free(&b);
+    job->batch = NULL;
     return rc;
 }
 
@@ -672,7 +869,7 @@ ab_audit_error(const ab_audit_t *log)
 size_t
 ab_audit_pending(const ab_audit_t *log)
 {
-    return log ? log->nlines : 0;
+    return log && log->cur ? log->cur->nlines : 0;
 }
 
 void
@@ -681,13 +878,17 @@ ab_audit_close(ab_audit_t **log_p)
     if (!log_p || !*log_p)
         return;
     ab_audit_t *log = *log_p;
-    (void)ab_audit_flush(log);
+    if (log->cur)
+        (void)ab_audit_flush(log);
     if (log->fd >= 0)
         close(log->fd);
     if (log->lockfd >= 0)
         close(log->lockfd);
     EVP_PKEY_free(log->key);
-    free(log->buf);
+    EVP_MD_free(log->sha256);
+    EVP_MD_CTX_free(log->md);
+    s_batch_free(&log->cur);
+    s_batch_free(&log->spare);
     free(log->dir);
     free(log);
     *log_p = NULL;
@@ -835,6 +1036,14 @@ ab_audit_open(const char *dir, const ab_audit_options_t *opts, char *err, size_t
     size_t count = 0;
     char path[4096];
 
+    if (!(log->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) || !(log->md = EVP_MD_CTX_new()) ||
+        !(log->cur = s_batch_new()) || !(log->spare = s_batch_new())) {
+        char e[256];
+        s_ssl_err(e, sizeof e);
+        snprintf(log->err, sizeof log->err, "cannot set up SHA-256: %s", e);
+        goto fail;
+    }
+
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         snprintf(log->err, sizeof log->err, "%.300s: cannot create: %s", dir, strerror(errno));
         goto fail;
@@ -899,7 +1108,7 @@ ab_audit_open(const char *dir, const ab_audit_options_t *opts, char *err, size_t
 fail:
     snprintf(err, errlen, "%s", log->err);
     free(nums);
-    log->len = 0;
+    s_batch_free(&log->cur); /* nothing half-opened is written */
     ab_audit_close(&log);
     return NULL;
 }

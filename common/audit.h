@@ -93,9 +93,11 @@ ab_audit_t *ab_audit_open(const char *dir, const ab_audit_options_t *opts, char 
                           size_t errlen);
 
 /*
- * Queues one record (formats it and advances the chain; writes nothing). Returns 0, AB_EINVAL
- * for a kind out of range, AB_ENOMEM, or AB_EIO when an earlier flush failed (the log stays
- * failed: close it and open it again).
+ * Queues one record: formats it with its seq and copies the payload (one of up to 64 KiB; a
+ * larger one is hashed here); the hashes - the payload's, prev and the line's own - are computed
+ * by the flush (ab_audit_flush_run), so a record costs the calling thread only copies. Writes
+ * nothing. Returns 0, AB_EINVAL for a kind out of range, AB_ENOMEM, or AB_EIO when an earlier
+ * flush failed (the log stays failed: close it and open it again).
  */
 int ab_audit_append(ab_audit_t *log, const ab_audit_record_t *rec);
 
@@ -109,19 +111,18 @@ int ab_audit_append(ab_audit_t *log, const ab_audit_record_t *rec);
 int ab_audit_flush(ab_audit_t *log);
 
 /*
- * The same flush in three steps, so that the write and the fsync can run on another thread while
- * the loop goes on appending: begin (loop) takes what is queued (and seals the file when it is
- * due), run (any thread, nothing else of the log touched) writes it and syncs, end (loop) takes
- * the result. One job at a time. begin returns 1 with a job to run, 0 when nothing is queued, or
- * AB_EIO; end returns 0 or AB_EIO (the log is failed from then on, ab_audit_error() says why).
+ * The same flush in three steps, so that hashing, the write and the fsync can run on another
+ * thread while the loop goes on appending: begin (loop) takes what is queued (and decides that
+ * the file is sealed when it is due), run (any thread, nothing else of the log touched) computes
+ * the hashes and the chain, adds the seal, writes and syncs, end (loop) takes the result and the
+ * chain's new end. One job at a time: the next begin after the previous end. begin returns 1
+ * with a job to run, 0 when nothing is queued, or AB_EIO; end returns 0 or AB_EIO (the log is
+ * failed from then on, ab_audit_error() says why).
  */
+typedef struct ab_audit_batch ab_audit_batch_t; /* the module's */
 typedef struct {
-    int fd;
-    char *buf;
-    size_t len;
-    int seal;
-    char path[4096];
-    char err[512]; /* set by run on failure */
+    ab_audit_batch_t *batch; /* the lines, their payloads' copies, the chain's start */
+    char err[512];           /* set by run on failure */
 } ab_audit_job_t;
 int ab_audit_flush_begin(ab_audit_t *log, ab_audit_job_t *job);
 void ab_audit_flush_run(ab_audit_job_t *job);

@@ -583,6 +583,136 @@ test_escaping(void **state)
     assert_string_equal(q.last_purpose, "bad \xef\xbf\xbd\xef\xbf\xbd utf8 \x01");
 }
 
+/* the payload hashes, in the order the records were appended */
+typedef struct {
+    int n;
+    char hash[8][65];
+} hres_t;
+
+static int
+s_collect_hash(const ab_audit_entry_t *e, void *arg)
+{
+    hres_t *h = arg;
+    if (h->n < 8)
+        snprintf(h->hash[h->n++], sizeof h->hash[0], "%s", e->payload_sha256);
+    return 0;
+}
+
+static void
+s_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(data, len, md, &n, EVP_sha256(), NULL), 1);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static void
+test_payload_hashes(void **state)
+{
+    /* a small payload is copied and hashed by the flush, a large one hashed at once, a given
+     * hash taken as it is, no payload written as "" */
+    fx_t *fx = *state;
+    ab_audit_t *log = s_open(fx, 0);
+    assert_non_null(log);
+    size_t big_len = 200 * 1024;
+    uint8_t *big = malloc(big_len), small[1024], given[32];
+    assert_non_null(big);
+    for (size_t i = 0; i < big_len; i++)
+        big[i] = (uint8_t)(i * 7);
+    for (size_t i = 0; i < sizeof small; i++)
+        small[i] = (uint8_t)(i * 13);
+    memset(given, 0xab, sizeof given);
+    char want[4][65];
+    s_sha256_hex(small, sizeof small, want[0]);
+    s_sha256_hex(big, big_len, want[1]);
+    for (int i = 0; i < 32; i++)
+        memcpy(want[2] + 2 * i, "ab", 2);
+    want[2][64] = '\0';
+    want[3][0] = '\0';
+    ab_audit_record_t r = {.kind = AB_AUDIT_CALL, .sender = "a", .target = "b"};
+    r.payload = small;
+    r.payload_len = sizeof small;
+    assert_int_equal(ab_audit_append(log, &r), 0);
+    memset(small, 0, sizeof small); /* the caller's buffer is free again after append */
+    r.payload = big;
+    r.payload_len = big_len;
+    assert_int_equal(ab_audit_append(log, &r), 0);
+    memset(big, 0, big_len);
+    r.payload = small; /* ignored: the hash is given */
+    r.payload_sha256 = given;
+    assert_int_equal(ab_audit_append(log, &r), 0);
+    r.payload = NULL;
+    r.payload_sha256 = NULL;
+    r.payload_len = 0;
+    assert_int_equal(ab_audit_append(log, &r), 0);
+    assert_int_equal(ab_audit_flush(log), 0);
+    ab_audit_close(&log);
+    free(big);
+    hres_t h = {0};
+    char err[256];
+    assert_int_equal(ab_audit_query(fx->dir, "a", 0, NULL, s_collect_hash, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 4);
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(h.hash[i], want[i]);
+    ab_audit_report_t rep;
+    s_verify(fx, fx->cert, &rep);
+    assert_int_equal(rep.problem, AB_AUDIT_INTACT);
+    assert_int_equal(rep.records, 4);
+}
+
+static void
+test_split_flush(void **state)
+{
+    /* the broker's way: records appended while a job is out go into the next job, the chain
+     * runs on across jobs and rotations */
+    fx_t *fx = *state;
+    ab_audit_t *log = s_open(fx, 2000);
+    assert_non_null(log);
+    ab_audit_job_t job;
+    int i = 0, jobs = 0;
+    for (int round = 0; round < 20; round++) {
+        for (int k = 0; k < 3; k++, i++) {
+            ab_audit_record_t r;
+            s_record(&r, i);
+            assert_int_equal(ab_audit_append(log, &r), 0);
+        }
+        assert_int_equal(ab_audit_flush_begin(log, &job), 1);
+        assert_int_equal(ab_audit_pending(log), 0);
+        for (int k = 0; k < 2; k++, i++) { /* while the job is out */
+            ab_audit_record_t r;
+            s_record(&r, i);
+            assert_int_equal(ab_audit_append(log, &r), 0);
+        }
+        assert_int_equal(ab_audit_pending(log), 2);
+        ab_audit_flush_run(&job);
+        assert_int_equal(ab_audit_flush_end(log, &job), 0);
+        jobs++;
+    }
+    assert_int_equal(ab_audit_flush_begin(log, &job), 1);
+    ab_audit_flush_run(&job);
+    assert_int_equal(ab_audit_flush_end(log, &job), 0);
+    assert_int_equal(ab_audit_flush_begin(log, &job), 0); /* nothing queued */
+    ab_audit_close(&log);
+    ab_audit_report_t rep;
+    s_verify(fx, fx->cert, &rep);
+    assert_int_equal(rep.problem, AB_AUDIT_INTACT);
+    assert_int_equal(rep.records, (uint64_t)i);
+    assert_true(rep.seals >= 2);
+    assert_int_equal(rep.signatures_checked, 1);
+    /* and the log continues after a restart */
+    log = s_open(fx, 2000);
+    assert_non_null(log);
+    ab_audit_record_t r;
+    s_record(&r, i);
+    assert_int_equal(ab_audit_append(log, &r), 0);
+    ab_audit_close(&log);
+    s_verify(fx, fx->cert, &rep);
+    assert_int_equal(rep.problem, AB_AUDIT_INTACT);
+    assert_int_equal(rep.records, (uint64_t)i + 1);
+}
+
 static int
 s_fresh(void **state)
 {
@@ -609,6 +739,8 @@ main(void)
         cmocka_unit_test_setup(test_write_failure, s_fresh),
         cmocka_unit_test_setup(test_query, s_fresh),
         cmocka_unit_test_setup(test_escaping, s_fresh),
+        cmocka_unit_test_setup(test_payload_hashes, s_fresh),
+        cmocka_unit_test_setup(test_split_flush, s_fresh),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
