@@ -34,6 +34,16 @@
 #define PURGE_EVERY_MS 60000
 
 enum { S_LIVE = 0, S_NEW, S_GONE };
+
+/* Why a receipt says EXPIRED or FAILED; its header is made again from this at each delivery. */
+enum { S_WHY_NONE = 0, S_WHY_MAX_DELIVERIES, S_WHY_DAMAGED, S_WHY_TTL_UNACKED, S_WHY_TTL_UNTAKEN };
+static const char *const s_why_text[] = {
+    [S_WHY_NONE] = NULL,
+    [S_WHY_MAX_DELIVERIES] = "delivered the maximum number of times without an acknowledgement",
+    [S_WHY_DAMAGED] = "the broker's stored copy is damaged (checksum mismatch)",
+    [S_WHY_TTL_UNACKED] = "its time to live ended before the recipient acknowledged it",
+    [S_WHY_TTL_UNTAKEN] = "its time to live ended before the recipient took it",
+};
 enum { WHY_ACKED = 1, WHY_EXPIRED, WHY_DEAD, WHY_DROPPED };
 
 typedef struct s_box s_box_t;
@@ -67,6 +77,9 @@ struct s_entry {
     uint64_t accepted_ms;
     uint64_t delivered_ms; /* first delivery, Unix ms; 0: not yet */
     s_box_t *from;         /* BRK_MAIL_MESSAGE: the sender's mailbox, where its receipt goes */
+    s_box_t *about_box;    /* BRK_MAIL_RECEIPT made in this run: the message's recipient */
+    uint8_t about[AB_MESSAGE_ID_LEN]; /* and the message's id */
+    uint8_t rstatus, rwhy;            /* ReceiptStatus and S_WHY_* (0: read the store) */
     uint8_t msg_id[AB_MESSAGE_ID_LEN];
     s_blob_t *blob; /* NULL: read the store */
     s_event_t *ev;  /* S_EVENT */
@@ -588,7 +601,7 @@ s_conn_get(brk_mailbox_t *self, const brk_peer_t *peer, const char *participant,
     return c;
 }
 
-static void s_dead_letter(brk_mailbox_t *self, s_entry_t *e, const char *why);
+static void s_dead_letter(brk_mailbox_t *self, s_entry_t *e, int why);
 
 /* An entry delivered and not acknowledged comes back: waiting again, or a dead letter. */
 static void
@@ -598,7 +611,7 @@ s_return(brk_mailbox_t *self, s_entry_t *e)
     if (e->kind == BRK_MAIL_MESSAGE && e->attempts >= self->cfg->max_deliveries) {
         /* s_dead_letter detaches from the queue: put it there first */
         s_queue_insert(e->box, e);
-        s_dead_letter(self, e, "delivered the maximum number of times without an acknowledgement");
+        s_dead_letter(self, e, S_WHY_MAX_DELIVERIES);
         return;
     }
     s_queue_insert(e->box, e);
@@ -678,9 +691,37 @@ s_attach(brk_mailbox_t *self, s_conn_t *c, s_box_t *b, uint32_t credit)
 
 /* ---- storing -------------------------------------------------------------------------------- */
 
-/* A receipt for the sender of `e` (a message), in the sender's mailbox. */
+/* Encodes a receipt's header into buf (AB_MAX_HEADER_BYTES); returns its length or -1. */
+static int
+s_receipt_header(uint8_t *buf, const uint8_t rid[AB_MESSAGE_ID_LEN],
+                 const uint8_t about[AB_MESSAGE_ID_LEN], const char *recipient, int status, int why,
+                 uint64_t now, uint64_t seq)
+{
+    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
+    Amtsbote__V1__Error err = AMTSBOTE__V1__ERROR__INIT;
+    h.version = AB_PROTOCOL_VERSION;
+    h.kind = AMTSBOTE__V1__KIND__KIND_RECEIPT;
+    h.message_id.data = (uint8_t *)rid;
+    h.message_id.len = AB_MESSAGE_ID_LEN;
+    h.correlation_id.data = (uint8_t *)about;
+    h.correlation_id.len = AB_MESSAGE_ID_LEN;
+    h.recipient = (char *)recipient;
+    h.sender = (char *)recipient;
+    h.receipt = (Amtsbote__V1__ReceiptStatus)status;
+    h.timestamp_ms = now;
+    h.sequence = seq;
+    if (why > S_WHY_NONE && why <= S_WHY_TTL_UNTAKEN) {
+        err.text = (char *)s_why_text[why];
+        h.error = &err;
+    }
+    return ab_wire_encode(&h, buf, AB_MAX_HEADER_BYTES);
+}
+
+/* A receipt for the sender of `e` (a message), in the sender's mailbox. Its header is not
+ * cached: it is made again from the entry at each delivery (receipts nobody reads would
+ * otherwise fill the cache that the messages' payloads need). */
 static void
-s_receipt(brk_mailbox_t *self, const s_entry_t *e, int status, const char *why, uint64_t now)
+s_receipt(brk_mailbox_t *self, const s_entry_t *e, int status, int why, uint64_t now)
 {
     s_box_t *to = e->from;
     if (!to)
@@ -688,25 +729,8 @@ s_receipt(brk_mailbox_t *self, const s_entry_t *e, int status, const char *why, 
     uint64_t seq = ++self->next_seq;
     uint8_t rid[AB_MESSAGE_ID_LEN];
     ab_uuid7(rid);
-    ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
-    Amtsbote__V1__Error err = AMTSBOTE__V1__ERROR__INIT;
-    h.version = AB_PROTOCOL_VERSION;
-    h.kind = AMTSBOTE__V1__KIND__KIND_RECEIPT;
-    h.message_id.data = rid;
-    h.message_id.len = sizeof rid;
-    h.correlation_id.data = (uint8_t *)e->msg_id;
-    h.correlation_id.len = AB_MESSAGE_ID_LEN;
-    h.recipient = e->box->participant;
-    h.sender = e->box->participant;
-    h.receipt = (Amtsbote__V1__ReceiptStatus)status;
-    h.timestamp_ms = now;
-    h.sequence = seq;
-    if (why) {
-        err.text = (char *)why;
-        h.error = &err;
-    }
     uint8_t buf[AB_MAX_HEADER_BYTES];
-    int n = ab_wire_encode(&h, buf, sizeof buf);
+    int n = s_receipt_header(buf, rid, e->msg_id, e->box->participant, status, why, now, seq);
     if (n < 0)
         return;
     brk_store_mail_t m = {0};
@@ -726,7 +750,10 @@ s_receipt(brk_mailbox_t *self, const s_entry_t *e, int status, const char *why, 
         return;
     r->accepted_ms = now;
     memcpy(r->msg_id, rid, sizeof rid);
-    r->blob = s_blob_new(self, buf, (size_t)n, NULL);
+    memcpy(r->about, e->msg_id, AB_MESSAGE_ID_LEN);
+    r->about_box = e->box;
+    r->rstatus = (uint8_t)status;
+    r->rwhy = (uint8_t)why;
     r->state = S_NEW;
     s_entry_attach(self, r);
     s_op_t *o = s_op(self, OP_NEW);
@@ -750,11 +777,11 @@ s_gone(brk_mailbox_t *self, s_entry_t *e, int why)
 }
 
 static void
-s_dead_letter(brk_mailbox_t *self, s_entry_t *e, const char *why)
+s_dead_letter(brk_mailbox_t *self, s_entry_t *e, int why)
 {
     uint64_t now = s_wall_ms();
     brk_log(BRK_LOG_WARN, "event=dead_letter seq=%llu recipient=%s attempts=%u reason=\"%s\"",
-            (unsigned long long)e->seq, e->box->participant, e->attempts, why);
+            (unsigned long long)e->seq, e->box->participant, e->attempts, s_why_text[why]);
     brk_store_mail_update(self->store, e->seq, e->attempts, 1);
     if (e->from)
         brk_store_sent_end(self->store, e->from->participant, e->msg_id, BRK_SENT_FAILED,
@@ -771,9 +798,7 @@ s_expire(brk_mailbox_t *self, s_entry_t *e, uint64_t now)
         brk_store_sent_end(self->store, e->from->participant, e->msg_id, BRK_SENT_EXPIRED,
                            e->delivered_ms, now, e->attempts);
     s_receipt(self, e, AMTSBOTE__V1__RECEIPT_STATUS__EXPIRED,
-              e->attempts ? "its time to live ended before the recipient acknowledged it"
-                          : "its time to live ended before the recipient took it",
-              now);
+              e->attempts ? S_WHY_TTL_UNACKED : S_WHY_TTL_UNTAKEN, now);
     s_gone(self, e, WHY_EXPIRED);
 }
 
@@ -1093,7 +1118,7 @@ s_handle_ack(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr)
         if (e->from)
             brk_store_sent_end(self->store, e->from->participant, e->msg_id, BRK_SENT_ACKED,
                                e->delivered_ms, now, e->attempts);
-        s_receipt(self, e, AMTSBOTE__V1__RECEIPT_STATUS__DELIVERED, NULL, now);
+        s_receipt(self, e, AMTSBOTE__V1__RECEIPT_STATUS__DELIVERED, S_WHY_NONE, now);
     }
     s_gone(self, e, WHY_ACKED);
 }
@@ -1428,7 +1453,14 @@ s_deliver(brk_mailbox_t *self, s_attach_t *a, s_entry_t *e)
     s_blob_t *blob = e->kind == S_EVENT ? (e->ev ? e->ev->blob : NULL) : e->blob;
     zmq_msg_t m;
     int rc;
-    if (blob) {
+    if (e->kind == BRK_MAIL_RECEIPT && e->rstatus && e->about_box) {
+        uint8_t hdr[AB_MAX_HEADER_BYTES];
+        int n = s_receipt_header(hdr, e->msg_id, e->about, e->about_box->participant, e->rstatus,
+                                 e->rwhy, e->accepted_ms, e->seq);
+        if (n < 0)
+            return -1;
+        rc = self->io->send_raw(self->io->ctx, &a->conn->peer, hdr, (size_t)n, tail, tlen, NULL);
+    } else if (blob) {
         zmq_msg_init(&m);
         zmq_msg_copy(&m, &blob->payload);
         rc = self->io->send_raw(self->io->ctx, &a->conn->peer, blob->hdr, blob->hdr_len, tail, tlen,
@@ -1449,7 +1481,7 @@ s_deliver(brk_mailbox_t *self, s_attach_t *a, s_entry_t *e)
             brk_log(BRK_LOG_ERROR, "event=store_record_damaged seq=%llu box=%s reason=\"%s\"",
                     (unsigned long long)e->seq, e->box->key, err);
             if (e->kind == BRK_MAIL_MESSAGE) {
-                s_dead_letter(self, e, "the broker's stored copy is damaged (checksum mismatch)");
+                s_dead_letter(self, e, S_WHY_DAMAGED);
             } else if (e->kind == BRK_MAIL_RECEIPT) {
                 brk_store_mail_update(self->store, e->seq, e->attempts, 1);
                 s_gone(self, e, WHY_DEAD);
