@@ -501,8 +501,8 @@ brk_config_free(brk_config_t *cfg)
     cfg->data = NULL;
     free(cfg->log_level);
     cfg->log_level = NULL;
-    char **strings[] = {&cfg->tls_cert, &cfg->tls_key,   &cfg->tls_ca, &cfg->tls_crl,
-                        &cfg->policy,   &cfg->audit_dir, &cfg->metrics};
+    char **strings[] = {&cfg->tls_cert, &cfg->tls_key,   &cfg->tls_ca,  &cfg->tls_crl,
+                        &cfg->policy,   &cfg->audit_dir, &cfg->metrics, &cfg->export_dir};
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
         free(*strings[i]);
         *strings[i] = NULL;
