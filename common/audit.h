@@ -102,19 +102,20 @@ ab_audit_t *ab_audit_open(const char *dir, const ab_audit_options_t *opts, char 
 int ab_audit_append(ab_audit_t *log, const ab_audit_record_t *rec);
 
 /*
- * Writes everything queued with one write() and one fdatasync(); when the file has reached
- * max_file_bytes, the seal goes into the same write and the next file is created (and the
- * directory fsync'd). Returns 0 (also when nothing was queued), or AB_EIO with ab_audit_error()
- * saying what failed; from then on the log is failed and every append/flush returns AB_EIO: the
- * caller must stop acknowledging, since its decisions may not be on disk.
+ * Writes everything queued with one write() (the files are opened O_DSYNC: it returns when the
+ * bytes are on disk); when the file has reached max_file_bytes, the seal goes into the same write
+ * and the next file is created (and the directory fsync'd). Returns 0 (also when nothing was
+ * queued), or AB_EIO with ab_audit_error() saying what failed; from then on the log is failed and
+ * every append/flush returns AB_EIO: the caller must stop acknowledging, since its decisions may
+ * not be on disk.
  */
 int ab_audit_flush(ab_audit_t *log);
 
 /*
- * The same flush in three steps, so that hashing, the write and the fsync can run on another
+ * The same flush in three steps, so that hashing and the synchronous write can run on another
  * thread while the loop goes on appending: begin (loop) takes what is queued (and decides that
  * the file is sealed when it is due), run (any thread, nothing else of the log touched) computes
- * the hashes and the chain, adds the seal, writes and syncs, end (loop) takes the result and the
+ * the hashes and the chain, adds the seal and writes (O_DSYNC), end (loop) takes the result and the
  * chain's new end. One job at a time: the next begin after the previous end. begin returns 1
  * with a job to run, 0 when nothing is queued, or AB_EIO; end returns 0 or AB_EIO (the log is
  * failed from then on, ab_audit_error() says why).
