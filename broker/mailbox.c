@@ -84,7 +84,13 @@ struct s_entry {
     s_blob_t *blob; /* NULL: read the store */
     s_event_t *ev;  /* S_EVENT */
     UT_hash_handle hh;
+    UT_hash_handle hd; /* BRK_MAIL_MESSAGE: in the mailboxes' dedup index, by s_dkey_t */
+    struct s_dkey {
+        s_box_t *from;
+        uint8_t id[AB_MESSAGE_ID_LEN];
+    } dkey;
 };
+typedef struct s_dkey s_dkey_t;
 
 /* An event kept for durable subscriptions. */
 struct s_event {
@@ -175,6 +181,7 @@ struct brk_mailbox {
     brk_registry_t *registry;
     const brk_services_gate_t *gate;
     s_box_t *boxes;
+    s_entry_t *waiting; /* every message waiting, by (sender, message id): the dedup index */
     s_conn_t *conns;
     brk_trie_t *trie;
     ab_heap_t exp, ack;
@@ -395,6 +402,7 @@ s_entry_detach(brk_mailbox_t *self, s_entry_t *e)
         e->in_exp = 0;
     }
     if (e->kind == BRK_MAIL_MESSAGE) {
+        HASH_DELETE(hd, self->waiting, e);
         e->box->messages--;
         e->box->bytes -= e->size;
         self->st.waiting--;
@@ -414,6 +422,10 @@ s_entry_attach(brk_mailbox_t *self, s_entry_t *e)
     if (e->exp.at && ab_heap_push(&self->exp, &e->exp) == 0)
         e->in_exp = 1;
     if (e->kind == BRK_MAIL_MESSAGE) {
+        memset(&e->dkey, 0, sizeof e->dkey);
+        e->dkey.from = e->from;
+        memcpy(e->dkey.id, e->msg_id, AB_MESSAGE_ID_LEN);
+        HASH_ADD(hd, self->waiting, dkey, sizeof e->dkey, e);
         e->box->messages++;
         e->box->bytes += e->size;
         self->st.waiting++;
@@ -602,6 +614,7 @@ s_conn_get(brk_mailbox_t *self, const brk_peer_t *peer, const char *participant,
 }
 
 static void s_dead_letter(brk_mailbox_t *self, s_entry_t *e, int why);
+static void s_sent(brk_mailbox_t *self, const s_entry_t *e, int state, uint64_t now);
 
 /* An entry delivered and not acknowledged comes back: waiting again, or a dead letter. */
 static void
@@ -783,9 +796,7 @@ s_dead_letter(brk_mailbox_t *self, s_entry_t *e, int why)
     brk_log(BRK_LOG_WARN, "event=dead_letter seq=%llu recipient=%s attempts=%u reason=\"%s\"",
             (unsigned long long)e->seq, e->box->participant, e->attempts, s_why_text[why]);
     brk_store_mail_update(self->store, e->seq, e->attempts, 1);
-    if (e->from)
-        brk_store_sent_end(self->store, e->from->participant, e->msg_id, BRK_SENT_FAILED,
-                           e->delivered_ms, now, e->attempts);
+    s_sent(self, e, BRK_SENT_FAILED, now);
     s_receipt(self, e, AMTSBOTE__V1__RECEIPT_STATUS__FAILED, why, now);
     s_gone(self, e, WHY_DEAD);
 }
@@ -794,9 +805,7 @@ static void
 s_expire(brk_mailbox_t *self, s_entry_t *e, uint64_t now)
 {
     brk_store_mail_delete(self->store, e->seq);
-    if (e->from)
-        brk_store_sent_end(self->store, e->from->participant, e->msg_id, BRK_SENT_EXPIRED,
-                           e->delivered_ms, now, e->attempts);
+    s_sent(self, e, BRK_SENT_EXPIRED, now);
     s_receipt(self, e, AMTSBOTE__V1__RECEIPT_STATUS__EXPIRED,
               e->attempts ? S_WHY_TTL_UNACKED : S_WHY_TTL_UNTAKEN, now);
     s_gone(self, e, WHY_EXPIRED);
@@ -921,6 +930,58 @@ s_send_verdict(brk_mailbox_t *self, const brk_peer_t *to, const uint8_t *corr, s
     self->io->send(self->io->ctx, to, &h, NULL);
 }
 
+/* Whether `from` sent message `id` before: waiting (in memory) or ended within the dedup window
+ * (the sent table). Returns 1 with when it was accepted and its sequence, 0, or -1 when the store
+ * cannot be read. */
+static int
+s_seen(brk_mailbox_t *self, s_box_t *from, const uint8_t *id, uint64_t *at, uint64_t *seq)
+{
+    s_dkey_t k;
+    memset(&k, 0, sizeof k);
+    k.from = from;
+    memcpy(k.id, id, AB_MESSAGE_ID_LEN);
+    s_entry_t *e = NULL;
+    HASH_FIND(hd, self->waiting, &k, sizeof k, e);
+    if (e) {
+        *at = e->accepted_ms;
+        *seq = e->seq;
+        return 1;
+    }
+    brk_store_sent_t row;
+    char err[512];
+    int rc = brk_store_sent_get(self->store, from->participant, id, &row, err, sizeof err);
+    if (rc < 0) {
+        brk_log(BRK_LOG_ERROR, "event=store_read_failed op=dedup reason=\"%s\"", err);
+        return -1;
+    }
+    if (rc == 1)
+        return 0;
+    *at = row.accepted_ms;
+    *seq = row.seq;
+    return 1;
+}
+
+/* How message `e` ended, in the sent table (dedup and MessageStatus after it left the mailbox). */
+static void
+s_sent(brk_mailbox_t *self, const s_entry_t *e, int state, uint64_t now)
+{
+    if (!e->from)
+        return;
+    brk_store_sent_t s;
+    memset(&s, 0, sizeof s);
+    s.sender = e->from->participant;
+    s.message_id = e->msg_id;
+    s.recipient = e->box->participant;
+    s.seq = e->seq;
+    s.size = e->size;
+    s.accepted_ms = e->accepted_ms;
+    s.delivered_ms = e->delivered_ms;
+    s.ended_ms = now;
+    s.state = state;
+    s.attempts = e->attempts;
+    brk_store_sent_put(self->store, &s);
+}
+
 static void
 s_handle_send(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void *payload,
               const uint8_t *corr, size_t corr_len)
@@ -1000,18 +1061,23 @@ s_handle_send(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void *pa
         return;
     }
     uint64_t now = s_wall_ms();
-    brk_store_sent_t existing;
+    /* a message id this sender used before: accepted again, nothing stored (dedup) */
+    uint64_t seen_at = 0, seen_seq = 0;
+    int known = s_seen(self, me, hdr->message_id.data, &seen_at, &seen_seq);
+    if (known < 0) {
+        self->st.unavailable++;
+        s_send_error(self, from, corr, corr_len, "send", AB_EUNAVAILABLE,
+                     "the broker's store cannot be read; nothing was stored, send again later");
+        return;
+    }
+    if (known) {
+        self->st.duplicates++;
+        s_reply_after_commit(self, from, corr, corr_len, hdr->message_id.data, seen_at, seen_seq, 1,
+                             c->participant, hdr->recipient);
+        return;
+    }
     if (to->messages + 1 > self->cfg->mailbox_max_messages ||
         to->bytes + len > self->cfg->mailbox_max_bytes) {
-        char err[256];
-        if (brk_store_sent_get(self->store, c->participant, hdr->message_id.data, &existing, err,
-                               sizeof err) == 0) {
-            self->st.duplicates++;
-            s_reply_after_commit(self, from, corr, corr_len, hdr->message_id.data,
-                                 existing.accepted_ms, existing.seq, 1, c->participant,
-                                 hdr->recipient);
-            return;
-        }
         self->st.mailbox_full++;
         s_record(self, BRK_EV_REFUSED, hdr->message_id.data, c->participant, hdr->recipient, "",
                  AB_EMAILBOX_FULL, "");
@@ -1024,26 +1090,6 @@ s_handle_send(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr, void *pa
         return;
     }
     uint64_t seq = self->next_seq + 1;
-    brk_store_sent_t s = {0};
-    s.sender = c->participant;
-    s.message_id = hdr->message_id.data;
-    s.recipient = hdr->recipient;
-    s.seq = seq;
-    s.size = len;
-    s.accepted_ms = now;
-    rc = brk_store_sent_put(self->store, &s, &existing);
-    if (rc == 1) {
-        self->st.duplicates++;
-        s_reply_after_commit(self, from, corr, corr_len, hdr->message_id.data, existing.accepted_ms,
-                             existing.seq, 1, c->participant, hdr->recipient);
-        return;
-    }
-    if (rc != 0) {
-        /* the turn is failing: the reply is decided at the commit */
-        s_reply_after_commit(self, from, corr, corr_len, hdr->message_id.data, now, seq, 1,
-                             c->participant, hdr->recipient);
-        return;
-    }
     self->next_seq = seq;
     /* the header the recipient gets, stored as it will be sent */
     ab_header_t d = s_forward_header(AMTSBOTE__V1__KIND__KIND_DELIVER, hdr, c->participant, now);
@@ -1115,9 +1161,7 @@ s_handle_ack(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr)
     if (e->kind == BRK_MAIL_MESSAGE) {
         if (!e->delivered_ms)
             e->delivered_ms = now;
-        if (e->from)
-            brk_store_sent_end(self->store, e->from->participant, e->msg_id, BRK_SENT_ACKED,
-                               e->delivered_ms, now, e->attempts);
+        s_sent(self, e, BRK_SENT_ACKED, now);
         s_receipt(self, e, AMTSBOTE__V1__RECEIPT_STATUS__DELIVERED, S_WHY_NONE, now);
     }
     s_gone(self, e, WHY_ACKED);
@@ -2156,7 +2200,28 @@ brk_mailbox_method(void *ctx, const char *participant, const char *method, const
         rc = AB_EINVAL;
         goto done;
     }
-    int found = brk_store_sent_get(self->store, sender, r->message_id.data, &s, err, sizeof err);
+    /* a message still waiting is in memory; one that ended, in the sent table */
+    s_entry_t *live = NULL;
+    s_box_t *sbox = s_box_find(self, sender, NULL);
+    if (sbox) {
+        s_dkey_t k;
+        memset(&k, 0, sizeof k);
+        k.from = sbox;
+        memcpy(k.id, r->message_id.data, AB_MESSAGE_ID_LEN);
+        HASH_FIND(hd, self->waiting, &k, sizeof k, live);
+    }
+    int found = 0;
+    if (live) {
+        memset(&s, 0, sizeof s);
+        snprintf(s.recipient_buf, sizeof s.recipient_buf, "%s", live->box->participant);
+        s.recipient = s.recipient_buf;
+        s.seq = live->seq;
+        s.size = live->size;
+        s.accepted_ms = live->accepted_ms;
+        s.state = BRK_SENT_WAITING;
+    } else {
+        found = brk_store_sent_get(self->store, sender, r->message_id.data, &s, err, sizeof err);
+    }
     if (found < 0) {
         snprintf(why, why_cap, "MessageStatus: %s", err);
         rc = AB_EUNAVAILABLE;
@@ -2183,18 +2248,11 @@ brk_mailbox_method(void *ctx, const char *participant, const char *method, const
     st.attempts = s.attempts;
     uint64_t delivered = s.delivered_ms;
     st.state = (char *)s_state_names[s.state >= 0 && s.state <= 3 ? s.state : 0];
-    if (s.state == BRK_SENT_WAITING) {
-        s_box_t *b = s_box_find(self, s.recipient, NULL);
-        s_entry_t *e = NULL;
-        if (b)
-            HASH_FIND(hh, b->byseq, &s.seq, sizeof s.seq, e);
-        if (e) {
-            st.attempts = e->attempts;
-            if (e->delivered_ms)
-                delivered = e->delivered_ms;
-            if (e->holder)
-                st.state = (char *)"delivered";
-        }
+    if (live) {
+        st.attempts = live->attempts;
+        delivered = live->delivered_ms;
+        if (live->holder)
+            st.state = (char *)"delivered";
     }
     amtsbote__v1__message_status_step__init(&steps[nsteps]);
     steps[nsteps].step = "accepted";

@@ -22,8 +22,6 @@ enum {
     Q_MAIL_GET,
     Q_SENT_PUT,
     Q_SENT_GET,
-    Q_SENT_END,
-    Q_SENT_DELIVERED,
     Q_SENT_PURGE,
     Q_SUB_PUT,
     Q_SUB_DEL,
@@ -352,15 +350,11 @@ static const char *const s_sql[Q_COUNT] = {
     [Q_MAIL_UPD] = "UPDATE mail SET attempts = ?, dead = ? WHERE seq = ?;",
     [Q_MAIL_GET] = "SELECT seq, recipient, kind, sender, message_id, header, payload, accepted_ms,"
                    " expires_ms, attempts, dead, sha256 FROM mail WHERE seq = ?;",
-    [Q_SENT_PUT] = "INSERT OR IGNORE INTO sent (sender, message_id, recipient, seq, size,"
+    [Q_SENT_PUT] = "INSERT OR REPLACE INTO sent (sender, message_id, recipient, seq, size,"
                    " accepted_ms, delivered_ms, ended_ms, state, attempts)"
-                   " VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0);",
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);",
     [Q_SENT_GET] = "SELECT sender, message_id, recipient, seq, size, accepted_ms, delivered_ms,"
                    " ended_ms, state, attempts FROM sent WHERE sender = ? AND message_id = ?;",
-    [Q_SENT_END] = "UPDATE sent SET delivered_ms = ?, ended_ms = ?, state = ?, attempts = ?"
-                   " WHERE sender = ? AND message_id = ?;",
-    [Q_SENT_DELIVERED] = "UPDATE sent SET delivered_ms = ?, attempts = ?"
-                         " WHERE sender = ? AND message_id = ?;",
     [Q_SENT_PURGE] = "DELETE FROM sent WHERE ended_ms > 0 AND ended_ms < ?;",
     [Q_SUB_PUT] = "INSERT OR REPLACE INTO subscriptions (participant, name, pattern, acked_upto,"
                   " created_ms) VALUES (?, ?, ?, ?, ?);",
@@ -730,7 +724,7 @@ brk_store_max_seq(brk_store_t *self)
 }
 
 int
-brk_store_sent_put(brk_store_t *self, const brk_store_sent_t *s, brk_store_sent_t *existing)
+brk_store_sent_put(brk_store_t *self, const brk_store_sent_t *s)
 {
     int rc = s_begin(self);
     if (rc)
@@ -743,15 +737,12 @@ brk_store_sent_put(brk_store_t *self, const brk_store_sent_t *s, brk_store_sent_
         sqlite3_bind_int64(st, 4, (sqlite3_int64)s->seq);
         sqlite3_bind_int64(st, 5, (sqlite3_int64)s->size);
         sqlite3_bind_int64(st, 6, (sqlite3_int64)s->accepted_ms);
+        sqlite3_bind_int64(st, 7, (sqlite3_int64)s->delivered_ms);
+        sqlite3_bind_int64(st, 8, (sqlite3_int64)s->ended_ms);
+        sqlite3_bind_int(st, 9, s->state);
+        sqlite3_bind_int64(st, 10, s->attempts);
     }
-    if ((rc = s_step_write(self, st, "sent_put")) != 0)
-        return rc;
-    if (sqlite3_changes(self->db) == 1)
-        return 0;
-    char err[256];
-    if (brk_store_sent_get(self, s->sender, s->message_id, existing, err, sizeof err) != 0)
-        return s_write_failed(self, SQLITE_CORRUPT, "sent_get");
-    return 1;
+    return s_step_write(self, st, "sent_put");
 }
 
 int
@@ -788,30 +779,6 @@ brk_store_sent_get(brk_store_t *self, const char *sender, const uint8_t *message
     }
     sqlite3_reset(st);
     return rc;
-}
-
-int
-brk_store_sent_end(brk_store_t *self, const char *sender, const uint8_t *message_id, int state,
-                   uint64_t delivered_ms, uint64_t ended_ms, uint32_t attempts)
-{
-    int rc = s_begin(self);
-    if (rc)
-        return rc;
-    sqlite3_stmt *st = s_q(self, state ? Q_SENT_END : Q_SENT_DELIVERED);
-    if (st && state) {
-        sqlite3_bind_int64(st, 1, (sqlite3_int64)delivered_ms);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)ended_ms);
-        sqlite3_bind_int(st, 3, state);
-        sqlite3_bind_int64(st, 4, attempts);
-        sqlite3_bind_text(st, 5, sender, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 6, message_id, AB_MESSAGE_ID_LEN_STORE, SQLITE_STATIC);
-    } else if (st) {
-        sqlite3_bind_int64(st, 1, (sqlite3_int64)delivered_ms);
-        sqlite3_bind_int64(st, 2, attempts);
-        sqlite3_bind_text(st, 3, sender, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 4, message_id, AB_MESSAGE_ID_LEN_STORE, SQLITE_STATIC);
-    }
-    return s_step_write(self, st, "sent_end");
 }
 
 int

@@ -128,8 +128,9 @@ int brk_store_mail_each(brk_store_t *self, int blobs, brk_store_mail_fn *fn, voi
 /* The highest sequence number used by any record. */
 uint64_t brk_store_max_seq(brk_store_t *self);
 
-/* What was sent: one record per accepted SEND (the dedup key is sender + message_id), kept until
- * the dedup window after its end has passed. */
+/* What was sent: one record per message that ended (acknowledged, expired, failed), written
+ * in the same transaction that ends it and kept until the dedup window after its end has passed;
+ * the key is (sender, message_id). A message still waiting is known by its mail record. */
 enum { BRK_SENT_WAITING = 0, BRK_SENT_ACKED = 1, BRK_SENT_EXPIRED = 2, BRK_SENT_FAILED = 3 };
 typedef struct brk_store_sent {
     const char *sender;
@@ -138,22 +139,18 @@ typedef struct brk_store_sent {
     uint64_t seq;
     uint64_t size;
     uint64_t accepted_ms;
-    uint64_t delivered_ms; /* first delivery; 0: not yet */
-    uint64_t ended_ms;     /* 0: waiting */
-    int state;             /* BRK_SENT_* */
+    uint64_t delivered_ms; /* first delivery; 0: never delivered */
+    uint64_t ended_ms;
+    int state; /* BRK_SENT_* */
     uint32_t attempts;
     char recipient_buf[256];
 } brk_store_sent_t;
 
-/* Records a SEND. Returns 0 when it is new, 1 when (sender, message_id) is known already (then
- * *existing is filled), or the turn's error. */
-int brk_store_sent_put(brk_store_t *self, const brk_store_sent_t *s, brk_store_sent_t *existing);
+/* Records how a message ended. Returns 0 or the turn's error. */
+int brk_store_sent_put(brk_store_t *self, const brk_store_sent_t *s);
 /* Returns 0 with *out filled, 1 when unknown, AB_EIO. */
 int brk_store_sent_get(brk_store_t *self, const char *sender, const uint8_t *message_id,
                        brk_store_sent_t *out, char *err, size_t errlen);
-/* Sets the end of a message (state != WAITING), or only its first delivery (state WAITING). */
-int brk_store_sent_end(brk_store_t *self, const char *sender, const uint8_t *message_id, int state,
-                       uint64_t delivered_ms, uint64_t ended_ms, uint32_t attempts);
 /* Forgets records that ended before `ended_before_ms`. Returns how many, or the turn's error. */
 int brk_store_sent_purge(brk_store_t *self, uint64_t ended_before_ms);
 typedef int brk_store_sent_fn(void *arg, const brk_store_sent_t *s);
