@@ -2442,6 +2442,7 @@ brk_mailbox_destroy(brk_mailbox_t **self_p)
         HASH_DEL(self->conns, c);
         free(c);
     }
+    HASH_CLEAR(hd, self->waiting); /* the index's own tables; its entries are freed below */
     s_box_t *b, *btmp;
     HASH_ITER(hh, self->boxes, b, btmp)
     {
