@@ -2093,9 +2093,14 @@ brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
         s_retention(self, wall);
     }
     if (now >= self->next_purge && !self->store_failed) {
-        self->next_purge = now + PURGE_EVERY_MS;
-        if (wall > self->cfg->dedup_window_ms)
-            brk_store_sent_purge(self->store, wall - self->cfg->dedup_window_ms);
+        uint64_t every = self->cfg->dedup_window_ms / 2;
+        self->next_purge = now + (every < 100              ? 100
+                                  : every > PURGE_EVERY_MS ? PURGE_EVERY_MS
+                                                           : every);
+        /* a full slice: more are due, soon, one slice per turn */
+        if (wall > self->cfg->dedup_window_ms &&
+            brk_store_sent_purge(self->store, wall - self->cfg->dedup_window_ms) >= 5000)
+            self->next_purge = now + 50;
     }
     uint64_t next = RETENTION_EVERY_MS;
     uint64_t mono = ab_now_ms();

@@ -355,7 +355,9 @@ static const char *const s_sql[Q_COUNT] = {
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);",
     [Q_SENT_GET] = "SELECT sender, message_id, recipient, seq, size, accepted_ms, delivered_ms,"
                    " ended_ms, state, attempts FROM sent WHERE sender = ? AND message_id = ?;",
-    [Q_SENT_PURGE] = "DELETE FROM sent WHERE ended_ms > 0 AND ended_ms < ?;",
+    /* in slices: a day of traffic must not block the loop in one statement */
+    [Q_SENT_PURGE] = "DELETE FROM sent WHERE (sender, message_id) IN (SELECT sender, message_id"
+                     " FROM sent WHERE ended_ms > 0 AND ended_ms < ? LIMIT 5000);",
     [Q_SUB_PUT] = "INSERT OR REPLACE INTO subscriptions (participant, name, pattern, acked_upto,"
                   " created_ms) VALUES (?, ?, ?, ?, ?);",
     [Q_SUB_DEL] = "DELETE FROM subscriptions WHERE participant = ? AND name = ?;",

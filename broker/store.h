@@ -151,7 +151,8 @@ int brk_store_sent_put(brk_store_t *self, const brk_store_sent_t *s);
 /* Returns 0 with *out filled, 1 when unknown, AB_EIO. */
 int brk_store_sent_get(brk_store_t *self, const char *sender, const uint8_t *message_id,
                        brk_store_sent_t *out, char *err, size_t errlen);
-/* Forgets records that ended before `ended_before_ms`. Returns how many, or the turn's error. */
+/* Forgets up to 5,000 records that ended before `ended_before_ms` (call again while it returns
+ * 5,000). Returns how many, or the turn's error. */
 int brk_store_sent_purge(brk_store_t *self, uint64_t ended_before_ms);
 typedef int brk_store_sent_fn(void *arg, const brk_store_sent_t *s);
 int brk_store_sent_each(brk_store_t *self, brk_store_sent_fn *fn, void *arg, char *err,

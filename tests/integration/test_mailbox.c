@@ -745,7 +745,12 @@ test_event_retention(void **state)
 {
     (void)state;
     h_broker_t b2;
-    const char *const extra[] = {"--event-retention-ms", "1000", "--heartbeat-timeout-ms", "30000",
+    const char *const extra[] = {"--event-retention-ms",
+                                 "1000",
+                                 "--heartbeat-timeout-ms",
+                                 "30000",
+                                 "--dedup-window-ms",
+                                 "1000",
                                  NULL};
     assert_int_equal(h_broker_start(&b2, 0, extra), 0);
     h_broker_t saved = B;
@@ -767,6 +772,30 @@ test_event_retention(void **state)
     zmq_setsockopt(sub, ZMQ_RCVTIMEO, &t, sizeof t);
     assert_null(s_get(sub, NULL, 0));
     assert_true(h_broker_log_has(&B, "event=events_dropped"));
+
+    /* the dedup window (1 s here) ends: the same message id is a new message again */
+    uint8_t id[16] = {0};
+    s_send_msg(pub, "bund.destatis", "einmal", id, 0);
+    s_accepted(pub, id);
+    s_credit(sub, 10, NULL);
+    ab_header_t *d = s_delivery(sub, text, sizeof text);
+    uint64_t first = d->sequence;
+    s_ack(sub, d->sequence, NULL);
+    amtsbote__v1__header__free_unpacked(d, NULL);
+    usleep(300 * 1000);
+    s_send_msg(pub, "bund.destatis", "einmal", id, 0); /* within the window: the same */
+    s_accepted(pub, id);
+    assert_null(s_get(sub, NULL, 0));
+    usleep(2000 * 1000);
+    s_send_msg(pub, "bund.destatis", "einmal", id, 0); /* after it: stored again */
+    s_accepted(pub, id);
+    t = 3000;
+    zmq_setsockopt(sub, ZMQ_RCVTIMEO, &t, sizeof t);
+    d = s_delivery(sub, text, sizeof text);
+    assert_true(d->sequence > first);
+    assert_string_equal(text, "einmal");
+    s_ack(sub, d->sequence, NULL);
+    amtsbote__v1__header__free_unpacked(d, NULL);
     zmq_close(sub);
     zmq_close(pub);
     B = saved;
