@@ -18,6 +18,7 @@
 # senders) is reported, never asserted. Exit status 1 when a run failed or lost a message.
 #   --quick   1 repetition of 3 s per case (default 3 of 5 s)
 #   AMTSBOTE_BUILD_DIR   build tree (default: <repo>/build)
+#   AMTSBOTE_BENCH_REV   what to call a build from an exported (not git) source tree
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
@@ -27,7 +28,7 @@ case "${1:-}" in
 --quick) reps=1 secs=3 ;;
 "") ;;
 -h | --help)
-    sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
     exit 0
     ;;
 *)
@@ -71,6 +72,14 @@ cmake --build "$build" -j2 --target amtsbote-broker mbload >"$tmp/build.log" 2>&
 broker_bin=$build/amtsbote-broker
 mbload=$build/tests/mbload
 [[ -x $mbload ]] || die "no mbload at $mbload"
+
+# what was measured: the source tree the build directory was configured from
+src=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
+if build_rev=$(git -C "$src" rev-parse --short HEAD 2>/dev/null); then
+    git -C "$src" diff --quiet 2>/dev/null || build_rev+=" with uncommitted changes"
+else
+    build_rev="$src (not a git tree${AMTSBOTE_BENCH_REV:+; $AMTSBOTE_BENCH_REV})"
+fi
 
 fstype=$(df --output=fstype "$tmp" | tail -n 1)
 [[ $fstype == tmpfs ]] && die "$tmp is on tmpfs; the benchmark needs a real disk"
@@ -241,7 +250,7 @@ goal=$(median durable 1024 16 rate)
     echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(uname -r)," \
         "data directory on $fstype ($(df --output=source "$tmp" | tail -n 1)), tcp://127.0.0.1," \
         "$reps repetition(s) of $secs s per case, $elapsed s in all; load average $load_start -> $load_end;" \
-        "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown) $(git -C "$root" diff --quiet 2>/dev/null || echo '(with uncommitted changes)')."
+        "built from $build_rev."
     echo "Broker defaults (synchronous=FULL WAL, one transaction per loop turn). Load from mbload"
     echo "(tests/tools/mbload.c) on the same 2 cores: 1024 messages in flight in all (1 sender x 1024 or"
     echo "16 senders x 64), every sender its own connection and participant. Durable: a consumer"
