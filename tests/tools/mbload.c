@@ -23,7 +23,9 @@
  * ADDR.sI (ADDR.s0, ADDR.s1, ...): participant addresses are lower-case dotted segments.
  *
  * --dup-every K sends every Kth new message twice back to back (same id): the broker must store
- * it once and answer both.
+ * it once and answer both. --replay FILE sends the ids of FILE (an accepted or attempted log)
+ * again, with the same payloads (--count is their number): within the dedup window a SEND
+ * stores nothing.
  *
  * Payloads: B bytes (B >= 16); the first 16 are the message id, the rest a stream generated from
  * the id, so a receiver checks every payload without knowing what was sent.
@@ -111,7 +113,9 @@ typedef struct {
     long idle_ms;
     int timeout_ms;
     int quiet;
-    long dup_every; /* send: every Nth new message goes out twice at once (0: never) */
+    long dup_every;      /* send: every Nth new message goes out twice at once (0: never) */
+    const char *replay;  /* send/pub: the ids to send (again), one hex id a line */
+    uint8_t *replay_ids; /* loaded from `replay`; count = their number */
 } opts_t;
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -675,7 +679,10 @@ s_sender_run(void *arg)
                 }
                 int i = w->free_slots[--w->nfree];
                 slot_t *s = &w->slots[i];
-                s_new_id(o, s->id);
+                if (o->replay_ids)
+                    memcpy(s->id, o->replay_ids + (size_t)k * ID_LEN, ID_LEN);
+                else
+                    s_new_id(o, s->id);
                 s->busy = 1;
                 s->attempts = 0;
                 s->t0_ns = now;
@@ -2367,7 +2374,7 @@ s_usage(FILE *out)
         "usage: mbload send|pub|call --broker URI --as ADDR (--to RCPT | --topic T | --service S)\n"
         "                 --count N --size B --window W [--senders S] [--accepted-log F]\n"
         "                 [--attempted-log F] [--id-prefix HEX] [--ttl-ms T] [--seconds MAX]\n"
-        "                 [--timeout-ms T] [--drain-seconds D] [--dup-every K]\n"
+        "                 [--timeout-ms T] [--drain-seconds D] [--dup-every K] [--replay F]\n"
         "       mbload recv --broker URI --as ADDR [--credit C] [--count N] [--seconds MAX]\n"
         "                 [--idle-ms I] [--received-log F] [--ack] [--size B]\n"
         "       mbload sub  --broker URI --as ADDR --topic PATTERN [--durable NAME] [--credit C]\n"
@@ -2454,6 +2461,7 @@ main(int argc, char **argv)
         O_IDLE,
         O_TIMEOUT,
         O_DUP_EVERY,
+        O_REPLAY,
     };
     static const struct option longopts[] = {
         {"broker", required_argument, NULL, O_BROKER},
@@ -2479,6 +2487,7 @@ main(int argc, char **argv)
         {"idle-ms", required_argument, NULL, O_IDLE},
         {"timeout-ms", required_argument, NULL, O_TIMEOUT},
         {"dup-every", required_argument, NULL, O_DUP_EVERY},
+        {"replay", required_argument, NULL, O_REPLAY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -2584,6 +2593,9 @@ main(int argc, char **argv)
                 return 2;
             o.timeout_ms = (int)d;
             break;
+        case O_REPLAY:
+            o.replay = optarg;
+            break;
         case O_DUP_EVERY:
             if (s_parse_num("dup-every", optarg, 0, MAX_COUNT, &d))
                 return 2;
@@ -2596,6 +2608,38 @@ main(int argc, char **argv)
             s_usage(stderr);
             return 2;
         }
+    }
+    if (o.replay) { /* the ids of an accepted or attempted log, sent again: --count is theirs */
+        FILE *fp = fopen(o.replay, "r");
+        if (!fp) {
+            fprintf(stderr, "mbload: --replay: cannot open %s: %s\n", o.replay, strerror(errno));
+            return 2;
+        }
+        size_t cap = 1024, n = 0;
+        o.replay_ids = malloc(cap * ID_LEN);
+        char line[128];
+        while (o.replay_ids && fgets(line, sizeof line, fp) && (long)n < MAX_COUNT) {
+            if (strlen(line) < HEX_LEN)
+                continue;
+            if (n == cap) {
+                uint8_t *g = realloc(o.replay_ids, 2 * cap * ID_LEN);
+                if (!g)
+                    break;
+                o.replay_ids = g;
+                cap *= 2;
+            }
+            int okhex = 1;
+            for (int i = 0; i < ID_LEN; i++)
+                okhex &= sscanf(line + 2 * i, "%2hhx", &o.replay_ids[n * ID_LEN + i]) == 1;
+            n += (size_t)okhex;
+        }
+        fclose(fp);
+        if (!o.replay_ids || n == 0) {
+            fprintf(stderr, "mbload: --replay: no ids in %s\n", o.replay);
+            free(o.replay_ids);
+            return 2;
+        }
+        o.count = (long)n;
     }
     if (optind < argc) {
         fprintf(stderr, "mbload: unexpected argument '%s'\n", argv[optind]);
@@ -2670,5 +2714,6 @@ main(int argc, char **argv)
         rc = 2;
     }
     zmq_ctx_term(ctx);
+    free(o.replay_ids);
     return rc;
 }
