@@ -1353,6 +1353,11 @@ s_recv_run(void *arg)
             break;
     }
     s_acks_flush(r);
+    if (!r->ready && !r->refused) { /* --seconds ended before the broker answered */
+        s_note("%s: the broker never acknowledged %s", r->c.ident,
+               r->is_sub ? "SUBSCRIBE" : "CREDIT");
+        r->refused = 1;
+    }
     s_conn_close(&r->c); /* lingers, so that the last ACKs reach the broker */
     return NULL;
 }
