@@ -846,7 +846,10 @@ s_disk_low(brk_mailbox_t *self)
     struct statvfs sv;
     if (statvfs(self->cfg->data, &sv) != 0)
         return self->disk_low;
-    self->disk_free = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+    /* free pages inside the database count too: after a full mailbox was drained its pages
+     * stay in the file for new records, and the file system alone would stay "full" */
+    self->disk_free =
+        (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize + brk_store_reusable_bytes(self->store);
     int low = self->disk_free < self->cfg->min_free_bytes;
     if (low != self->disk_low)
         brk_log(low ? BRK_LOG_ERROR : BRK_LOG_INFO,

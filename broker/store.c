@@ -704,6 +704,16 @@ brk_store_mail_each(brk_store_t *self, int blobs, brk_store_mail_fn *fn, void *a
 }
 
 uint64_t
+brk_store_reusable_bytes(brk_store_t *self)
+{
+    int pages = 0, size = 0;
+    if (s_pragma_int(self, "PRAGMA freelist_count;", &pages) != 0 ||
+        s_pragma_int(self, "PRAGMA page_size;", &size) != 0 || pages < 0 || size < 0)
+        return 0;
+    return (uint64_t)pages * (uint64_t)size;
+}
+
+uint64_t
 brk_store_max_seq(brk_store_t *self)
 {
     sqlite3_stmt *st = NULL;
