@@ -106,6 +106,8 @@ static const s_setting_t s_settings[] = {
     {"event_retention_bytes", T_UINT, OFF(event_retention_bytes), "1073741824", 1024,
      1099511627776ull, "BYTES",
      "payload bytes of events kept for durable subscriptions; the oldest go first beyond it"},
+    {"store_cache_bytes", T_UINT, OFF(store_cache_bytes), "67108864", 1048576, 17179869184ull,
+     "BYTES", "SQLite's page cache for the store (the working set: mailbox tails and indexes)"},
     {"min_free_bytes", T_UINT, OFF(min_free_bytes), "67108864", 0, 1099511627776ull, "BYTES",
      "SEND and PUBLISH get UNAVAILABLE (and /readyz fails) while the data directory's file "
      "system has less free space than this, so that acknowledgements, which also write, can "

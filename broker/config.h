@@ -54,6 +54,7 @@ typedef struct brk_config {
     uint64_t event_retention_bytes;
     uint64_t cache_bytes;
     uint64_t min_free_bytes;
+    uint64_t store_cache_bytes;
     char *export_dir;                     /* --export DIR: write the store's contents and exit */
     char *require_schema[BRK_MAX_LISTEN]; /* service patterns that need a registered interface */
     size_t nrequire_schema;

@@ -594,6 +594,7 @@ main(int argc, char **argv)
         fprintf(stderr, "amtsbote-broker: store: %s\n", err);
         goto out;
     }
+    brk_store_set_cache(b.store, b.cfg.store_cache_bytes);
     if (!(b.registry = brk_registry_new(&b.cfg, b.store, err, sizeof err))) {
         fprintf(stderr, "amtsbote-broker: schema registry: %s\n", err);
         goto out;

@@ -703,6 +703,14 @@ brk_store_mail_each(brk_store_t *self, int blobs, brk_store_mail_fn *fn, void *a
     return rc;
 }
 
+void
+brk_store_set_cache(brk_store_t *self, uint64_t bytes)
+{
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA cache_size=-%llu;", (unsigned long long)(bytes / 1024));
+    sqlite3_exec(self->db, sql, NULL, NULL, NULL);
+}
+
 uint64_t
 brk_store_reusable_bytes(brk_store_t *self)
 {

@@ -125,6 +125,9 @@ int brk_store_mail_get(brk_store_t *self, uint64_t seq, brk_store_mail_fn *fn, v
 int brk_store_mail_each(brk_store_t *self, int blobs, brk_store_mail_fn *fn, void *arg, char *err,
                         size_t errlen);
 
+/* Sets SQLite's page cache to `bytes` (the default at open is 64 MiB). */
+void brk_store_set_cache(brk_store_t *self, uint64_t bytes);
+
 /* Bytes of free pages inside the database file: space that new records take before the file
  * grows (a drained mailbox leaves its pages there). */
 uint64_t brk_store_reusable_bytes(brk_store_t *self);
