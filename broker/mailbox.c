@@ -151,7 +151,8 @@ struct s_box {
     s_attach_t *attached;
     s_attach_t *rr;                /* next attachment to get a delivery */
     uint64_t acked_upto, last_seq; /* durable subscription */
-    int acked_dirty;
+    int acked_dirty;               /* in the mailboxes' `acked` list */
+    s_box_t *next_acked;
     int dirty;
     s_box_t *next_dirty;
     UT_hash_handle hh;
@@ -195,7 +196,7 @@ struct brk_mailbox {
     uint64_t cache_used;
     uint64_t next_retention, next_purge;
     int draining;
-    int acks_dirty; /* a durable subscription's position moved in this turn */
+    s_box_t *acked; /* durable subscriptions whose position moved in this turn */
     int store_full; /* the last commit failed for want of space: not ready until one succeeds */
     uint64_t pump_after; /* after a failed commit, deliveries wait (no redelivery storm) */
     uint64_t publish_count;
@@ -331,6 +332,17 @@ s_dirty(brk_mailbox_t *self, s_box_t *b)
     self->dirty = b;
 }
 
+/* A durable subscription's position moved: written at the end of the turn. */
+static void
+s_acked(brk_mailbox_t *self, s_box_t *b)
+{
+    if (b->acked_dirty)
+        return;
+    b->acked_dirty = 1;
+    b->next_acked = self->acked;
+    self->acked = b;
+}
+
 /* Inserts `e` into the waiting queue in sequence order (usually at one of the ends). */
 static void
 s_queue_insert(s_box_t *b, s_entry_t *e)
@@ -351,33 +363,33 @@ s_queue_insert(s_box_t *b, s_entry_t *e)
         b->head = e;
 }
 
+/* Takes `e` out of a doubly linked list of entries (a box's waiting queue, or what one
+ * attachment holds in flight). */
 static void
-s_queue_unlink(s_box_t *b, s_entry_t *e)
+s_list_unlink(s_entry_t **head, s_entry_t **tail, s_entry_t *e)
 {
     if (e->prev)
         e->prev->next = e->next;
     else
-        b->head = e->next;
+        *head = e->next;
     if (e->next)
         e->next->prev = e->prev;
     else
-        b->tail = e->prev;
+        *tail = e->prev;
     e->prev = e->next = NULL;
+}
+
+static void
+s_queue_unlink(s_box_t *b, s_entry_t *e)
+{
+    s_list_unlink(&b->head, &b->tail, e);
 }
 
 static void
 s_flight_unlink(brk_mailbox_t *self, s_entry_t *e)
 {
     s_attach_t *a = e->holder;
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        a->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        a->tail = e->prev;
-    e->prev = e->next = NULL;
+    s_list_unlink(&a->head, &a->tail, e);
     e->holder = NULL;
     a->inflight--;
     self->st.in_flight--;
@@ -1155,8 +1167,7 @@ s_handle_ack(brk_mailbox_t *self, s_conn_t *c, const ab_header_t *hdr)
     uint64_t now = s_wall_ms();
     if (e->kind == S_EVENT) {
         s_entry_detach(self, e);
-        b->acked_dirty = 1;
-        self->acks_dirty = 1;
+        s_acked(self, b);
         s_entry_free(self, e);
         return;
     }
@@ -1360,6 +1371,10 @@ s_box_remove(brk_mailbox_t *self, s_box_t *b)
         pp = &(*pp)->next_dirty;
     if (*pp)
         *pp = b->next_dirty;
+    for (pp = &self->acked; *pp && *pp != b; pp = &(*pp)->next_acked)
+        ;
+    if (*pp)
+        *pp = b->next_acked;
     HASH_DEL(self->boxes, b);
     free(b->sub);
     free(b->pattern);
@@ -1534,8 +1549,7 @@ s_deliver(brk_mailbox_t *self, s_attach_t *a, s_entry_t *e)
                 s_gone(self, e, WHY_DEAD);
             } else {
                 s_entry_detach(self, e);
-                e->box->acked_dirty = 1;
-                self->acks_dirty = 1;
+                s_acked(self, e->box);
                 s_entry_free(self, e);
             }
             return -1;
@@ -1855,12 +1869,9 @@ brk_mailbox_attached(void *ctx, const brk_peer_t *peer, uint64_t now)
 static void
 s_write_positions(brk_mailbox_t *self)
 {
-    if (!self->acks_dirty)
-        return;
-    self->acks_dirty = 0;
-    for (s_box_t *b = self->boxes; b; b = b->hh.next) {
-        if (!b->is_sub || !b->acked_dirty)
-            continue;
+    while (self->acked) {
+        s_box_t *b = self->acked;
+        self->acked = b->next_acked;
         b->acked_dirty = 0;
         uint64_t upto = b->last_seq;
         if (b->head && b->head->seq - 1 < upto)
@@ -2030,8 +2041,7 @@ s_retention(brk_mailbox_t *self, uint64_t now)
                         "event=events_dropped participant=%s subscription=%s events=%zu "
                         "reason=\"retention limit (age or bytes) reached before acknowledged\"",
                         b->participant, b->sub, dropped);
-                b->acked_dirty = 1;
-                self->acks_dirty = 1;
+                s_acked(self, b);
                 if (b->acked_upto < cutoff)
                     b->last_seq = b->last_seq < cutoff ? cutoff : b->last_seq;
             }

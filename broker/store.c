@@ -510,13 +510,21 @@ s_sha256_2(brk_store_t *self, const uint8_t *a, size_t alen, const uint8_t *b, s
 
 static const uint8_t s_nothing[1];
 
-/* Reads the rows of `st` (prepared, bound) and hands each to `row` with `ctx`; stops at the
- * first non-zero value. `one` names the record when exactly one row must exist (its absence is
- * AB_EINTERNAL), else NULL. Returns 0, row's value, or AB_EIO. */
+/* Reads the rows of `st` (prepared, bound) and hands each to `row` with `ctx` (an s_each_t);
+ * stops at the first non-zero value. With `one`, exactly one row must exist: none is
+ * AB_EINTERNAL with ctx's `missing` set. Returns 0, row's value, or AB_EIO. */
 typedef int s_row_fn(brk_store_t *self, sqlite3_stmt *st, void *ctx, char *err, size_t errlen);
 
+typedef struct s_each {
+    int blobs;
+    brk_store_mail_fn *fn;
+    brk_store_event_fn *efn;
+    void *arg;
+    int missing; /* s_rows with `one`: there was no row */
+} s_each_t;
+
 static int
-s_rows(brk_store_t *self, sqlite3_stmt *st, s_row_fn *row, void *ctx, const char *one, char *err,
+s_rows(brk_store_t *self, sqlite3_stmt *st, s_row_fn *row, s_each_t *ctx, int one, char *err,
        size_t errlen)
 {
     int rc = 0, step, n = 0;
@@ -528,18 +536,11 @@ s_rows(brk_store_t *self, sqlite3_stmt *st, s_row_fn *row, void *ctx, const char
         snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
         rc = AB_EIO;
     } else if (rc == 0 && one && n == 0) {
-        snprintf(err, errlen, "%s: %s is missing", self->path, one);
+        ctx->missing = 1;
         rc = AB_EINTERNAL;
     }
     return rc;
 }
-
-typedef struct {
-    int blobs;
-    brk_store_mail_fn *fn;
-    brk_store_event_fn *efn;
-    void *arg;
-} s_each_t;
 
 static int s_mail_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_mail_t *m,
                       char *err, size_t errlen);
@@ -663,23 +664,33 @@ s_mail_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_mail_t *m, 
     return 0;
 }
 
-int
-brk_store_mail_get(brk_store_t *self, uint64_t seq, brk_store_mail_fn *fn, void *arg, char *err,
-                   size_t errlen)
+/* Reads the one record `seq` with statement `q` and hands it to `row`; a missing record is
+ * AB_EINTERNAL naming it (`name`: "mail", "event"). */
+static int
+s_get_seq(brk_store_t *self, int q, const char *name, uint64_t seq, s_row_fn *row, s_each_t *x,
+          char *err, size_t errlen)
 {
-    sqlite3_stmt *st = s_q(self, Q_MAIL_GET);
+    sqlite3_stmt *st = s_q(self, q);
     if (!st) {
         snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
         return AB_EIO;
     }
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
-    char what[64];
-    snprintf(what, sizeof what, "mail record %llu", (unsigned long long)seq);
-    s_each_t x = {1, fn, NULL, arg};
-    int rc = s_rows(self, st, s_mail_each_row, &x, what, err, errlen);
+    int rc = s_rows(self, st, row, x, 1, err, errlen);
+    if (rc == AB_EINTERNAL && x->missing)
+        snprintf(err, errlen, "%s: %s record %llu is missing", self->path, name,
+                 (unsigned long long)seq);
     sqlite3_reset(st);
     self->st.reads++;
     return rc;
+}
+
+int
+brk_store_mail_get(brk_store_t *self, uint64_t seq, brk_store_mail_fn *fn, void *arg, char *err,
+                   size_t errlen)
+{
+    s_each_t x = {1, fn, NULL, arg, 0};
+    return s_get_seq(self, Q_MAIL_GET, "mail", seq, s_mail_each_row, &x, err, errlen);
 }
 
 int
@@ -697,8 +708,8 @@ brk_store_mail_each(brk_store_t *self, int blobs, brk_store_mail_fn *fn, void *a
         snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
         return AB_EIO;
     }
-    s_each_t x = {blobs, fn, NULL, arg};
-    int rc = s_rows(self, st, s_mail_each_row, &x, NULL, err, errlen);
+    s_each_t x = {blobs, fn, NULL, arg, 0};
+    int rc = s_rows(self, st, s_mail_each_row, &x, 0, err, errlen);
     sqlite3_finalize(st);
     return rc;
 }
@@ -999,19 +1010,8 @@ int
 brk_store_event_get(brk_store_t *self, uint64_t seq, brk_store_event_fn *fn, void *arg, char *err,
                     size_t errlen)
 {
-    sqlite3_stmt *st = s_q(self, Q_EVENT_GET);
-    if (!st) {
-        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
-        return AB_EIO;
-    }
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
-    char what[64];
-    snprintf(what, sizeof what, "event record %llu", (unsigned long long)seq);
-    s_each_t x = {1, NULL, fn, arg};
-    int rc = s_rows(self, st, s_event_each_row, &x, what, err, errlen);
-    sqlite3_reset(st);
-    self->st.reads++;
-    return rc;
+    s_each_t x = {1, NULL, fn, arg, 0};
+    return s_get_seq(self, Q_EVENT_GET, "event", seq, s_event_each_row, &x, err, errlen);
 }
 
 int
@@ -1027,8 +1027,8 @@ brk_store_event_each(brk_store_t *self, uint64_t after_seq, int blobs, brk_store
         return AB_EIO;
     }
     sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
-    s_each_t x = {blobs, NULL, fn, arg};
-    int rc = s_rows(self, st, s_event_each_row, &x, NULL, err, errlen);
+    s_each_t x = {blobs, NULL, fn, arg, 0};
+    int rc = s_rows(self, st, s_event_each_row, &x, 0, err, errlen);
     sqlite3_finalize(st);
     return rc;
 }
