@@ -2145,19 +2145,26 @@ ab_withdraw(ab_client_t *self, const char *service)
 
 /* ---- requests ----------------------------------------------------------------------------- */
 
-const void *
-ab_request_payload(const ab_request_t *req, size_t *len)
+/* A received payload: its bytes and length ("" for an empty one), NULL for no message. */
+static const void *
+s_payload_of(const zmq_msg_t *payload, size_t *len)
 {
-    if (!req) {
+    if (!payload) {
         if (len)
             *len = 0;
         return NULL;
     }
     /* zmq_msg_data/size take a non-const message but do not change it */
-    zmq_msg_t *msg = (zmq_msg_t *)&req->payload;
+    zmq_msg_t *msg = (zmq_msg_t *)payload;
     if (len)
         *len = zmq_msg_size(msg);
     return zmq_msg_size(msg) ? zmq_msg_data(msg) : "";
+}
+
+const void *
+ab_request_payload(const ab_request_t *req, size_t *len)
+{
+    return s_payload_of(req ? &req->payload : NULL, len);
 }
 
 const char *
@@ -2824,16 +2831,7 @@ ab_message_kind(const ab_message_t *m)
 const void *
 ab_message_payload(const ab_message_t *m, size_t *len)
 {
-    if (!m) {
-        if (len)
-            *len = 0;
-        return NULL;
-    }
-    /* zmq_msg_data/size take a non-const message but do not change it */
-    zmq_msg_t *msg = (zmq_msg_t *)&m->payload;
-    if (len)
-        *len = zmq_msg_size(msg);
-    return zmq_msg_size(msg) ? zmq_msg_data(msg) : "";
+    return s_payload_of(m ? &m->payload : NULL, len);
 }
 
 const char *
