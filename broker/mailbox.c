@@ -194,7 +194,7 @@ struct brk_mailbox {
     size_t nevents;
     uint64_t event_bytes;
     uint64_t cache_used;
-    uint64_t next_retention, next_purge;
+    uint64_t next_retention, next_purge, next_sweep;
     int draining;
     s_box_t *acked; /* durable subscriptions whose position moved in this turn */
     int store_full; /* the last commit failed for want of space: not ready until one succeeds */
@@ -2072,18 +2072,22 @@ uint64_t
 brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
 {
     uint64_t wall = s_wall_ms();
-    /* silent connections: what they hold goes to others */
-    s_conn_t *c, *tmp;
-    HASH_ITER(hh, self->conns, c, tmp)
-    {
-        uint64_t silent = now - c->last_seen;
-        if ((c->attach || c->esubs) && silent > self->cfg->heartbeat_timeout_ms) {
-            char why[96];
-            snprintf(why, sizeof why, "missed heartbeats (silent for %llu ms)",
-                     (unsigned long long)silent);
-            s_conn_drop(self, c, why);
-        } else if (!c->attach && !c->esubs && silent > 10 * self->cfg->heartbeat_timeout_ms) {
-            s_conn_drop(self, c, "idle");
+    /* silent connections: what they hold goes to others (a walk over all connections, so at
+     * most every half heartbeat, not at every loop turn) */
+    if (now >= self->next_sweep) {
+        self->next_sweep = now + self->cfg->heartbeat_ms / 2;
+        s_conn_t *c, *tmp;
+        HASH_ITER(hh, self->conns, c, tmp)
+        {
+            uint64_t silent = now - c->last_seen;
+            if ((c->attach || c->esubs) && silent > self->cfg->heartbeat_timeout_ms) {
+                char why[96];
+                snprintf(why, sizeof why, "missed heartbeats (silent for %llu ms)",
+                         (unsigned long long)silent);
+                s_conn_drop(self, c, why);
+            } else if (!c->attach && !c->esubs && silent > 10 * self->cfg->heartbeat_timeout_ms) {
+                s_conn_drop(self, c, "idle");
+            }
         }
     }
     ab_heap_node_t *n;
