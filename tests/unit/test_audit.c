@@ -432,6 +432,94 @@ test_restart_continues(void **state)
     assert_non_null(strstr(err, ":1: "));
 }
 
+/* The current file is kept ahead of its lines with zeros (a synchronous write into blocks the
+ * file owns changes no metadata); readers stop at the zeros, reopen writes over them, a sealed
+ * file is cut to its seal, and a write that a crash cut short inside the zeros is recovered. */
+static void
+test_preallocated(void **state)
+{
+    fx_t *fx = *state;
+    ab_audit_t *log = s_open(fx, 0);
+    assert_non_null(log);
+    ab_audit_record_t r;
+    for (int i = 0; i < 10; i++) {
+        s_record(&r, i);
+        assert_int_equal(ab_audit_append(log, &r), 0);
+    }
+    assert_int_equal(ab_audit_flush(log), 0);
+    char path[256];
+    snprintf(path, sizeof path, "%s/audit-000001.log", fx->dir);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 1024 * 1024); /* the lines and zeros after them */
+    ab_audit_close(&log);
+    ab_audit_report_t rep;
+    s_verify(fx, fx->cert, &rep);
+    assert_int_equal(rep.problem, AB_AUDIT_INTACT);
+    assert_int_equal(rep.records, 10);
+
+    /* reopen: the next lines go where the zeros begin, the chain goes on */
+    log = s_open(fx, 0);
+    assert_non_null(log);
+    assert_int_equal(ab_audit_pending(log), 0);
+    for (int i = 10; i < 15; i++) {
+        s_record(&r, i);
+        assert_int_equal(ab_audit_append(log, &r), 0);
+    }
+    assert_int_equal(ab_audit_flush(log), 0);
+    ab_audit_close(&log);
+    s_verify(fx, fx->cert, &rep);
+    assert_int_equal(rep.problem, AB_AUDIT_INTACT);
+    assert_int_equal(rep.records, 15);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 1024 * 1024);
+
+    /* a crash during a write: a later block of it reached the disk, the first did not */
+    char *data = NULL;
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    data = calloc(1, 1024 * 1024);
+    size_t n = fread(data, 1, 1024 * 1024, f);
+    fclose(f);
+    assert_int_equal(n, 1024 * 1024);
+    size_t end = strlen(data); /* the lines end where the zeros begin */
+    assert_true(end > 0 && data[end - 1] == '\n');
+    free(data);
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "\"outcome\":\"ok\"}\n", 16, (off_t)end + 4096), 16);
+    close(fd);
+    log = s_open(fx, 0);
+    assert_non_null(log);
+    assert_int_equal(ab_audit_pending(log), 1); /* the "recovered" line */
+    s_record(&r, 15);
+    assert_int_equal(ab_audit_append(log, &r), 0);
+    assert_int_equal(ab_audit_flush(log), 0);
+    ab_audit_close(&log);
+    s_verify(fx, fx->cert, &rep);
+    assert_int_equal(rep.problem, AB_AUDIT_INTACT);
+    assert_int_equal(rep.records, 16);
+
+    /* rotation: the sealed file ends with its seal, no zeros after it */
+    log = s_open(fx, 2000);
+    assert_non_null(log);
+    s_record(&r, 16);
+    assert_int_equal(ab_audit_append(log, &r), 0);
+    assert_int_equal(ab_audit_flush(log), 0); /* past 2,000 bytes: sealed, file 2 begun */
+    ab_audit_close(&log);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(st.st_size > 2000 && st.st_size < 1024 * 1024);
+    f = fopen(path, "r");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, -1, SEEK_END), 0);
+    assert_int_equal(fgetc(f), '\n');
+    fclose(f);
+    s_verify(fx, fx->cert, &rep);
+    assert_int_equal(rep.problem, AB_AUDIT_INTACT);
+    assert_int_equal(rep.records, 17);
+    assert_int_equal(rep.seals, 1);
+}
+
 static void
 test_reopen_after_seal(void **state)
 {
@@ -736,6 +824,7 @@ main(void)
         cmocka_unit_test_setup(test_forged_seal, s_fresh),
         cmocka_unit_test_setup(test_restart_continues, s_fresh),
         cmocka_unit_test_setup(test_reopen_after_seal, s_fresh),
+        cmocka_unit_test_setup(test_preallocated, s_fresh),
         cmocka_unit_test_setup(test_write_failure, s_fresh),
         cmocka_unit_test_setup(test_query, s_fresh),
         cmocka_unit_test_setup(test_escaping, s_fresh),
