@@ -1,5 +1,6 @@
 /*
- * floor_forwarder.c - the floor for bench_calls: a raw libzmq ROUTER forwarder with no logic.
+ * floor_forwarder.c - the floor for bench_calls: a raw libzmq ROUTER forwarder with no logic (and,
+ * with --stream, the floor for bench_flow's one-way stream).
  *
  * One ROUTER socket is bound on the endpoint given on the command line. Workers (DEALER) announce
  * themselves with one "READY" frame; clients (DEALER) send [payload]. A client's message goes to
@@ -15,6 +16,13 @@
  *
  * Usage: floor_forwarder tcp://127.0.0.1:PORT. Prints "listening on ..." and "ready" on stdout,
  * then runs until SIGTERM or SIGINT. Loopback only; this is a benchmark tool, not a service.
+ *
+ * Stream mode, the floor for bench_flow's one-way stream: floor_forwarder --stream
+ * tcp://127.0.0.1:IN tcp://127.0.0.1:OUT binds a PULL on IN and a PUSH on OUT and moves every
+ * message from the one to the other, frame by frame, untouched. When OUT cannot take a message
+ * (no receiver connected, or its high-water mark reached) the forwarder holds it and stops
+ * reading IN until it can, so the senders are slowed down and nothing is dropped: the least a
+ * broker does to carry an event from a publisher to a subscriber.
  */
 #include <errno.h>
 #include <signal.h>
@@ -27,6 +35,8 @@
 #define MAX_ID 255
 /* Messages handled per poll wakeup before polling again, so a busy peer cannot starve signals. */
 #define BATCH 1024
+/* Stream mode: the most frames of one message. */
+#define HELD 8
 
 typedef struct {
     unsigned char id[MAX_ID];
@@ -153,11 +163,137 @@ s_handle_one(fwd_t *self)
     return 1;
 }
 
+/* ---- stream mode ---------------------------------------------------------------------------- */
+
+/*
+ * Receives the next whole message from `in` into held[0..HELD). Returns its number of frames, 0
+ * when none was waiting, -1 on a socket error; a message of more than HELD frames is dropped
+ * and counted (the benchmark sends one frame), and -2 returned.
+ */
+static int
+s_recv_whole(void *in, zmq_msg_t *held, unsigned long long *dropped)
+{
+    int n = 0, more = 1, toolong = 0;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        /* only the first frame can be missing: the rest of a message arrives with it */
+        if (zmq_msg_recv(&m, in, n == 0 && !toolong ? ZMQ_DONTWAIT : 0) < 0) {
+            zmq_msg_close(&m);
+            s_close_all(held, n);
+            return n == 0 && !toolong && (errno == EAGAIN || errno == EINTR) ? 0 : -1;
+        }
+        more = zmq_msg_more(&m);
+        if (n < HELD)
+            held[n++] = m;
+        else {
+            zmq_msg_close(&m);
+            toolong = 1;
+        }
+    }
+    if (toolong) {
+        s_close_all(held, n);
+        (*dropped)++;
+        return -2;
+    }
+    return n;
+}
+
+/*
+ * Moves messages from `in` to `out` until a signal. A message that `out` cannot take now is
+ * held, and `in` is not read until `out` is writable again. Returns 0, or 1 after a socket error.
+ */
+static int
+s_stream_loop(void *in, void *out)
+{
+    zmq_msg_t held[HELD];
+    int nheld = 0, sent = 0; /* frames of the held message, and how many of them went out */
+    unsigned long long moved = 0, dropped = 0;
+    int status = 0;
+    while (!s_stop && status == 0) {
+        zmq_pollitem_t item = nheld ? (zmq_pollitem_t){out, 0, ZMQ_POLLOUT, 0}
+                                    : (zmq_pollitem_t){in, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, 200) < 0) {
+            if (errno == EINTR)
+                continue;
+            fprintf(stderr, "floor_forwarder: zmq_poll: %s\n", zmq_strerror(errno));
+            status = 1;
+            break;
+        }
+        for (int i = 0; i < BATCH && !s_stop; i++) {
+            if (!nheld) {
+                nheld = s_recv_whole(in, held, &dropped);
+                if (nheld == -2) {
+                    nheld = 0;
+                    continue;
+                }
+                if (nheld < 0) {
+                    fprintf(stderr, "floor_forwarder: recv: %s\n", zmq_strerror(errno));
+                    nheld = 0;
+                    status = 1;
+                }
+                if (nheld == 0)
+                    break;
+                sent = 0;
+            }
+            while (sent < nheld &&
+                   zmq_msg_send(&held[sent], out,
+                                ZMQ_DONTWAIT | (sent + 1 < nheld ? ZMQ_SNDMORE : 0)) >= 0)
+                sent++;
+            if (sent < nheld) {
+                if (errno == EAGAIN || errno == EINTR)
+                    break; /* held until OUT is writable */
+                fprintf(stderr, "floor_forwarder: send: %s\n", zmq_strerror(errno));
+                status = 1;
+                break;
+            }
+            nheld = 0;
+            moved++;
+        }
+    }
+    s_close_all(&held[sent], nheld - sent);
+    fprintf(stderr, "floor_forwarder: stopping moved=%llu dropped=%llu\n", moved, dropped);
+    return status;
+}
+
+static int
+s_stream_main(const char *in_uri, const char *out_uri)
+{
+    void *ctx = zmq_ctx_new();
+    if (!ctx) {
+        fprintf(stderr, "floor_forwarder: zmq_ctx_new: %s\n", zmq_strerror(errno));
+        return 1;
+    }
+    void *in = zmq_socket(ctx, ZMQ_PULL);
+    void *out = zmq_socket(ctx, ZMQ_PUSH);
+    int linger = 0, status = 1;
+    zmq_setsockopt(in, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(out, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(in, in_uri) != 0)
+        fprintf(stderr, "floor_forwarder: bind %s: %s\n", in_uri, zmq_strerror(errno));
+    else if (zmq_bind(out, out_uri) != 0)
+        fprintf(stderr, "floor_forwarder: bind %s: %s\n", out_uri, zmq_strerror(errno));
+    else {
+        printf("listening on %s\nlistening on %s\nready\n", in_uri, out_uri);
+        fflush(stdout);
+        status = s_stream_loop(in, out);
+    }
+    zmq_close(in);
+    zmq_close(out);
+    zmq_ctx_term(ctx);
+    return status;
+}
+
 int
 main(int argc, char **argv)
 {
-    if (argc != 2 || strncmp(argv[1], "tcp://", 6) != 0) {
-        fprintf(stderr, "usage: %s tcp://127.0.0.1:PORT\n", argv[0]);
+    int stream = argc == 4 && strcmp(argv[1], "--stream") == 0;
+    if (!(argc == 2 || stream) || strncmp(argv[argc - 1], "tcp://", 6) != 0 ||
+        (stream && strncmp(argv[2], "tcp://", 6) != 0)) {
+        fprintf(stderr,
+                "usage: %s tcp://127.0.0.1:PORT\n"
+                "       %s --stream tcp://127.0.0.1:IN tcp://127.0.0.1:OUT\n",
+                argv[0], argv[0]);
         return 2;
     }
     struct sigaction sa;
@@ -166,6 +302,8 @@ main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    if (stream)
+        return s_stream_main(argv[2], argv[3]);
 
     static fwd_t fwd; /* static: the worker table is 16 KiB */
     void *ctx = zmq_ctx_new();

@@ -19,6 +19,16 @@
 #include "mailbox.h"
 
 static void
+s_noop_sent(ab_client_t *client, int status, const char *id, const char *errtext, void *arg)
+{
+    (void)client;
+    (void)status;
+    (void)id;
+    (void)errtext;
+    (void)arg;
+}
+
+static void
 s_id(uint32_t n, uint8_t id[16])
 {
     memset(id, 0xab, 16);
@@ -234,6 +244,10 @@ test_send_checks_arguments_first(void **state)
 
     assert_int_equal(ab_publish(c, "a.*", "x", 1, NULL, id, 0), AB_EINVAL);
     assert_non_null(strstr(ab_client_last_error(c), "wildcards"));
+    assert_int_equal(ab_publish_async(c, "a.*", "x", 1, NULL, s_noop_sent, NULL), AB_EINVAL);
+    assert_non_null(strstr(ab_client_last_error(c), "wildcards"));
+    assert_int_equal(ab_publish_async(c, "meldewesen.umzug", "x", 1, NULL, NULL, NULL), AB_EINVAL);
+    assert_non_null(strstr(ab_client_last_error(c), "callback"));
     assert_int_equal(ab_publish(c, "meldewesen.umzug", "x", 1, NULL, id, 0), AB_ESTATE);
     ab_client_destroy(&c);
 }

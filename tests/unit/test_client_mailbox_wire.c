@@ -529,6 +529,20 @@ test_send_answers(void **state)
 
     assert_int_equal(ab_publish(c, "meldewesen.umzug.09162000", "e", 1, NULL, id, 2000), 0);
     assert_int_equal(strlen(id), 32);
+
+    /* a PUBLISH that does not wait: the callback gets the broker's answer */
+    int before = s_seen(AMTSBOTE__V1__KIND__KIND_PUBLISH, 0, NULL, NULL);
+    s_cb_status = 1;
+    s_cb_id[0] = '\0';
+    assert_int_equal(
+        ab_publish_async(c, "meldewesen.umzug.09162000", "ev", 2, NULL, s_on_sent, NULL), 0);
+    assert_int_equal(ab_client_in_flight(c), 1);
+    for (int i = 0; i < 100 && s_cb_status == 1; i++)
+        ab_client_run(c, 20);
+    assert_int_equal(s_cb_status, 0);
+    assert_int_equal(strlen(s_cb_id), 32);
+    assert_int_equal(ab_client_in_flight(c), 0);
+    assert_int_equal(s_seen(AMTSBOTE__V1__KIND__KIND_PUBLISH, 0, NULL, NULL), before + 1);
 }
 
 static void

@@ -341,6 +341,13 @@ int ab_publish(ab_client_t *self, const char *topic, const void *data, size_t le
                const char *schema, char id_out[33], int timeout_ms);
 
 /*
+ * Starts a PUBLISH and returns at once; `cb` runs later exactly once with the broker's answer
+ * (as ab_publish() returns it) or AB_ETIMEDOUT after 30 s, as with ab_send_async().
+ */
+int ab_publish_async(ab_client_t *self, const char *topic, const void *data, size_t len,
+                     const char *schema, ab_send_cb *cb, void *arg);
+
+/*
  * Subscribes to the topics matching `pattern` (a segment `*` matches one segment, a last `>` the
  * rest: "meldewesen.umzug.>") and waits up to 5 s for the broker's answer; `fn` runs for each
  * event. With `durable` NULL the subscription is ephemeral: it sees what is published while

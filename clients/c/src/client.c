@@ -2600,6 +2600,23 @@ ab_send_async(ab_client_t *self, const char *recipient, const void *data, size_t
 }
 
 int
+ab_publish_async(ab_client_t *self, const char *topic, const void *data, size_t len,
+                 const char *schema, ab_send_cb *cb, void *arg)
+{
+    if (!self)
+        return AB_EINVAL;
+    if (!cb)
+        return s_fail(self, AB_EINVAL, "callback must not be NULL");
+    int rc = s_check_store(self, AMTSBOTE__V1__KIND__KIND_PUBLISH, topic, data, len, schema, 0);
+    if (rc != 0)
+        return rc;
+    uint8_t id[AB_MESSAGE_ID_LEN];
+    ab_uuid7(id);
+    return s_start_store(self, AMTSBOTE__V1__KIND__KIND_PUBLISH, topic, data, len, schema, 0, id,
+                         S_CALL_MS, cb, arg, NULL, NULL);
+}
+
+int
 ab_publish(ab_client_t *self, const char *topic, const void *data, size_t len, const char *schema,
            char id_out[33], int timeout_ms)
 {
