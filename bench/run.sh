@@ -1,182 +1,234 @@
 #!/usr/bin/env bash
-# bench/run.sh [--quick] [--no-tls] - Amtsbote calls against the raw-libzmq floor, side by side.
+# bench/run.sh [--quick] [--reps N] [--only SYSTEMS] [--scenarios LIST] - Amtsbote and its peers
+# (raw libzmq through stunnel, NATS, Mosquitto, RabbitMQ) side by side on this machine, all with
+# mutual TLS, in one run; writes bench/results/peers-<date>.json, .md and PNG charts.
 #
-# Starts build/amtsbote-broker and build/bench/floor_forwarder on free loopback ports, runs every
-# scenario against both (system order alternating), takes the median of the repetitions, prints a
-# table of Amtsbote, floor and Amtsbote/floor, and writes bench/results/calls-<date>.md and .json.
-# Then the same over mutual TLS: a throwaway PKI (certs/pki.sh), a second broker on tls://, and
-# the floor reached through stunnel (client and server mode, client certificates verified).
-# Stops every process it started, by PID. Exit status 1 when a run failed; the goals are reported,
-# never asserted.
+# Installs what is missing from Debian (as root), builds the load generators, makes a throwaway
+# PKI, starts every server on 127.0.0.1 with client certificates required, runs each scenario
+# against each system (the order of the systems alternating between repetitions), stops every
+# process it started by PID, and hands the runs to bench_report for the tables and charts.
 #
-#   --quick    1 repetition and shorter runs (< 60 s); default 3 repetitions (< 5 min)
-#   --no-tls   plain tcp:// only (< 40 s quick, < 3 min full)
-#   AMTSBOTE_BUILD_DIR   build tree to use (default: <repo>/build)
+#   --quick          a smoke run: 1 repetition, 1.5 s windows, 1,000 idle connections (< 3 min
+#                    once built); default 3 repetitions, 3 s windows, 10,000 idle connections
+#   --reps N         repetitions (default 3, --quick 1)
+#   --only LIST      systems, comma-separated: amtsbote,floor,nats,mosquitto,rabbitmq
+#   --scenarios LIST call-latency,call-throughput,stream,durable,fanout,idle
+#   AMTSBOTE_BUILD_DIR   build tree (default <repo>/build-bench, RelWithDebInfo)
+#   AMTSBOTE_BENCH_DATA  where the durable stores live (default /var/tmp; a disk, not tmpfs)
+# Exit status 1 when a server did not start or a run failed (the report lists failed runs); the
+# goals are reported, never asserted.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
-build=${AMTSBOTE_BUILD_DIR:-$root/build}
+build=${AMTSBOTE_BUILD_DIR:-$root/build-bench}
+datadir=${AMTSBOTE_BENCH_DATA:-/var/tmp}
 
-quick=0 tls=1
-for arg in "$@"; do
-    case "$arg" in
+quick=0 reps="" only="amtsbote,floor,nats,mosquitto,rabbitmq"
+scen_list="call-latency,call-throughput,stream,durable,fanout,idle"
+usage() { sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+while (($#)); do
+    case "$1" in
     --quick) quick=1 ;;
-    --no-tls) tls=0 ;;
-    -h | --help)
-        sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-        exit 0
-        ;;
-    *)
-        echo "usage: bench/run.sh [--quick] [--no-tls]" >&2
-        exit 2
-        ;;
+    --reps) reps=${2:?--reps takes a number}; shift ;;
+    --only) only=${2:?--only takes a list}; shift ;;
+    --scenarios) scen_list=${2:?--scenarios takes a list}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
+    shift
 done
-
+[[ $reps =~ ^[0-9]*$ ]] || { echo "bench/run.sh: --reps takes a number, not '$reps'" >&2; exit 2; }
+for s in ${only//,/ }; do
+    [[ $s =~ ^(amtsbote|floor|nats|mosquitto|rabbitmq)$ ]] || { echo "bench/run.sh: unknown system '$s'" >&2; exit 2; }
+done
+for s in ${scen_list//,/ }; do
+    [[ $s =~ ^(call-latency|call-throughput|stream|durable|fanout|idle)$ ]] ||
+        { echo "bench/run.sh: unknown scenario '$s'" >&2; exit 2; }
+done
 if ((quick)); then
-    reps=1 lat_secs=3 tput_secs=1.5
+    reps=${reps:-1} secs=1.5 lat_secs=2 idle_conns=1000 warm=500
 else
-    reps=3 lat_secs=5 tput_secs=3
+    reps=${reps:-3} secs=3 lat_secs=5 idle_conns=10000 warm=2000
 fi
+want() { [[ ,$only, == *,$1,* ]]; }
+want_scen() { [[ ,$scen_list, == *,$1,* ]]; }
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/amtsbote-bench.XXXXXX")
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/amtsbote-peers.XXXXXX")
+data=$(mktemp -d "$datadir/amtsbote-peers-data.XXXXXX")
 pids=()
 cleanup() {
     local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 30); do
+        for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$tmp"
+    rm -rf "$tmp" "$data"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { printf '%s\n' "$*" >&2; }
 die() {
-    log "run.sh: $*"
+    log "bench/run.sh: $*"
     exit 1
 }
 
-# ---- tools for the mTLS part -----------------------------------------------------------------
-# stunnel (Debian: stunnel4) and openssl (certs/pki.sh); installed with apt-get when root, as
-# scripts/deps.sh does, otherwise named.
-if ((tls)); then
-    need=()
-    command -v stunnel >/dev/null || need+=(stunnel4)
-    command -v openssl >/dev/null || need+=(openssl)
-    if ((${#need[@]})); then
-        if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-            log "run.sh: installing ${need[*]}"
-            export DEBIAN_FRONTEND=noninteractive
-            { timeout 300 apt-get update -qq &&
-                timeout 300 apt-get install -y -qq --no-install-recommends "${need[@]}"; } \
-                >"$tmp/apt.log" 2>&1 || { tail -n 20 "$tmp/apt.log" >&2; die "apt-get install ${need[*]} failed"; }
-        else
-            die "missing ${need[*]}: sudo apt-get install -y ${need[*]} (or run with --no-tls)"
+# ---- what the peers need, from Debian ---------------------------------------------------------
+need=()
+command -v stunnel >/dev/null || need+=(stunnel4)
+command -v openssl >/dev/null || need+=(openssl)
+command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+pkg-config --exists jansson 2>/dev/null || need+=(libjansson-dev)
+if want nats; then
+    command -v nats-server >/dev/null || need+=(nats-server)
+    pkg-config --exists libnats 2>/dev/null || need+=(libnats-dev)
+fi
+if want mosquitto; then
+    command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
+    pkg-config --exists libmosquitto 2>/dev/null || need+=(libmosquitto-dev)
+fi
+if want rabbitmq; then
+    [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || need+=(rabbitmq-server)
+    pkg-config --exists librabbitmq 2>/dev/null || need+=(librabbitmq-dev)
+fi
+if ((${#need[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "bench/run.sh: installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # policy-rc.d keeps the packages' own services (rabbitmq-server, mosquitto, nats-server)
+        # from starting: this script starts private instances with their own ports and PKI
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod 755 /usr/sbin/policy-rc.d
+            rm_policy=1
         fi
+        { timeout 600 apt-get update -qq &&
+            timeout 900 apt-get install -y -qq --no-install-recommends "${need[@]}"; } \
+            >"$tmp/apt.log" 2>&1 || { tail -n 20 "$tmp/apt.log" >&2; die "apt-get install ${need[*]} failed"; }
+        [[ ${rm_policy:-0} == 1 ]] && rm -f /usr/sbin/policy-rc.d
+    else
+        die "missing ${need[*]}: sudo apt-get install -y ${need[*]} (or leave systems out with --only)"
     fi
+fi
+# The packaged services must not run beside the private instances (ports, CPU): say so.
+for svc in beam.smp mosquitto nats-server; do
+    if pgrep -x "$svc" >/dev/null 2>&1; then
+        log "bench/run.sh: note: a $svc is already running on this machine; its CPU use skews the figures"
+    fi
+done
+
+# 10,000 mTLS connections: the broker needs 3 descriptors per TLS session (client socket, its
+# relay to the internal endpoint, libzmq's end of it). A container without CAP_SYS_RESOURCE
+# cannot raise the hard limit: then as many thousands as fit.
+if [[ $(id -u) -eq 0 ]]; then ulimit -Hn 200000 2>/dev/null || true; fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (($(ulimit -n) < 3 * idle_conns + 1000)); then
+    idle_conns=$((($(ulimit -n) - 1000) / 3 / 1000 * 1000))
+    echo "Idle connections: ${idle_conns} instead of 10,000: the open-files limit here is $(ulimit -n) (hard), and the broker needs 3 descriptors per TLS session." >>"$tmp/extra-notes"
+    log "bench/run.sh: note: open files limited to $(ulimit -n); $idle_conns idle connections"
 fi
 
 # ---- build ------------------------------------------------------------------------------------
-if [[ ! -x $build/amtsbote-broker || ! -f $build/CMakeCache.txt ]]; then
-    log "run.sh: no $build/amtsbote-broker; configuring $build"
-    cmake -S "$root" -B "$build" >"$tmp/build.log" 2>&1 ||
+if [[ ! -f $build/CMakeCache.txt ]]; then
+    log "bench/run.sh: configuring $build (RelWithDebInfo)"
+    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$tmp/build.log" 2>&1 ||
         { tail -n 40 "$tmp/build.log" >&2; die "cmake configure failed (log above)"; }
+else
+    # again, so that peer libraries installed since are found
+    cmake "$build" >"$tmp/build.log" 2>&1 || { tail -n 40 "$tmp/build.log" >&2; die "cmake failed"; }
 fi
-# Only what the benchmark runs, incrementally, so a stale binary is never measured and a test that
-# does not build cannot stop it; a no-op when everything is current.
-log "run.sh: building amtsbote-broker bench_calls floor_forwarder in $build"
-cmake --build "$build" -j2 --target amtsbote-broker bench_calls floor_forwarder \
-    >"$tmp/build.log" 2>&1 || { tail -n 40 "$tmp/build.log" >&2; die "build failed (log above)"; }
-broker_bin=$build/amtsbote-broker
-bench_bin=$build/bench/bench_calls
-floor_bin=$build/bench/floor_forwarder
+targets=(amtsbote-broker bench_calls bench_flow floor_forwarder bench_report)
+want_scen idle && targets+=(bench_idle)
+want nats && targets+=(bench_nats)
+want mosquitto && targets+=(bench_mqtt)
+want rabbitmq && targets+=(bench_amqp)
+log "bench/run.sh: building ${targets[*]} in $build"
+cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >>"$tmp/build.log" 2>&1 ||
+    { tail -n 40 "$tmp/build.log" >&2; die "build failed (log above)"; }
+bin=$build/bench
 
-# ---- processes --------------------------------------------------------------------------------
-# A port nobody listens on right now, from the kernel; the race until the bind is accepted.
+# ---- helpers the peers' start functions use ---------------------------------------------------
 free_port() {
-    if command -v python3 >/dev/null; then
-        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-    else
-        local p i
-        for i in $(seq 200); do
-            p=$((20000 + RANDOM % 40000))
-            ss -Htln "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-        done
-        die "no free port found"
-    fi
+    local p
+    for _ in $(seq 500); do
+        p=$((20000 + RANDOM % 40000))
+        ss -Htln "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
+    done
+    die "no free port found"
 }
 
-# wait_ready LOGFILE PID NAME [PATTERN]: waits up to 10 s for a line matching PATTERN (default
-# "ready") from a process started here.
+# wait_ready LOGFILE PID NAME [PATTERN]: up to 20 s for PATTERN (default "^ready") in LOGFILE.
 wait_ready() {
-    local i pat=${4:-'^ready\b'}
-    for i in $(seq 100); do
+    local pat=${4:-'^ready\b'}
+    for _ in $(seq 200); do
         grep -qE "$pat" "$1" 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || { cat "$1" >&2; die "$3 exited before it was ready"; }
+        kill -0 "$2" 2>/dev/null || { tail -n 20 "$1" >&2; die "$3 exited before it was ready"; }
         sleep 0.1
     done
-    cat "$1" >&2
-    die "$3 not ready within 10 s"
+    tail -n 20 "$1" >&2
+    die "$3 not ready within 20 s"
 }
 
-broker_uri=tcp://127.0.0.1:$(free_port)
-"$broker_bin" --listen "$broker_uri" --insecure-plain-identities >"$tmp/broker.log" 2>&1 &
-broker_pid=$!
-pids+=("$broker_pid")
-wait_ready "$tmp/broker.log" "$broker_pid" amtsbote-broker
+# rss_kib PID
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-floor_port=$(free_port)
-floor_uri=tcp://127.0.0.1:$floor_port
-"$floor_bin" "$floor_uri" >"$tmp/floor.log" 2>&1 &
-floor_pid=$!
-pids+=("$floor_pid")
-wait_ready "$tmp/floor.log" "$floor_pid" floor_forwarder
+# ---- PKI --------------------------------------------------------------------------------------
+pki=$tmp/pki
+{
+    bash "$root/certs/pki.sh" init "$pki" &&
+        bash "$root/certs/pki.sh" broker "$pki" broker &&
+        bash "$root/certs/pki.sh" issue "$pki" bund.bench &&
+        bash "$root/certs/pki.sh" issue "$pki" kommune.bench.worker
+} >"$tmp/pki.log" 2>&1 || { cat "$tmp/pki.log" >&2; die "certs/pki.sh failed"; }
+ca=$pki/ca/chain.pem
+ccert=$pki/bund.bench.crt
+ckey=$pki/bund.bench.key
+tlsargs=(--ca "$ca" --cert "$ccert" --key "$ckey")
 
-if ((tls)); then
-    # A throwaway PKI: the broker's certificate (also the floor's stunnel server's), the caller
-    # bund.bench and the provider kommune.bench.worker (bench_calls --pki reads these names).
-    pki=$tmp/pki
-    {
-        bash "$root/certs/pki.sh" init "$pki" &&
-            bash "$root/certs/pki.sh" broker "$pki" broker &&
-            bash "$root/certs/pki.sh" issue "$pki" bund.bench &&
-            bash "$root/certs/pki.sh" issue "$pki" kommune.bench.worker
-    } >"$tmp/pki.log" 2>&1 || { cat "$tmp/pki.log" >&2; die "certs/pki.sh failed"; }
+# ---- servers ----------------------------------------------------------------------------------
+versions=()
+started_ok=1
+declare -A server_pid
 
-    "$broker_bin" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" --tls-key "$pki/broker.key" \
-        --tls-ca "$pki/ca/chain.pem" --tls-crl "$pki/ca/crl.pem" >"$tmp/broker-tls.log" 2>&1 &
-    tls_broker_pid=$!
-    pids+=("$tls_broker_pid")
-    wait_ready "$tmp/broker-tls.log" "$tls_broker_pid" "amtsbote-broker (tls)"
-    tls_broker_uri=$(sed -n 's/^listening on \(tls:\/\/.*\)$/\1/p' "$tmp/broker-tls.log" | head -n 1)
-    [[ -n $tls_broker_uri ]] || { cat "$tmp/broker-tls.log" >&2; die "the tls broker named no tls:// address"; }
+if want amtsbote; then
+    mkdir -p "$data/amtsbote"
+    "$build/amtsbote-broker" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" \
+        --tls-key "$pki/broker.key" --tls-ca "$ca" --tls-crl "$pki/ca/crl.pem" \
+        --data "$data/amtsbote" --max-connections $((idle_conns + 200)) \
+        >"$tmp/amtsbote.log" 2>&1 &
+    server_pid[amtsbote]=$!
+    pids+=("${server_pid[amtsbote]}")
+    wait_ready "$tmp/amtsbote.log" "${server_pid[amtsbote]}" amtsbote-broker
+    amtsbote_url=$(sed -n 's/^listening on \(tls:\/\/.*\)$/\1/p' "$tmp/amtsbote.log" | head -n 1)
+    [[ -n $amtsbote_url ]] || die "the broker named no tls:// address"
+    versions+=("\"amtsbote\":\"$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)\"")
+fi
 
-    # The mTLS floor: caller and worker DEALERs -> stunnel client (presents bund.bench, verifies the
-    # server against the chain and the name) -> stunnel server (presents the broker certificate,
-    # requires and verifies a client certificate against the chain and CRL, TLS 1.3 only, as the
-    # broker does) -> floor_forwarder's plain port. Two processes, so each side's CPU is its own.
-    # bench_calls' floor worker and callers share one endpoint, so one client service carries both.
-    stunnel_srv_port=$(free_port)
-    stunnel_cli_port=$(free_port)
+if want floor; then
+    # calls: floor_forwarder's ROUTER behind a stunnel server (broker certificate, client
+    # certificates verified against the chain and CRL, TLS 1.3), reached through a stunnel client
+    floor_port=$(free_port)
+    "$bin/floor_forwarder" "tcp://127.0.0.1:$floor_port" >"$tmp/floor.log" 2>&1 &
+    server_pid[floor]=$!
+    pids+=("${server_pid[floor]}")
+    wait_ready "$tmp/floor.log" "${server_pid[floor]}" floor_forwarder
+    st_srv=$(free_port) st_cli=$(free_port)
     cat >"$tmp/stunnel-server.conf" <<CONF
 foreground = yes
 pid =
 [floor-server]
-accept = 127.0.0.1:$stunnel_srv_port
+accept = 127.0.0.1:$st_srv
 connect = 127.0.0.1:$floor_port
 cert = $pki/broker.crt
 key = $pki/broker.key
-CAfile = $pki/ca/chain.pem
+CAfile = $ca
 CRLfile = $pki/ca/crl.pem
 verifyChain = yes
 sslVersionMin = TLSv1.3
@@ -186,307 +238,270 @@ foreground = yes
 pid =
 [floor-client]
 client = yes
-accept = 127.0.0.1:$stunnel_cli_port
-connect = 127.0.0.1:$stunnel_srv_port
-cert = $pki/bund.bench.crt
-key = $pki/bund.bench.key
-CAfile = $pki/ca/chain.pem
+accept = 127.0.0.1:$st_cli
+connect = 127.0.0.1:$st_srv
+cert = $ccert
+key = $ckey
+CAfile = $ca
 verifyChain = yes
 checkHost = localhost
 sslVersionMin = TLSv1.3
 CONF
     stunnel "$tmp/stunnel-server.conf" >"$tmp/stunnel-server.log" 2>&1 &
-    stunnel_srv_pid=$!
-    pids+=("$stunnel_srv_pid")
-    wait_ready "$tmp/stunnel-server.log" "$stunnel_srv_pid" "stunnel (server)" 'Configuration successful'
+    pids+=($!)
+    wait_ready "$tmp/stunnel-server.log" $! "stunnel (server)" 'Configuration successful'
     stunnel "$tmp/stunnel-client.conf" >"$tmp/stunnel-client.log" 2>&1 &
-    stunnel_cli_pid=$!
-    pids+=("$stunnel_cli_pid")
-    wait_ready "$tmp/stunnel-client.log" "$stunnel_cli_pid" "stunnel (client)" 'Configuration successful'
-    floor_tls_uri=tcp://127.0.0.1:$stunnel_cli_port
+    pids+=($!)
+    wait_ready "$tmp/stunnel-client.log" $! "stunnel (client)" 'Configuration successful'
+    floor_url=tcp://127.0.0.1:$st_cli
+    # the one-way stream: PUSH -> stunnel -> PULL/PUSH forwarder -> stunnel -> PULL
+    # shellcheck source=bench/peers/floor.sh
+    source "$here/peers/floor.sh"
+    floor_stream_start "$tmp/floor-stream" "$pki" "$bin/floor_forwarder" ||
+        die "the stream floor did not start"
+    pids+=("${FLOOR_STREAM_PIDS[@]}")
+    versions+=("\"stunnel\":\"$(stunnel -version 2>&1 | awk '/^stunnel/ { print $2; exit }')\"")
 fi
 
-# ---- runs -------------------------------------------------------------------------------------
-scenarios=("latency 100" "latency 1024" "throughput 100" "throughput 1024")
-transports=(plain)
-((tls)) && transports+=(mtls)
-# Warm-up calls before the measured window: fewer at 1 in flight, where a call over mTLS on a VM
-# takes milliseconds and 2000 of them would double the run.
-warmup_lat=500 warmup_tput=2000
-runs=$tmp/runs-plain.txt
-runs_tls=$tmp/runs-mtls.txt
-: >"$runs"
-: >"$runs_tls"
-failed=0
-started=$(date +%s)
-load_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
-clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
+if want nats; then
+    # shellcheck source=bench/peers/nats.sh
+    source "$here/peers/nats.sh"
+    mkdir -p "$tmp/nats"
+    nats_start "$tmp/nats" "$pki" || die "nats-server did not start"
+    server_pid[nats]=$NATS_PID
+    pids+=("$NATS_PID")
+    versions+=("\"nats-server\":\"$(nats_version)\"")
+fi
 
-# cpu_ticks PID: user + system clock ticks of a process (all threads), from /proc/PID/stat.
-cpu_ticks() {
-    local line rest
-    read -r line <"/proc/$1/stat" || { echo 0; return; }
-    rest=${line##*) }
-    # shellcheck disable=SC2086
-    set -- $rest
-    echo $((${12} + ${13}))
+if want mosquitto; then
+    # shellcheck source=bench/peers/mosquitto.sh
+    source "$here/peers/mosquitto.sh"
+    mkdir -p "$data/mosquitto"
+    mosquitto_start "$data/mosquitto" "$pki" || die "mosquitto did not start"
+    server_pid[mosquitto]=$MOSQUITTO_PID
+    pids+=("$MOSQUITTO_PID")
+    versions+=("\"mosquitto\":\"$(mosquitto_version)\"")
+fi
+
+if want rabbitmq; then
+    # shellcheck source=bench/peers/rabbitmq.sh
+    source "$here/peers/rabbitmq.sh"
+    mkdir -p "$data/rabbitmq"
+    rabbitmq_start "$data/rabbitmq" "$pki" || die "rabbitmq-server did not start"
+    server_pid[rabbitmq]=$RABBITMQ_PID
+    # the node (beam.smp, not this shell's child), then its wrapper, which stops our epmd
+    pids+=("$RABBITMQ_PID" "$RABBITMQ_WRAPPER_PID")
+    [[ -n ${RABBITMQ_EPMD_PID:-} ]] && pids+=("$RABBITMQ_EPMD_PID")
+    versions+=("\"rabbitmq-server\":\"$(rabbitmq_version)\"")
+fi
+versions+=("\"libzmq\":\"$(pkg-config --modversion libzmq 2>/dev/null || echo unknown)\""
+    "\"openssl\":\"$(openssl version | awk '{ print $2 }')\"")
+
+# ---- the runs ---------------------------------------------------------------------------------
+# cases: "scenario size inflight systems..." (one line each)
+cases=()
+want_scen call-latency && cases+=("call-latency 100 1 amtsbote floor nats")
+if want_scen call-throughput; then
+    for s in 100 1024; do
+        for f in 100 1000; do cases+=("call-throughput $s $f amtsbote floor nats"); done
+    done
+fi
+if want_scen stream; then
+    for s in 100 1024 65536; do cases+=("stream $s 0 amtsbote floor nats mosquitto"); done
+fi
+if want_scen durable; then
+    # per publisher (4 of them); RabbitMQ is faster with the smaller window here, so both
+    for s in 100 1024; do
+        for f in 32 256; do cases+=("durable $s $f amtsbote rabbitmq mosquitto"); done
+    done
+fi
+want_scen fanout && cases+=("fanout 1024 0 amtsbote nats mosquitto")
+want_scen idle && cases+=("idle 100 $idle_conns amtsbote nats")
+
+runs=$tmp/runs.jsonl
+: >"$runs"
+failed=0
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date +%s)
+
+# command SYSTEM SCENARIO SIZE INFLIGHT: the load generator's command line, in cmd[].
+command_for() {
+    local sys=$1 scen=$2 size=$3 fl=$4 w=$secs
+    [[ $scen == call-latency ]] && w=$lat_secs
+    cmd=()
+    case "$sys/$scen" in
+    amtsbote/call-*)
+        cmd=("$bin/bench_calls" --mode amtsbote --broker "$amtsbote_url" --pki "$pki"
+            --hop-pid "${server_pid[amtsbote]}" --size "$size" --seconds "$w" --count 50000000)
+        ;;
+    floor/call-*)
+        cmd=("$bin/bench_calls" --mode floor --endpoint "$floor_url" --hop-pid "${server_pid[floor]}"
+            --size "$size" --seconds "$w" --count 50000000)
+        ;;
+    nats/call-*)
+        cmd=("$bin/bench_nats" call --url "$NATS_URL" "${tlsargs[@]}" --server-pid "$NATS_PID"
+            --size "$size" --seconds "$w")
+        ;;
+    amtsbote/stream | amtsbote/fanout | amtsbote/durable)
+        cmd=("$bin/bench_flow" "$scen" --broker "$amtsbote_url" --pki "$pki"
+            --server-pid "${server_pid[amtsbote]}" --size "$size" --seconds "$w")
+        ;;
+    floor/stream)
+        cmd=("$bin/bench_flow" floor-stream --push "$FLOOR_STREAM_IN" --pull "$FLOOR_STREAM_OUT"
+            --server-pid "$FLOOR_STREAM_HOP_PID" --size "$size" --seconds "$w")
+        ;;
+    nats/stream | nats/fanout)
+        cmd=("$bin/bench_nats" "$scen" --url "$NATS_URL" "${tlsargs[@]}" --server-pid "$NATS_PID"
+            --size "$size" --seconds "$w")
+        ;;
+    mosquitto/*)
+        cmd=("$bin/bench_mqtt" "$scen" --host 127.0.0.1 --port "$MOSQUITTO_PORT" "${tlsargs[@]}"
+            --server-pid "$MOSQUITTO_PID" --size "$size" --seconds "$w")
+        ;;
+    rabbitmq/durable)
+        cmd=("$bin/bench_amqp" durable --host 127.0.0.1 --port "$RABBITMQ_PORT" "${tlsargs[@]}"
+            --server-pid "$RABBITMQ_PID" --size "$size" --seconds "$w")
+        ;;
+    amtsbote/idle | nats/idle)
+        cmd=("$bin/bench_idle" --system "$sys" --connections "$fl" --url "$idle_url" "${tlsargs[@]}"
+            --server-pid "$idle_pid" --pki "$pki" --connect-seconds 240 --seconds 60
+            --heartbeat-ms 10000)
+        return
+        ;;
+    *) die "no command for $sys $scen" ;;
+    esac
+    case "$scen" in
+    call-latency) cmd+=(--latency --warmup 500) ;;
+    call-throughput) cmd+=(--inflight "$fl" --warmup "$warm") ;;
+    durable) cmd+=(--inflight "$fl" --publishers 4 --warmup "$warm") ;;
+    fanout) cmd+=(--subscribers 10 --warmup "$warm") ;;
+    stream) cmd+=(--warmup "$warm") ;;
+    esac
 }
 
-# run_one TRANSPORT SYSTEM SCENARIO SIZE: appends bench_calls' result line to that transport's file.
-run_one() {
-    local tr=$1 sys=$2 scen=$3 size=$4 args out rc file=$runs s0=0 c0=0 s1 c1 calls warmup
-    if [[ $scen == latency ]]; then
-        args=(--latency --seconds "$lat_secs" --count 1000000)
-        warmup=$warmup_lat
+# to_json REP SYSTEM SCENARIO SIZE INFLIGHT OK ERROR < result line: one run as a JSON object.
+# bench_calls' fields are mapped to the common names (calls_per_s -> rate, cpu_hop_us ->
+# cpu_server_us, calls -> msgs).
+to_json() {
+    awk -v rep="$1" -v sys="$2" -v scen="$3" -v size="$4" -v fl="$5" -v ok="$6" -v err="$7" '
+        { line = $0 }
+        END {
+            gsub(/["\\]/, "", err)
+            m = ""; n = split(line, f, " ")
+            for (i = 2; i <= n; i++) {
+                if (split(f[i], kv, "=") != 2) continue
+                k = kv[1]; v = kv[2]
+                if (k == "calls_per_s") k = "rate"
+                else if (k == "cpu_hop_us") k = "cpu_server_us"
+                else if (k == "calls") k = "msgs"
+                if (v !~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ || k in seen) continue
+                seen[k] = 1
+                m = m (m == "" ? "" : ",") "\"" k "\":" (v ~ /^\./ ? "0" v : v)
+            }
+            printf "{\"rep\":%d,\"system\":\"%s\",\"scenario\":\"%s\",\"size\":%d,\"inflight\":%d,\"ok\":%s,\"error\":\"%s\",\"metrics\":{%s}}\n",
+                rep, sys, scen, size, fl, ok, err, m
+        }'
+}
+
+# idle_start SYSTEM / idle_stop: a fresh server for each idle run (neither gives memory back to
+# the system when connections close, so a used one would measure its past). Amtsbote's heartbeat
+# is set to 10 s (timeout 30 s) for it, as bench_idle's clients do: with the default 1 s every
+# idle session costs libzmq a timer operation per second (nats-server pings every 2 minutes).
+idle_start() {
+    if [[ $1 == amtsbote ]]; then
+        rm -rf "$data/idle"
+        mkdir -p "$data/idle"
+        "$build/amtsbote-broker" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" \
+            --tls-key "$pki/broker.key" --tls-ca "$ca" --tls-crl "$pki/ca/crl.pem" \
+            --data "$data/idle" --max-connections $((idle_conns + 100)) \
+            --heartbeat-ms 10000 --heartbeat-timeout-ms 30000 >"$tmp/idle-broker.log" 2>&1 &
+        idle_pid=$!
+        wait_ready "$tmp/idle-broker.log" "$idle_pid" "amtsbote-broker (idle)"
+        idle_url=$(sed -n 's/^listening on \(tls:\/\/.*\)$/\1/p' "$tmp/idle-broker.log" | head -n 1)
     else
-        args=(--inflight 100 --seconds "$tput_secs" --count 2000000)
-        warmup=$warmup_tput
+        local keep_pid=$NATS_PID keep_url=$NATS_URL
+        rm -rf "$tmp/nats-idle"
+        mkdir -p "$tmp/nats-idle"
+        nats_start "$tmp/nats-idle" "$pki" || die "nats-server (idle) did not start"
+        idle_pid=$NATS_PID idle_url=$NATS_URL
+        NATS_PID=$keep_pid NATS_URL=$keep_url
     fi
-    args+=(--warmup "$warmup")
-    if [[ $tr == plain && $sys == amtsbote ]]; then
-        args+=(--mode amtsbote --broker "$broker_uri" --hop-pid "$broker_pid")
-    elif [[ $tr == plain ]]; then
-        args+=(--mode floor --endpoint "$floor_uri" --hop-pid "$floor_pid")
-    elif [[ $sys == amtsbote ]]; then
-        args+=(--mode amtsbote --broker "$tls_broker_uri" --pki "$pki" --hop-pid "$tls_broker_pid")
-        file=$runs_tls
-    else
-        args+=(--mode floor --endpoint "$floor_tls_uri" --hop-pid "$floor_pid")
-        file=$runs_tls
-        s0=$(cpu_ticks "$stunnel_srv_pid") c0=$(cpu_ticks "$stunnel_cli_pid")
-    fi
-    rc=0
-    out=$(timeout -k 5 120 "$bench_bin" "${args[@]}" --size "$size" 2>"$tmp/err.txt") || rc=$?
-    if [[ $rc -ne 0 || $out != result\ * ]]; then
-        failed=1
-        log "run.sh: $tr $sys $scen size=$size failed (exit $rc): $(tail -n 3 "$tmp/err.txt")"
-        [[ $out == result\ * ]] || return 0
-    fi
-    if [[ $tr == mtls && $sys == floor ]]; then
-        # stunnel's CPU over the whole bench_calls run (connect, warm-up, measured calls), per call
-        # of warm-up and measurement: the nearest this script can get to bench_calls' window.
-        s1=$(cpu_ticks "$stunnel_srv_pid") c1=$(cpu_ticks "$stunnel_cli_pid")
-        calls=$(sed -n 's/.* calls=\([0-9]*\) .*/\1/p' <<<"$out")
-        out+=$(awk -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v n=$((${calls:-0} + warmup)) -v hz="$clk_tck" \
-            'BEGIN { printf " cpu_stunnel_server_us=%.2f cpu_stunnel_client_us=%.2f", s * 1e6 / hz / n, c * 1e6 / hz / n }')
-    fi
-    printf '%s\n' "$out" >>"$file"
-    log "  $out"
+    pids+=("$idle_pid")
+}
+idle_stop() {
+    kill -TERM "$idle_pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$idle_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$idle_pid" 2>/dev/null || true
+    wait "$idle_pid" 2>/dev/null || true
 }
 
 k=0
 for rep in $(seq "$reps"); do
-    for tr in "${transports[@]}"; do
-        for sc in "${scenarios[@]}"; do
-            read -r scen size <<<"$sc"
-            if ((k % 2 == 0)); then order=(amtsbote floor); else order=(floor amtsbote); fi
-            k=$((k + 1))
-            log "run.sh: rep $rep/$reps $tr $scen size=$size (${order[*]})"
-            for sys in "${order[@]}"; do run_one "$tr" "$sys" "$scen" "$size"; done
+    for c in "${cases[@]}"; do
+        read -r scen size fl systems <<<"$c"
+        order=()
+        for s in $systems; do want "$s" && order+=("$s"); done
+        ((${#order[@]})) || continue
+        # alternate: reversed on every other case, so no system always runs first or last
+        if ((k % 2)); then
+            rev=()
+            for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[$i]}"); done
+            order=("${rev[@]}")
+        fi
+        k=$((k + 1))
+        for sys in "${order[@]}"; do
+            [[ $scen == idle ]] && idle_start "$sys"
+            command_for "$sys" "$scen" "$size" "$fl"
+            log "bench/run.sh: rep $rep/$reps $scen ${size} B, $fl in flight: $sys"
+            rc=0
+            out=$(timeout -k 5 400 "${cmd[@]}" 2>"$tmp/err.txt") || rc=$?
+            [[ $scen == idle ]] && idle_stop
+            out=$(grep '^result ' <<<"$out" | tail -n 1 || true)
+            if [[ $rc -ne 0 || -z $out ]]; then
+                failed=1
+                why="exit $rc: $(grep -v '^\s*$' "$tmp/err.txt" | tail -n 1 | cut -c1-300)"
+                log "bench/run.sh: FAILED $sys $scen size=$size ($why)"
+                to_json "$rep" "$sys" "$scen" "$size" "$fl" false "$why" <<<"${out:-result}" >>"$runs"
+            else
+                log "  $out"
+                to_json "$rep" "$sys" "$scen" "$size" "$fl" true "" <<<"$out" >>"$runs"
+            fi
         done
     done
 done
 elapsed=$(($(date +%s) - started))
-load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# ---- report -----------------------------------------------------------------------------------
-# median FILE SYSTEM SCENARIO SIZE FIELD: the median (lower middle) over the repetitions, or "-".
-# FIELD cpu_total_us is the sum of every cpu_*_us field of a run.
-median() {
-    awk -v sys="$2" -v scen="$3" -v size="$4" -v f="$5" '
-        $0 ~ " system=" sys " " && $0 ~ " scenario=" scen " " && $0 ~ " size=" size " " {
-            t = 0; found = 0
-            for (i = 1; i <= NF; i++) {
-                split($i, kv, "=")
-                if (kv[1] == f) { print kv[2]; found = 1 }
-                if (kv[1] ~ /^cpu_.*_us$/) t += kv[2]
-            }
-            if (!found && f == "cpu_total_us") printf "%.2f\n", t
-        }' "$1" | sort -g | awk '{ v[NR] = $0 } END { print NR ? v[int((NR + 1) / 2)] : "-" }'
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
-
-# verdict RATIO OP LIMIT
-verdict() {
-    awk -v r="$1" -v op="$2" -v l="$3" 'BEGIN {
-        if (r == "-") { print "no data"; exit }
-        ok = (op == ">=") ? (r + 0 >= l + 0) : (r + 0 <= l + 0)
-        print (ok ? "met" : "NOT met") " (" op " " l ")" }'
-}
-
+# ---- results and report -----------------------------------------------------------------------
 stamp=$(date +%Y-%m-%d-%H%M%S)
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$root" diff --quiet HEAD 2>/dev/null || commit="$commit+dirty"
-cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown)
-zmqv=$(pkg-config --modversion libzmq 2>/dev/null || echo unknown)
-sslv=$(openssl version 2>/dev/null | awk '{ print $2 }' || echo unknown)
-stv=$( ( ((tls)) && stunnel -version 2>&1 | awk '/^stunnel/ { print $2; exit }') || echo -)
-btype=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/null || echo unknown)
-btype=${btype:-"RelWithDebInfo (project default)"}
-
-# rows TRANSPORT: "scenario|size|metric label|field|goal op|goal limit", one per line.
-rows() {
-    local sc scen size
-    for sc in "${scenarios[@]}"; do
-        read -r scen size <<<"$sc"
-        if [[ $scen == latency ]]; then
-            printf '%s\n' "$scen|$size|p50 µs|p50_us|<=|1.2" "$scen|$size|p99 µs|p99_us||" \
-                "$scen|$size|p99.9 µs|p999_us||"
-        else
-            printf '%s\n' "$scen|$size|calls/s|calls_per_s|>=|0.8" "$scen|$size|p50 µs|p50_us||" \
-                "$scen|$size|CPU µs/call, caller|cpu_caller_us||" \
-                "$scen|$size|CPU µs/call, broker or forwarder|cpu_hop_us||" \
-                "$scen|$size|CPU µs/call, provider or worker|cpu_echo_us||"
-            if [[ $1 == mtls ]]; then
-                printf '%s\n' "$scen|$size|CPU µs/call, stunnel server (floor)|cpu_stunnel_server_us||" \
-                    "$scen|$size|CPU µs/call, stunnel client (floor)|cpu_stunnel_client_us||"
-            fi
-            printf '%s\n' "$scen|$size|CPU µs/call, all processes|cpu_total_us||"
-        fi
-    done
-}
-
-q() { if [[ $1 == - ]]; then echo null; else echo "$1"; fi; }
-
-# table TRANSPORT FILE: appends the Amtsbote/floor table to $md; sets json_out to its JSON rows.
-table() {
-    local scen size label field op limit a f r goal
-    json_out=()
-    echo "| scenario | payload | metric | Amtsbote | floor | Amtsbote/floor | goal |" >>"$md"
-    echo "| --- | ---: | --- | ---: | ---: | ---: | --- |" >>"$md"
-    while IFS='|' read -r scen size label field op limit; do
-        a=$(median "$2" amtsbote "$scen" "$size" "$field")
-        f=$(median "$2" floor "$scen" "$size" "$field")
-        # Amtsbote has no stunnel: its TLS runs inside the caller, broker and provider.
-        [[ $field == cpu_stunnel_* ]] && a=-
-        r=$(ratio "$a" "$f")
-        [[ $field == cpu_stunnel_* ]] && r=-
-        goal=""
-        [[ -n $op ]] && goal=$(verdict "$r" "$op" "$limit")
-        printf '| %s | %s B | %s | %s | %s | %s | %s |\n' "$scen" "$size" "$label" \
-            "$([[ $field == cpu_stunnel_* ]] && echo "(in-process)" || echo "$a")" "$f" "$r" "$goal" >>"$md"
-        json_out+=("{\"transport\":\"$1\",\"scenario\":\"$scen\",\"size\":$size,\"metric\":\"$field\",\"amtsbote\":$(q "$a"),\"floor\":$(q "$f"),\"ratio\":$(q "$r"),\"goal\":\"$goal\"}")
-    done < <(rows "$1")
-}
-
+cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo | tr -d '"\\')
+mem=$(awk '/^MemTotal:/ { printf "%d", $2 / 1048576 + 0.5 }' /proc/meminfo)
 mkdir -p "$here/results"
-md=$here/results/calls-$stamp.md
-json=$here/results/calls-$stamp.json
+json=$here/results/peers-$stamp.json
+notes=(
+    "\"Durable: Amtsbote answers SEND after its SQLite commit with synchronous=FULL (fsync); RabbitMQ confirms a persistent message on a durable queue after it is written and fsync'd (batched); Mosquitto acknowledges QoS 1 (PUBACK) before its persistence file is written (autosave), so its figure is not acknowledged after an fsync.\""
+    "\"Floor: raw libzmq through stunnel client and server with the same certificates; its server CPU is the forwarder's only (stunnel's is not counted).\""
+    "\"Runs took ${elapsed} s; windows ${secs} s (latency ${lat_secs} s); ${idle_conns} idle connections.\""
+)
+[[ -f $tmp/extra-notes ]] && while IFS= read -r n; do notes+=("\"$n\""); done <"$tmp/extra-notes"
 {
-    echo "# Calls: Amtsbote vs raw-libzmq floor, $stamp"
-    echo
-    echo "commit $commit, build $btype, $(nproc) cores ($cpu), $(uname -sr), libzmq $zmqv," \
-        "OpenSSL $sslv, stunnel $stv; $reps repetition(s), median shown; latency runs ${lat_secs} s," \
-        "throughput runs ${tput_secs} s at 100 in flight; run took ${elapsed} s; load average" \
-        "$load_start before, $load_end after (other work on the machine skews both systems, not" \
-        "always equally)."
-    echo
-    echo "## Plain tcp:// on loopback"
-    echo
-} >"$md"
-table plain "$runs"
-json_plain=("${json_out[@]}")
-json_tls=() json_pm=()
-if ((tls)); then
-    {
-        echo
-        echo "## Over mutual TLS"
-        echo
-        echo "Amtsbote: \`tls://\` listener (TLS 1.3, client certificate verified against the chain"
-        echo "and CRL), each client with its own TLS relay thread. Floor: caller and worker DEALERs"
-        echo "through a stunnel client (bund.bench certificate) and a stunnel server (broker"
-        echo "certificate, \`verifyChain\`, CRL, TLS 1.3) in front of the same forwarder. stunnel CPU"
-        echo "per call is its CPU over the whole bench_calls run divided by warm-up + measured calls."
-        echo
-    } >>"$md"
-    table mtls "$runs_tls"
-    json_tls=("${json_out[@]}")
-
-    # plain vs mTLS, each system against itself: > 1 means mTLS costs that factor.
-    {
-        echo
-        echo "## What mutual TLS costs each system"
-        echo
-        echo "calls/s: plain ÷ mTLS; p50 and CPU: mTLS ÷ plain. Above 1 is what mTLS costs."
-        echo
-        echo "| scenario | payload | metric | Amtsbote plain | Amtsbote mTLS | Amtsbote cost | floor plain | floor mTLS | floor cost |"
-        echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-    } >>"$md"
-    for sc in "${scenarios[@]}"; do
-        read -r scen size <<<"$sc"
-        if [[ $scen == latency ]]; then
-            fields=("p50_us|p50 µs")
-        else
-            fields=("calls_per_s|calls/s" "p50_us|p50 µs" "cpu_total_us|CPU µs/call, all processes")
-        fi
-        for fl in "${fields[@]}"; do
-            IFS='|' read -r field label <<<"$fl"
-            ap=$(median "$runs" amtsbote "$scen" "$size" "$field")
-            at=$(median "$runs_tls" amtsbote "$scen" "$size" "$field")
-            fp=$(median "$runs" floor "$scen" "$size" "$field")
-            ft=$(median "$runs_tls" floor "$scen" "$size" "$field")
-            if [[ $field == calls_per_s ]]; then
-                ar=$(ratio "$ap" "$at") fr=$(ratio "$fp" "$ft")
-            else
-                ar=$(ratio "$at" "$ap") fr=$(ratio "$ft" "$fp")
-            fi
-            printf '| %s | %s B | %s | %s | %s | %s | %s | %s | %s |\n' "$scen" "$size" "$label" \
-                "$ap" "$at" "$ar" "$fp" "$ft" "$fr" >>"$md"
-            json_pm+=("{\"scenario\":\"$scen\",\"size\":$size,\"metric\":\"$field\",\"amtsbote_plain\":$(q "$ap"),\"amtsbote_mtls\":$(q "$at"),\"amtsbote_cost\":$(q "$ar"),\"floor_plain\":$(q "$fp"),\"floor_mtls\":$(q "$ft"),\"floor_cost\":$(q "$fr")}")
-        done
-    done
-fi
-{
-    echo
-    echo "Ratios are Amtsbote divided by the floor: for calls/s higher is better (goal >= 0.8 at"
-    echo "100 in flight), for latency lower is better (goal p50 <= 1.2). CPU µs/call is the CPU time"
-    echo "(user + system, all threads) each process spent per call in the measured window. Raw runs"
-    echo "(plain):"
-    echo
-    echo '```'
-    cat "$runs"
-    echo '```'
-    if ((tls)); then
-        echo
-        echo "Raw runs (mutual TLS; \`cpu_stunnel_*\` added by run.sh):"
-        echo
-        echo '```'
-        cat "$runs_tls"
-        echo '```'
-    fi
-} >>"$md"
-
-# json_array NAME...: the elements, one per line, comma-separated.
-json_array() {
-    local i n=$#
-    for ((i = 1; i <= n; i++)); do
-        printf '  %s%s\n' "${!i}" "$( ((i < n)) && echo ,)"
-    done
-}
-json_lines() { [[ -s $1 ]] && sed 's/.*/  "&"/; $!s/$/,/' "$1"; return 0; }
-{
-    printf '{"date":"%s","commit":"%s","build_type":"%s","cores":%s,"cpu":"%s","libzmq":"%s",' \
-        "$stamp" "$commit" "$btype" "$(nproc)" "${cpu//\"/}" "$zmqv"
-    printf '"openssl":"%s","stunnel":"%s","tls":%s,' "$sslv" "$stv" "$( ((tls)) && echo true || echo false)"
-    printf '"load_before":"%s","load_after":"%s",' "$load_start" "$load_end"
-    printf '"repetitions":%s,"latency_seconds":%s,"throughput_seconds":%s,"seconds_taken":%s,"failed":%s,\n' \
-        "$reps" "$lat_secs" "$tput_secs" "$elapsed" "$([[ $failed == 1 ]] && echo true || echo false)"
-    printf '"results":[\n'
-    json_array "${json_plain[@]}"
-    printf '],\n"results_mtls":[\n'
-    json_array "${json_tls[@]}"
-    printf '],\n"plain_vs_mtls":[\n'
-    json_array "${json_pm[@]}"
-    printf '],\n"runs":[\n'
-    json_lines "$runs"
-    printf '],\n"runs_mtls":[\n'
-    json_lines "$runs_tls"
+    printf '{"format":1,"date":"%s","commit":"%s","quick":%s,"repetitions":%d,\n' \
+        "$(date '+%Y-%m-%d %H:%M:%S')" "$commit" "$( ((quick)) && echo true || echo false)" "$reps"
+    printf '"machine":{"cores":%d,"cpu":"%s","kernel":"%s","memory_gib":%d},\n' \
+        "$(nproc)" "$cpu" "$(uname -sr)" "$mem"
+    printf '"versions":{%s},\n' "$(IFS=,; echo "${versions[*]}")"
+    printf '"load":{"before":"%s","after":"%s"},\n' "$load_start" "$load_end"
+    printf '"notes":[%s],\n' "$(IFS=,; echo "${notes[*]}")"
+    printf '"runs":[\n'
+    sed '$!s/$/,/' "$runs"
     printf ']}\n'
 } >"$json"
-
-echo
-sed -n '/^## /p; /^| /p' "$md" | sed 's/^## /\n/'
-echo
-echo "written: ${md#"$root"/} ${json#"$root"/}"
-((failed == 0)) || die "some runs failed (see above)"
+"$bin/bench_report" "$json" || die "bench_report failed on $json"
+log "bench/run.sh: wrote $json, ${json%.json}.md and its charts"
+sed -n '/^## Goals/,/^!\[goals\]/p' "${json%.json}.md"
+exit "$failed"
