@@ -1,0 +1,13 @@
+set terminal pngcairo size 960,540 font 'sans,10'
+set output '/work/main/bench/results/peers-2026-11-27-212908-idle.png'
+set title "Idle mTLS connections, then a call from each: server memory per connection, bytes (median, whiskers min - max)"
+set datafile missing '?'
+set style data histogram
+set style histogram errorbars gap 2 lw 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set key top right
+set grid ytics
+set yrange [0:*]
+set ylabel "server memory per connection, bytes (lower is better)"
+plot '/work/main/bench/results/peers-2026-11-27-212908-idle.dat' using 2:3:4:xtic(1) title 'Amtsbote', '/work/main/bench/results/peers-2026-11-27-212908-idle.dat' using 5:6:7 title 'NATS'

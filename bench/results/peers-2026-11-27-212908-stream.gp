@@ -1,0 +1,15 @@
+set terminal pngcairo size 960,540 font 'sans,10'
+set output '/work/main/bench/results/peers-2026-11-27-212908-stream.png'
+set title "One-way stream: received/s (median, whiskers min - max)"
+set datafile missing '?'
+set style data histogram
+set style histogram errorbars gap 2 lw 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set key top right
+set grid ytics
+set yrange [0:*]
+set ylabel "received/s (higher is better)"
+set logscale y
+set yrange [*:*]
+plot '/work/main/bench/results/peers-2026-11-27-212908-stream.dat' using 2:3:4:xtic(1) title 'Amtsbote', '/work/main/bench/results/peers-2026-11-27-212908-stream.dat' using 5:6:7 title 'raw zmq + stunnel', '/work/main/bench/results/peers-2026-11-27-212908-stream.dat' using 8:9:10 title 'NATS', '/work/main/bench/results/peers-2026-11-27-212908-stream.dat' using 11:12:13 title 'Mosquitto'
