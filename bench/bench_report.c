@@ -545,6 +545,8 @@ s_chart_scenario(report_t *r, const scenario_t *sc)
         const char *base = strrchr(png, '/');
         fprintf(r->md, "\n![%s](%s)\n", sc->title, base ? base + 1 : png);
         r->charts_made++;
+        unlink(dat); /* the chart is made: its inputs are in the results file */
+        unlink(gp);
     } else {
         fprintf(r->md, "\n(gnuplot could not draw %s; its script is %s)\n", png, gp);
     }
@@ -567,10 +569,16 @@ s_chart_goals(report_t *r, const outcome_t *out)
         if (!out[i].known)
             continue;
         char sz[32];
-        fprintf(f, "%zu \"%s%s%s%s%s\" %g\n", n++, GOALS[i].scenario, GOALS[i].size ? " " : "",
-                GOALS[i].size ? s_size(GOALS[i].size, sz, sizeof sz) : "",
-                GOALS[i].peer ? " vs " : " memory/connection",
-                GOALS[i].peer ? s_label(GOALS[i].peer) : "", out[i].attained);
+        char fl[32] = "";
+        if (GOALS[i].inflight > 1)
+            snprintf(fl, sizeof fl, " x%d", GOALS[i].inflight);
+        fprintf(f, "%zu \"%s%s%s%s%s%s\" %g\n", n++, GOALS[i].scenario, GOALS[i].size ? " " : "",
+                GOALS[i].size ? s_size(GOALS[i].size, sz, sizeof sz) : "", fl,
+                GOALS[i].peer ? " vs " : " memory/conn",
+                GOALS[i].peer
+                    ? (strcmp(GOALS[i].peer, "floor") ? s_label(GOALS[i].peer) : "zmq floor")
+                    : "",
+                out[i].attained);
     }
     fclose(f);
     if (n == 0)
@@ -578,17 +586,22 @@ s_chart_goals(report_t *r, const outcome_t *out)
     if ((f = fopen(gp, "w")) == NULL)
         s_die("cannot write %s: %s", gp, strerror(errno));
     fprintf(f,
-            "set terminal pngcairo size 960,540 font 'sans,10'\nset output '%s'\n"
-            "set title 'Goals: measured / goal (1 = goal just met; above is better)'\n"
+            "set terminal pngcairo size 1200,700 font 'sans,10'\nset output '%s'\n"
+            "set title 'Goals: measured / goal (1 = goal just met; above is better; x N: in "
+            "flight)'\n"
             "set style fill solid 0.8 border -1\nset boxwidth 0.7\nset grid ytics\n"
-            "set yrange [0:*]\nset xtics rotate by -30\nset key off\n"
-            "plot '%s' using 1:3:xtic(2) with boxes, 1 with lines lw 2 dt 2\n",
+            "set yrange [0:*]\nset xtics rotate by -40\nset key off\nset bmargin 14\n"
+            "set rmargin 12\nset lmargin 18\n"
+            "plot '%s' using 1:3:($3 >= 1 ? 0x2ca02c : 0xd62728):xtic(2) with boxes lc rgb "
+            "variable, 1 with lines lw 2 dt 2 lc rgb 'black'\n",
             png, dat);
     fclose(f);
     if (s_gnuplot(r, gp) == 0) {
         const char *base = strrchr(png, '/');
         fprintf(r->md, "\n![goals](%s)\n", base ? base + 1 : png);
         r->charts_made++;
+        unlink(dat); /* the chart is made: its inputs are in the results file */
+        unlink(gp);
     }
 }
 
