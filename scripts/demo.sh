@@ -253,7 +253,7 @@ if [ -x build/bench/bench_calls ]; then
   echo "    latency, 1 call in flight:   p50 $(echo "$lat" | field p50_us) µs, p99 $(echo "$lat" | field p99_us) µs"
   thr=$(build/bench/bench_calls --mode amtsbote --broker "$uri" --pki "$pki" --inflight 100 --size 100 --seconds 1 | grep '^result')
   echo "    throughput, 100 in flight:   $(echo "$thr" | field calls_per_s) calls/s ($(echo "$thr" | field errors) errors)"
-  echo "    (bench/run.sh compares these with raw ZeroMQ on this machine)"
+  echo "    (bench/run.sh compares Amtsbote with raw ZeroMQ, NATS, Mosquitto and RabbitMQ on this machine)"
 fi
 
 echo "==> what the broker logged (metadata only, never payloads)"
