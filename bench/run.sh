@@ -194,7 +194,6 @@ tlsargs=(--ca "$ca" --cert "$ccert" --key "$ckey")
 
 # ---- servers ----------------------------------------------------------------------------------
 versions=()
-started_ok=1
 declare -A server_pid
 
 if want amtsbote; then

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/peers/floor.sh - the raw-libzmq floor of the one-way stream, behind mutual TLS; sourced
 # by bench/run.sh.
 #

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/peers/mosquitto.sh - starts Mosquitto for the peer comparison; sourced by bench/run.sh.
 #
 #   mosquitto_start TMPDIR PKIDIR   mosquitto with mutual TLS (TLS 1.3) on a free 127.0.0.1 port;

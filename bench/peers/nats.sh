@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/peers/nats.sh - starts nats-server for the peer comparison; sourced by bench/run.sh.
 #
 #   nats_start TMPDIR PKIDIR   nats-server with mutual TLS on a free 127.0.0.1 port; sets NATS_PID

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/peers/rabbitmq.sh - starts a private RabbitMQ node for the peer comparison; sourced by
 # bench/run.sh.
 #
