@@ -38,9 +38,7 @@
  * Output: one result line on stdout; diagnostics on stderr. Exit 0 only for a valid run, 1 when
  * the run failed or a message was wrong or lost, 2 for bad options.
  */
-#include <errno.h>
 #include <getopt.h>
-#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -49,9 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <amqp.h>
@@ -60,6 +56,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "bench_util.h"
+
+#define PROG "bench_amqp"
 #define QUEUE "bench.durable"
 #define CHANNEL 1
 #define STAMP_LEN 8
@@ -130,23 +129,6 @@ struct bench {
     pthread_mutex_t err_lock;
     char first_error[256];
 };
-
-static void
-s_on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = "bench_amqp: hard time limit reached; giving up\n";
-    (void)!write(2, msg, sizeof msg - 1);
-    _exit(1);
-}
-
-static uint64_t
-s_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Counts an error (from any thread) and keeps the text of the first one for the report. */
 static void
@@ -308,7 +290,7 @@ s_pub_release(pub_t *p, uint64_t tag, int multiple)
     }
     uint64_t from = multiple ? p->oldest : tag;
     int record = atomic_load_explicit(&p->b->record, memory_order_relaxed);
-    uint64_t now = record ? s_now_ns() : 0;
+    uint64_t now = record ? bu_now_ns() : 0;
     for (uint64_t t = from; t <= tag; t++) {
         if (p->pending[t % (uint64_t)n]) {
             p->pending[t % (uint64_t)n] = 0;
@@ -398,7 +380,7 @@ s_publish_loop(pub_t *p)
         while (p->outstanding < o->inflight &&
                !atomic_load_explicit(&b->stop, memory_order_relaxed)) {
             uint32_t seq = ++p->seq;
-            uint64_t t = s_now_ns();
+            uint64_t t = bu_now_ns();
             memcpy(p->body + 4, &seq, 4);
             if (o->size >= STAMP_LEN + TIME_LEN)
                 memcpy(p->body + STAMP_LEN, &t, TIME_LEN);
@@ -419,8 +401,8 @@ s_publish_loop(pub_t *p)
             return;
         }
     }
-    uint64_t until = s_now_ns() + (uint64_t)DRAIN_S * 1000000000u;
-    while (p->outstanding > 0 && s_now_ns() < until)
+    uint64_t until = bu_now_ns() + (uint64_t)DRAIN_S * 1000000000u;
+    while (p->outstanding > 0 && bu_now_ns() < until)
         if (s_pub_read(p, WAIT_CAP_US) != 0) {
             p->failed = 1;
             return;
@@ -562,7 +544,7 @@ s_cons_phase(bench_t *b, cons_state_t *cs, uint64_t end_ns, long until_count,
 {
     const opts_t *o = &b->o;
     for (;;) {
-        uint64_t now = s_now_ns();
+        uint64_t now = bu_now_ns();
         if (now >= end_ns || (until_count >= 0 && cs->received >= until_count) ||
             (done && done(b, cs)))
             return 0;
@@ -599,7 +581,7 @@ s_cons_phase(bench_t *b, cons_state_t *cs, uint64_t end_ns, long until_count,
             s_error(b, "consumer: %s", s_reply_text(r));
             return -1;
         }
-        now = s_now_ns();
+        now = bu_now_ns();
         s_cons_check(b, cs, &env.message.body, now);
         cs->received++;
         cs->total++;
@@ -635,60 +617,7 @@ s_drained(bench_t *b, cons_state_t *cs)
     return 1;
 }
 
-/* ---- CPU time ---------------------------------------------------------------------------- */
-
-/* CPU time (user + system, all threads) of this process, in microseconds. */
-static double
-s_cpu_self_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* CPU time of another process (all threads) from /proc/PID/stat, in µs; -1 when unreadable. */
-static double
-s_cpu_pid_us(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
-    unsigned long long ut, st;
-    if (!p ||
-        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
 /* ---- Driver ------------------------------------------------------------------------------- */
-
-static int
-s_cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of the sorted array, in microseconds; 0 when it is empty. */
-static double
-s_pct_us(const uint64_t *v, long n, double p)
-{
-    if (n == 0)
-        return 0;
-    long k = (long)ceil(p * (double)n) - 1;
-    if (k < 0)
-        k = 0;
-    if (k >= n)
-        k = n - 1;
-    return (double)v[k] / 1000.0;
-}
 
 static void
 s_usage(FILE *f)
@@ -709,21 +638,6 @@ s_usage(FILE *f)
             "                    (default 1: every message on its own)\n"
             "  --server-pid PID  report the broker's CPU time per message\n",
             STAMP_LEN);
-}
-
-static int
-s_parse_long(const char *arg, const char *name, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || *end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "bench_amqp: %s must be an integer in [%ld, %ld], not '%s'\n", name, lo, hi,
-                arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 static int
@@ -764,7 +678,7 @@ s_parse(int argc, char **argv, opts_t *o)
             o->host = optarg;
             break;
         case 'p':
-            if (s_parse_long(optarg, "--port", 1, 65535, &v))
+            if (bu_parse_long(PROG, optarg, "--port", 1, 65535, &v))
                 return -1;
             o->port = (int)v;
             break;
@@ -784,45 +698,40 @@ s_parse(int argc, char **argv, opts_t *o)
             o->password = optarg;
             break;
         case 's':
-            if (s_parse_long(optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
+            if (bu_parse_long(PROG, optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
                 return -1;
             o->size = (size_t)v;
             break;
-        case 'S': {
-            char *end;
-            o->seconds = strtod(optarg, &end);
-            if (*end || end == optarg || !(o->seconds > 0 && o->seconds <= 600)) {
-                fprintf(stderr, "bench_amqp: --seconds must be in (0, 600], not '%s'\n", optarg);
+        case 'S':
+            if (bu_parse_seconds(PROG, optarg, &o->seconds))
                 return -1;
-            }
             break;
-        }
         case 'w':
-            if (s_parse_long(optarg, "--warmup", 0, 10000000, &o->warmup))
+            if (bu_parse_long(PROG, optarg, "--warmup", 0, 10000000, &o->warmup))
                 return -1;
             break;
         case 'n':
-            if (s_parse_long(optarg, "--inflight", 1, MAX_INFLIGHT, &v))
+            if (bu_parse_long(PROG, optarg, "--inflight", 1, MAX_INFLIGHT, &v))
                 return -1;
             o->inflight = (int)v;
             break;
         case 'N':
-            if (s_parse_long(optarg, "--publishers", 1, MAX_PUBLISHERS, &v))
+            if (bu_parse_long(PROG, optarg, "--publishers", 1, MAX_PUBLISHERS, &v))
                 return -1;
             o->publishers = (int)v;
             break;
         case 'q':
-            if (s_parse_long(optarg, "--prefetch", 1, 65535, &v))
+            if (bu_parse_long(PROG, optarg, "--prefetch", 1, 65535, &v))
                 return -1;
             o->prefetch = (int)v;
             break;
         case 'a':
-            if (s_parse_long(optarg, "--ack-every", 1, 65535, &v))
+            if (bu_parse_long(PROG, optarg, "--ack-every", 1, 65535, &v))
                 return -1;
             o->ack_every = (int)v;
             break;
         case 'x':
-            if (s_parse_long(optarg, "--server-pid", 1, INT32_MAX, &v))
+            if (bu_parse_long(PROG, optarg, "--server-pid", 1, INT32_MAX, &v))
                 return -1;
             o->server_pid = (pid_t)v;
             break;
@@ -862,7 +771,7 @@ main(int argc, char **argv)
     pthread_mutex_init(&b.err_lock, NULL);
 
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGALRM, s_on_alarm);
+    bu_alarm_exit(PROG ": hard time limit reached; giving up\n");
     /* Hard bound on the whole run, whatever hangs: connect, warm-up, window, drain, close. */
     alarm((unsigned)o->seconds + 30);
 
@@ -876,8 +785,7 @@ main(int argc, char **argv)
         return 1;
     }
     memset(b.lat, 0, (size_t)b.lat_cap * sizeof *b.lat); /* fault the pages in before measuring */
-    for (size_t i = 0; i < o->size; i++)
-        b.tmpl[i] = (unsigned char)('a' + i % 26);
+    bu_fill_pattern(b.tmpl, o->size);
     for (int i = 0; i < o->publishers; i++)
         b.next_seq[i] = 1;
 
@@ -896,7 +804,7 @@ main(int argc, char **argv)
 
     cons_state_t cs = {0};
     if (rc == 0 && o->warmup > 0) {
-        rc = s_cons_phase(&b, &cs, s_now_ns() + (uint64_t)WARMUP_MAX_S * 1000000000u, o->warmup,
+        rc = s_cons_phase(&b, &cs, bu_now_ns() + (uint64_t)WARMUP_MAX_S * 1000000000u, o->warmup,
                           NULL);
         if (rc == 0 && cs.received < o->warmup) {
             fprintf(stderr, "bench_amqp: only %ld of %ld warm-up messages in %d s\n", cs.received,
@@ -917,17 +825,17 @@ main(int argc, char **argv)
     if (rc == 0) {
         cs.received = 0;
         cs.record = 1;
-        srv0 = o->server_pid ? s_cpu_pid_us(o->server_pid) : -1;
-        cpu0 = s_cpu_self_us();
+        srv0 = o->server_pid ? bu_cpu_pid_us(o->server_pid) : -1;
+        cpu0 = bu_cpu_self_us();
         conf0 = s_confirmed_total(&b);
-        t0 = s_now_ns();
+        t0 = bu_now_ns();
         atomic_store(&b.record, 1);
         rc = s_cons_phase(&b, &cs, t0 + (uint64_t)(o->seconds * 1e9), -1, NULL);
         atomic_store(&b.record, 0);
-        t1 = s_now_ns();
+        t1 = bu_now_ns();
         conf1 = s_confirmed_total(&b);
-        cpu1 = s_cpu_self_us();
-        srv1 = o->server_pid ? s_cpu_pid_us(o->server_pid) : -1;
+        cpu1 = bu_cpu_self_us();
+        srv1 = o->server_pid ? bu_cpu_pid_us(o->server_pid) : -1;
         msgs = cs.received;
         backlog = (long)conf1 - cs.total;
         cs.record = 0;
@@ -937,7 +845,7 @@ main(int argc, char **argv)
     atomic_store(&b.stop, 1);
     if (rc == 0) {
         cs.received = 0;
-        rc = s_cons_phase(&b, &cs, s_now_ns() + (uint64_t)(DRAIN_S + 2) * 1000000000u, -1,
+        rc = s_cons_phase(&b, &cs, bu_now_ns() + (uint64_t)(DRAIN_S + 2) * 1000000000u, -1,
                           s_drained);
     }
     if (cs.unacked > 0 && b.cons)
@@ -980,24 +888,29 @@ main(int argc, char **argv)
                 b.first_error[0] ? "; first error: " : "", b.first_error);
         return 1;
     }
-    qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, s_cmp_u64);
+    bu_sort_u64(b.lat, b.nlat);
     if (clat)
-        qsort(clat, (size_t)nclat, sizeof *clat, s_cmp_u64);
-    double secs = (double)(t1 - t0) / 1e9;
+        bu_sort_u64(clat, nclat);
+    /* unlike the other load generators: 0, not -1, when a CPU sample is missing */
     double srv = srv0 >= 0 && srv1 >= 0 && msgs > 0 ? (srv1 - srv0) / (double)msgs : 0;
-    printf("result system=rabbitmq scenario=durable size=%zu inflight=%d msgs=%ld seconds=%.3f "
-           "rate=%.0f p50_us=%.1f p99_us=%.1f p999_us=%.1f errors=%ld sent=%lu "
-           "cpu_client_us=%.2f cpu_server_us=%.2f publishers=%d prefetch=%d ack_every=%d "
-           "backlog=%ld lost=%ld nacks=%ld published_total=%ld confirmed_total=%ld "
-           "lat_samples=%ld confirm_p50_us=%.1f confirm_p99_us=%.1f confirm_p999_us=%.1f "
-           "confirm_samples=%ld\n",
-           o->size, o->inflight, msgs, secs, secs > 0 ? (double)msgs / secs : 0.0,
-           s_pct_us(b.lat, b.nlat, 0.50), s_pct_us(b.lat, b.nlat, 0.99),
-           s_pct_us(b.lat, b.nlat, 0.999), errors, conf1 - conf0,
-           msgs > 0 ? (cpu1 - cpu0) / (double)msgs : 0.0, srv, o->publishers, o->prefetch,
-           o->ack_every, backlog, lost, nacks, sent_total, confirmed_total, b.nlat,
-           s_pct_us(clat, nclat, 0.50), s_pct_us(clat, nclat, 0.99), s_pct_us(clat, nclat, 0.999),
-           nclat);
+    bu_print_result(&(bu_result_t){.system = "rabbitmq",
+                                   .scenario = "durable",
+                                   .size = o->size,
+                                   .inflight = o->inflight,
+                                   .msgs = msgs,
+                                   .seconds = (double)(t1 - t0) / 1e9,
+                                   .lat = b.lat,
+                                   .nlat = b.nlat,
+                                   .errors = errors,
+                                   .sent = (long)(conf1 - conf0),
+                                   .cpu_client_us = msgs > 0 ? (cpu1 - cpu0) / (double)msgs : 0.0,
+                                   .cpu_server_us = srv});
+    printf(" publishers=%d prefetch=%d ack_every=%d backlog=%ld lost=%ld nacks=%ld "
+           "published_total=%ld confirmed_total=%ld lat_samples=%ld confirm_p50_us=%.1f "
+           "confirm_p99_us=%.1f confirm_p999_us=%.1f confirm_samples=%ld\n",
+           o->publishers, o->prefetch, o->ack_every, backlog, lost, nacks, sent_total,
+           confirmed_total, b.nlat, bu_pct_us(clat, nclat, 0.50), bu_pct_us(clat, nclat, 0.99),
+           bu_pct_us(clat, nclat, 0.999), nclat);
     free(clat);
     if (errors > 0)
         fprintf(stderr, "bench_amqp: %ld errors; first: %s\n", errors, b.first_error);

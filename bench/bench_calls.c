@@ -28,22 +28,19 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <math.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "amtsbote.h"
+#include "bench_util.h"
 
+#define PROG "bench_calls"
 #define DEFAULT_SERVICE "bench.v1.Echo/Echo"
 #define CALLER_ID "bund.bench"
 #define PROVIDER_ID "kommune.bench.worker"
@@ -111,37 +108,6 @@ struct bench {
     void *zs[MAX_CLIENTS];
 };
 
-static volatile sig_atomic_t s_stop;
-
-static void
-s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
-
-static uint64_t
-s_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void
-s_put32(unsigned char *p, uint32_t v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static uint32_t
-s_get32(const unsigned char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
 /* Counts an error and keeps the text of the first one for the report. */
 static void
 s_note_error(bench_t *b, const char *what, const char *detail)
@@ -161,10 +127,10 @@ s_slot_take(bench_t *b, int client)
     s->seq++;
     s->client = client;
     if (!b->o.request) {
-        s_put32(b->req, s->idx);
-        s_put32(b->req + 4, s->seq);
+        bu_put32(b->req, s->idx);
+        bu_put32(b->req + 4, s->seq);
     }
-    s->t0 = s_now_ns();
+    s->t0 = bu_now_ns();
     return s;
 }
 
@@ -179,7 +145,7 @@ s_slot_release(bench_t *b, slot_t *s)
 static void
 s_slot_done(bench_t *b, slot_t *s, int ok, const unsigned char *reply, size_t len)
 {
-    uint64_t now = s_now_ns();
+    uint64_t now = bu_now_ns();
     if (ok) {
         if (b->o.reply) {
             if (len != b->o.reply_len || memcmp(reply, b->o.reply, len) != 0)
@@ -188,7 +154,7 @@ s_slot_done(bench_t *b, slot_t *s, int ok, const unsigned char *reply, size_t le
                 b->lat[b->nlat++] = now - s->t0;
         } else if (len != b->o.size)
             s_note_error(b, "echo has the wrong length", NULL);
-        else if (s_get32(reply) != s->idx || s_get32(reply + 4) != s->seq)
+        else if (bu_get32(reply) != s->idx || bu_get32(reply + 4) != s->seq)
             s_note_error(b, "echo does not carry the request's stamp", NULL);
         else if (b->record && b->nlat < b->o.count)
             b->lat[b->nlat++] = now - s->t0;
@@ -335,8 +301,8 @@ s_ab_phase(bench_t *b, long limit, uint64_t end_ns)
 {
     int next_client = 0;
     for (;;) {
-        uint64_t now = s_now_ns();
-        int may_send = !s_stop && now < end_ns && b->sent < limit;
+        uint64_t now = bu_now_ns();
+        int may_send = !bu_stopped() && now < end_ns && b->sent < limit;
         while (may_send && b->nfree > 0 && b->sent < limit) {
             slot_t *s = s_slot_take(b, next_client);
             next_client = (next_client + 1) % b->o.clients;
@@ -494,7 +460,7 @@ s_floor_drain(bench_t *b, int i, int *probe_seen)
         }
         size_t len = zmq_msg_size(&m);
         const unsigned char *data = zmq_msg_data(&m);
-        uint32_t idx = len >= STAMP_LEN ? s_get32(data) : PROBE_SLOT - 1;
+        uint32_t idx = len >= STAMP_LEN ? bu_get32(data) : PROBE_SLOT - 1;
         if (idx == PROBE_SLOT) {
             if (probe_seen)
                 *probe_seen = 1;
@@ -516,13 +482,13 @@ static int
 s_floor_probe(bench_t *b)
 {
     int seen = 0;
-    s_put32(b->req, PROBE_SLOT);
-    for (int tries = 0; tries < 100 && !seen && !s_stop; tries++) {
+    bu_put32(b->req, PROBE_SLOT);
+    for (int tries = 0; tries < 100 && !seen && !bu_stopped(); tries++) {
         if (zmq_send(b->zs[0], b->req, b->o.size, 0) < 0)
             return -1;
         zmq_pollitem_t item = {b->zs[0], 0, ZMQ_POLLIN, 0};
-        uint64_t until = s_now_ns() + 50000000u;
-        while (!seen && s_now_ns() < until) {
+        uint64_t until = bu_now_ns() + 50000000u;
+        while (!seen && bu_now_ns() < until) {
             zmq_poll(&item, 1, 10);
             s_floor_drain(b, 0, &seen);
         }
@@ -541,8 +507,8 @@ s_floor_phase(bench_t *b, long limit, uint64_t end_ns)
     for (int i = 0; i < b->o.clients; i++)
         items[i] = (zmq_pollitem_t){b->zs[i], 0, ZMQ_POLLIN, 0};
     for (;;) {
-        uint64_t now = s_now_ns();
-        int may_send = !s_stop && now < end_ns && b->sent < limit;
+        uint64_t now = bu_now_ns();
+        int may_send = !bu_stopped() && now < end_ns && b->sent < limit;
         while (may_send && b->nfree > 0 && b->sent < limit) {
             slot_t *s = s_slot_take(b, next_client);
             next_client = (next_client + 1) % b->o.clients;
@@ -585,36 +551,7 @@ s_floor_phase(bench_t *b, long limit, uint64_t end_ns)
 
 /* ---- CPU time ---------------------------------------------------------------------------- */
 
-/* CPU time (user + system, all threads) of this process, in microseconds. */
-static double
-s_cpu_self_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* CPU time of another process from /proc/PID/stat, in microseconds; -1 when unreadable. */
-static double
-s_cpu_pid_us(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
-    unsigned long long ut, st;
-    if (!p ||
-        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
+/* CPU microseconds (all threads) of the caller, the echoing child and the hop; -1: not read. */
 typedef struct {
     double self, echo, hop;
 } cpu_t;
@@ -622,38 +559,10 @@ typedef struct {
 static cpu_t
 s_cpu_now(pid_t echo, pid_t hop)
 {
-    return (cpu_t){s_cpu_self_us(), s_cpu_pid_us(echo), hop > 0 ? s_cpu_pid_us(hop) : -1};
-}
-
-/* CPU microseconds per call between two samples, or -1 when either sample is missing. */
-static double
-s_per_call(double a, double b, long calls)
-{
-    return a < 0 || b < 0 || calls == 0 ? -1 : (b - a) / (double)calls;
+    return (cpu_t){bu_cpu_self_us(), bu_cpu_pid_us(echo), hop > 0 ? bu_cpu_pid_us(hop) : -1};
 }
 
 /* ---- Driver ------------------------------------------------------------------------------- */
-
-static int
-s_cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of the sorted array, in microseconds; 0 when it is empty. */
-static double
-s_pct_us(const uint64_t *v, long n, double p)
-{
-    if (n == 0)
-        return 0;
-    long k = (long)ceil(p * (double)n) - 1;
-    if (k < 0)
-        k = 0;
-    if (k >= n)
-        k = n - 1;
-    return (double)v[k] / 1000.0;
-}
 
 static void
 s_usage(FILE *f)
@@ -679,21 +588,6 @@ s_usage(FILE *f)
         "  --request F   Amtsbote mode: send F's bytes unchanged in every call (replaces --size)\n"
         "  --reply F     with --request: the provider answers every call with F's bytes\n",
         STAMP_LEN);
-}
-
-static int
-s_parse_long(const char *arg, const char *name, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || *end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "bench_calls: %s must be an integer in [%ld, %ld], not '%s'\n", name, lo,
-                hi, arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 static int
@@ -748,42 +642,37 @@ s_parse(int argc, char **argv, opts_t *o)
             endpoint = optarg;
             break;
         case 'n':
-            if (s_parse_long(optarg, "--inflight", 1, MAX_INFLIGHT, &v))
+            if (bu_parse_long(PROG, optarg, "--inflight", 1, MAX_INFLIGHT, &v))
                 return -1;
             o->inflight = (int)v;
             break;
         case 'c':
-            if (s_parse_long(optarg, "--clients", 1, MAX_CLIENTS, &v))
+            if (bu_parse_long(PROG, optarg, "--clients", 1, MAX_CLIENTS, &v))
                 return -1;
             o->clients = (int)v;
             break;
         case 's':
-            if (s_parse_long(optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
+            if (bu_parse_long(PROG, optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
                 return -1;
             o->size = (size_t)v;
             break;
         case 'N':
-            if (s_parse_long(optarg, "--count", 1, MAX_COUNT, &o->count))
+            if (bu_parse_long(PROG, optarg, "--count", 1, MAX_COUNT, &o->count))
                 return -1;
             break;
-        case 'S': {
-            char *end;
-            o->seconds = strtod(optarg, &end);
-            if (*end || end == optarg || !(o->seconds > 0 && o->seconds <= 600)) {
-                fprintf(stderr, "bench_calls: --seconds must be in (0, 600], not '%s'\n", optarg);
+        case 'S':
+            if (bu_parse_seconds(PROG, optarg, &o->seconds))
                 return -1;
-            }
             break;
-        }
         case 'w':
-            if (s_parse_long(optarg, "--warmup", 0, MAX_COUNT, &o->warmup))
+            if (bu_parse_long(PROG, optarg, "--warmup", 0, MAX_COUNT, &o->warmup))
                 return -1;
             break;
         case 'l':
             o->latency = 1;
             break;
         case 't':
-            if (s_parse_long(optarg, "--timeout-ms", 1, 600000, &v))
+            if (bu_parse_long(PROG, optarg, "--timeout-ms", 1, 600000, &v))
                 return -1;
             o->timeout_ms = (int)v;
             break;
@@ -800,7 +689,7 @@ s_parse(int argc, char **argv, opts_t *o)
             o->reply_file = optarg;
             break;
         case 'p':
-            if (s_parse_long(optarg, "--hop-pid", 1, INT32_MAX, &v))
+            if (bu_parse_long(PROG, optarg, "--hop-pid", 1, INT32_MAX, &v))
                 return -1;
             o->hop_pid = (pid_t)v;
             break;
@@ -873,60 +762,26 @@ s_read_file(const char *path, unsigned char **out, size_t *len)
     return 0;
 }
 
-/* Forks the echoing child; returns its pid and the control pipe's write end in *ctl. */
+/* The echoing child (bu_child_fn): the provider or the floor's worker, as the mode says. */
+static int
+s_echo_child(void *arg, int ready_fd, int ctl)
+{
+    const opts_t *o = arg;
+    return o->mode == MODE_AMTSBOTE ? s_ab_provider(o, ready_fd, ctl)
+                                    : s_floor_worker(o, ready_fd, ctl);
+}
+
+/* Forks the echoing child; returns its pid and the control pipe's write end in *ctl, or -1. */
 static pid_t
 s_spawn_echo(const opts_t *o, int *ctl)
 {
-    int ready[2], ctlp[2];
-    if (pipe(ready) != 0 || pipe(ctlp) != 0) {
-        perror("bench_calls: pipe");
-        return -1;
-    }
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("bench_calls: fork");
-        return -1;
-    }
-    if (pid == 0) {
-        close(ready[0]);
-        close(ctlp[1]);
-        alarm((unsigned)o->seconds + 90); /* a leftover child never outlives its purpose long */
-        int rc = o->mode == MODE_AMTSBOTE ? s_ab_provider(o, ready[1], ctlp[0])
-                                          : s_floor_worker(o, ready[1], ctlp[0]);
-        _exit(rc);
-    }
-    close(ready[1]);
-    close(ctlp[0]);
-    *ctl = ctlp[1];
-    struct pollfd p = {ready[0], POLLIN, 0};
-    char c = 0;
-    int ok = poll(&p, 1, 10000) == 1 && read(ready[0], &c, 1) == 1 && c == 'R';
-    close(ready[0]);
-    if (!ok) {
-        fprintf(stderr, "bench_calls: the %s did not get ready\n",
-                o->mode == MODE_AMTSBOTE ? "provider" : "worker");
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        close(*ctl);
-        return -1;
-    }
-    return pid;
-}
-
-/* Closes the control pipe and waits up to 3 s for the child, then kills it. */
-static void
-s_reap(pid_t pid, int ctl)
-{
-    close(ctl);
-    for (int i = 0; i < 300; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        usleep(10000);
-    }
-    fprintf(stderr, "bench_calls: child %d did not exit; killing it\n", (int)pid);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    bu_child_t c = {.prog = PROG,
+                    .what = o->mode == MODE_AMTSBOTE ? "provider" : "worker",
+                    .run = s_echo_child,
+                    .arg = (void *)o,
+                    .alarm_s = (unsigned)o->seconds + 90,
+                    .ready_ms = 10000};
+    return bu_spawn(&c, ctl);
 }
 
 int
@@ -942,13 +797,7 @@ main(int argc, char **argv)
         b.o.size = b.o.request_len;
     const opts_t *o = &b.o;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    bu_signals();
     /* Hard bound on the whole run, whatever hangs: connect, warmup, measure, drain, reap. */
     alarm((unsigned)o->seconds + 60);
 
@@ -964,8 +813,7 @@ main(int argc, char **argv)
     if (o->request)
         memcpy(b.req, o->request, o->size);
     else
-        for (size_t i = 0; i < o->size; i++)
-            b.req[i] = (unsigned char)('a' + i % 26);
+        bu_fill_pattern(b.req, o->size);
     for (int i = 0; i < o->inflight; i++) {
         b.slots[i] = (slot_t){.b = &b, .idx = (uint32_t)i};
         b.free_slots[o->inflight - 1 - i] = (uint32_t)i;
@@ -991,18 +839,18 @@ main(int argc, char **argv)
     }
 
     if (rc == 0 && o->warmup > 0)
-        rc = phase(&b, o->warmup, s_now_ns() + 5000000000u);
+        rc = phase(&b, o->warmup, bu_now_ns() + 5000000000u);
     if (rc == 0 && b.errors > 0) {
         fprintf(stderr, "bench_calls: %ld errors in the warmup: %s\n", b.errors, b.first_error);
         rc = -1;
     }
-    uint64_t t0 = s_now_ns(), t1 = t0;
+    uint64_t t0 = bu_now_ns(), t1 = t0;
     cpu_t c0 = {0}, c1 = {0};
     if (rc == 0) {
         b.sent = b.completed = b.errors = b.stalls = 0;
         b.record = 1;
         c0 = s_cpu_now(child, o->hop_pid);
-        t0 = s_now_ns();
+        t0 = bu_now_ns();
         b.last_done_ns = t0;
         rc = phase(&b, o->count, t0 + (uint64_t)(o->seconds * 1e9));
         t1 = b.last_done_ns;
@@ -1013,25 +861,24 @@ main(int argc, char **argv)
         s_ab_close(&b);
     else
         s_floor_close(&b);
-    s_reap(child, ctl);
+    bu_reap(PROG, &child, &ctl, 1);
     if (rc != 0 && b.completed == 0) {
         if (b.first_error[0])
             fprintf(stderr, "bench_calls: first error: %s\n", b.first_error);
         return 1;
     }
 
-    qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, s_cmp_u64);
+    bu_sort_u64(b.lat, b.nlat);
     double secs = (double)(t1 - t0) / 1e9;
     printf("result system=%s scenario=%s inflight=%d size=%zu clients=%d calls=%ld errors=%ld "
            "seconds=%.3f calls_per_s=%.0f p50_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f "
            "stalls=%ld cpu_caller_us=%.2f cpu_echo_us=%.2f cpu_hop_us=%.2f",
            o->mode == MODE_AMTSBOTE ? "amtsbote" : "floor", o->latency ? "latency" : "throughput",
            o->inflight, o->size, o->clients, b.completed, b.errors, secs,
-           secs > 0 ? (double)b.completed / secs : 0.0, s_pct_us(b.lat, b.nlat, 0.50),
-           s_pct_us(b.lat, b.nlat, 0.99), s_pct_us(b.lat, b.nlat, 0.999),
-           b.nlat ? (double)b.lat[b.nlat - 1] / 1000.0 : 0.0, b.stalls,
-           s_per_call(c0.self, c1.self, b.completed), s_per_call(c0.echo, c1.echo, b.completed),
-           s_per_call(c0.hop, c1.hop, b.completed));
+           bu_rate((double)b.completed, secs), bu_pct_us(b.lat, b.nlat, 0.50),
+           bu_pct_us(b.lat, b.nlat, 0.99), bu_pct_us(b.lat, b.nlat, 0.999),
+           bu_pct_us(b.lat, b.nlat, 1), b.stalls, bu_cpu_per(c0.self, c1.self, b.completed),
+           bu_cpu_per(c0.echo, c1.echo, b.completed), bu_cpu_per(c0.hop, c1.hop, b.completed));
     if (o->request) /* what the fixed payloads were; size= above is the request's */
         printf(" service=%s request_size=%zu reply_size=%zu", o->service, o->request_len,
                o->reply_len);

@@ -55,20 +55,20 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "amtsbote.h"
+#include "bench_util.h"
 
+#define PROG "bench_flow"
 #define SENDER_ID "bund.bench"
 #define RECEIVER_ID "kommune.bench.worker"
 #define HDR_LEN 24 /* stamp, run tag, send time */
@@ -181,51 +181,11 @@ struct bench {
     void *pull;
 };
 
-static volatile sig_atomic_t s_interrupted;
-
-static void
-s_on_signal(int sig)
-{
-    (void)sig;
-    s_interrupted = 1;
-}
-
-static void
-s_on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = "bench_flow: time limit reached (--seconds + 30 s); aborting\n";
-    (void)!write(2, msg, sizeof msg - 1);
-    _exit(1);
-}
-
-static uint64_t
-s_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void
 s_nap(long ns)
 {
     struct timespec ts = {0, ns};
     nanosleep(&ts, NULL);
-}
-
-static void
-s_put64(unsigned char *p, uint64_t v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static uint64_t
-s_get64(const unsigned char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
 }
 
 /* Counts an error (from any thread) and keeps the text of the first one for the report. */
@@ -266,9 +226,9 @@ static void
 s_stamp(tx_t *t)
 {
     t->seq++;
-    s_put64(t->buf, (uint64_t)t->idx << SEQ_BITS | t->seq);
-    s_put64(t->buf + 8, t->b->tag);
-    s_put64(t->buf + 16, s_now_ns());
+    bu_put64(t->buf, (uint64_t)t->idx << SEQ_BITS | t->seq);
+    bu_put64(t->buf + 8, t->b->tag);
+    bu_put64(t->buf + 16, bu_now_ns());
 }
 
 /*
@@ -278,8 +238,8 @@ s_stamp(tx_t *t)
 static void
 s_receive(bench_t *b, rx_t *r, const unsigned char *p, size_t len, const char *sender)
 {
-    uint64_t now = s_now_ns();
-    if (len < HDR_LEN || s_get64(p + 8) != b->tag) {
+    uint64_t now = bu_now_ns();
+    if (len < HDR_LEN || bu_get64(p + 8) != b->tag) {
         b->stale++;
         return;
     }
@@ -293,7 +253,7 @@ s_receive(bench_t *b, rx_t *r, const unsigned char *p, size_t len, const char *s
                      sender);
         return;
     }
-    uint64_t stamp = s_get64(p);
+    uint64_t stamp = bu_get64(p);
     uint64_t who = stamp >> SEQ_BITS, seq = stamp & SEQ_MASK;
     if (who >= (uint64_t)b->ntx || seq == 0) {
         s_note_error(b, "receiver %d: a message with a stamp no sender made (%#llx)", r->idx,
@@ -318,7 +278,7 @@ s_receive(bench_t *b, rx_t *r, const unsigned char *p, size_t len, const char *s
     r->got++;
     b->got_total++;
     if (b->record && b->nlat < LAT_CAP)
-        b->lat[b->nlat++] = now - s_get64(p + 16);
+        b->lat[b->nlat++] = now - bu_get64(p + 16);
 }
 
 /* How far the slowest receiver has come: messages received or known to be lost. */
@@ -400,7 +360,7 @@ s_on_accepted(ab_client_t *client, int status, const char *id_hex, const char *e
     if (status == 0) {
         atomic_fetch_add(&b->done, 1);
         if (b->record && b->nacc < LAT_CAP)
-            b->acc_lat[b->nacc++] = s_now_ns() - s->t0;
+            b->acc_lat[b->nacc++] = bu_now_ns() - s->t0;
     } else {
         s_note_error(b, "sender %d: %s: %s%s%s", t->idx,
                      b->o.mode == M_DURABLE ? "SEND" : "PUBLISH", ab_err_name(status),
@@ -421,7 +381,7 @@ s_fill_windows(bench_t *b)
         while (t->c && t->nfree > 0 && atomic_load(&b->issued) < atomic_load(&b->allowed)) {
             slot_t *s = &t->slots[t->free_slots[--t->nfree]];
             s_stamp(t);
-            s->t0 = s_now_ns();
+            s->t0 = bu_now_ns();
             int rc =
                 b->o.mode == M_DURABLE
                     ? ab_send_async(t->c, RECEIVER_ID, t->buf, b->o.size, NULL, s_on_accepted, s)
@@ -504,12 +464,12 @@ s_ab_receivers(bench_t *b)
     if (b->o.mode != M_DURABLE)
         return 0;
     /* an earlier run's messages still waiting: taken and acknowledged before anything is sent */
-    uint64_t start = s_now_ns(), idle_since = start;
+    uint64_t start = bu_now_ns(), idle_since = start;
     long seen = b->stale;
-    while (!s_interrupted) {
+    while (!bu_stopped()) {
         if (s_ab_pump(b, 20) != 0)
             return -1;
-        uint64_t now = s_now_ns();
+        uint64_t now = bu_now_ns();
         if (b->stale != seen) {
             seen = b->stale;
             idle_since = now;
@@ -645,49 +605,6 @@ s_floor_pump(bench_t *b, int wait_ms)
 
 /* ---- CPU time ------------------------------------------------------------------------------ */
 
-static double
-s_cpu_self_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* CPU time (all threads) of another process from /proc/PID/stat, µs; -1 when unreadable. */
-static double
-s_cpu_pid_us(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
-    unsigned long long ut, st;
-    if (!p ||
-        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* Sum over the processes; -1 when any is unreadable, 0 for none. */
-static double
-s_cpu_pids_us(const pid_t *pids, int n)
-{
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        double v = s_cpu_pid_us(pids[i]);
-        if (v < 0)
-            return -1;
-        sum += v;
-    }
-    return sum;
-}
-
 typedef struct {
     double self, clients, servers;
 } cpu_t;
@@ -695,11 +612,12 @@ typedef struct {
 static cpu_t
 s_cpu_now(const opts_t *o)
 {
-    return (cpu_t){s_cpu_self_us(), s_cpu_pids_us(o->client_pids, o->nclient_pids),
-                   s_cpu_pids_us(o->server_pids, o->nserver_pids)};
+    return (cpu_t){bu_cpu_self_us(), bu_cpu_pids_us(o->client_pids, o->nclient_pids),
+                   bu_cpu_pids_us(o->server_pids, o->nserver_pids)};
 }
 
-/* µs per message between two samples; -1 when either is missing. */
+/* µs per message between two samples; -1 when either is missing, 0 (not bu_cpu_per()'s -1) when
+ * no message arrived. */
 static double
 s_per_msg(double a, double b, long msgs)
 {
@@ -707,27 +625,6 @@ s_per_msg(double a, double b, long msgs)
 }
 
 /* ---- Driver -------------------------------------------------------------------------------- */
-
-static int
-s_cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of a sorted array, in µs; 0 when it is empty. */
-static double
-s_pct_us(const uint64_t *v, long n, double p)
-{
-    if (n == 0)
-        return 0;
-    long k = (long)ceil(p * (double)n) - 1;
-    if (k < 0)
-        k = 0;
-    if (k >= n)
-        k = n - 1;
-    return (double)v[k] / 1000.0;
-}
 
 static void
 s_usage(FILE *f)
@@ -765,21 +662,6 @@ s_usage(FILE *f)
 }
 
 static int
-s_parse_long(const char *arg, const char *name, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || *end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "bench_flow: %s must be an integer in [%ld, %ld], not '%s'\n", name, lo, hi,
-                arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int
 s_parse_pids(const char *arg, const char *name, pid_t *pids, int *n)
 {
     char buf[256];
@@ -791,7 +673,7 @@ s_parse_pids(const char *arg, const char *name, pid_t *pids, int *n)
             fprintf(stderr, "bench_flow: %s takes at most %d processes\n", name, MAX_PIDS);
             return -1;
         }
-        if (s_parse_long(tok, name, 1, INT32_MAX, &v) != 0)
+        if (bu_parse_long(PROG, tok, name, 1, INT32_MAX, &v) != 0)
             return -1;
         pids[(*n)++] = (pid_t)v;
     }
@@ -879,45 +761,40 @@ s_parse(int argc, char **argv, opts_t *o)
             o->pull = optarg;
             break;
         case O_SIZE:
-            if (s_parse_long(optarg, "--size", HDR_LEN, MAX_SIZE, &v))
+            if (bu_parse_long(PROG, optarg, "--size", HDR_LEN, MAX_SIZE, &v))
                 return -1;
             o->size = (size_t)v;
             break;
-        case O_SECONDS: {
-            char *end;
-            o->seconds = strtod(optarg, &end);
-            if (*end || end == optarg || !(o->seconds > 0 && o->seconds <= 600)) {
-                fprintf(stderr, "bench_flow: --seconds must be in (0, 600], not '%s'\n", optarg);
+        case O_SECONDS:
+            if (bu_parse_seconds(PROG, optarg, &o->seconds))
                 return -1;
-            }
             break;
-        }
         case O_WARMUP:
-            if (s_parse_long(optarg, "--warmup", 0, 100000000L, &o->warmup))
+            if (bu_parse_long(PROG, optarg, "--warmup", 0, 100000000L, &o->warmup))
                 return -1;
             break;
         case O_INFLIGHT:
-            if (s_parse_long(optarg, "--inflight", 1, MAX_INFLIGHT, &v))
+            if (bu_parse_long(PROG, optarg, "--inflight", 1, MAX_INFLIGHT, &v))
                 return -1;
             o->inflight = (int)v;
             break;
         case O_PUBLISHERS:
-            if (s_parse_long(optarg, "--publishers", 1, MAX_PUBLISHERS, &v))
+            if (bu_parse_long(PROG, optarg, "--publishers", 1, MAX_PUBLISHERS, &v))
                 return -1;
             o->publishers = (int)v;
             break;
         case O_SUBSCRIBERS:
-            if (s_parse_long(optarg, "--subscribers", 1, MAX_SUBSCRIBERS, &v))
+            if (bu_parse_long(PROG, optarg, "--subscribers", 1, MAX_SUBSCRIBERS, &v))
                 return -1;
             o->subscribers = (int)v;
             break;
         case O_CREDIT:
-            if (s_parse_long(optarg, "--credit", 1, 1000000, &v))
+            if (bu_parse_long(PROG, optarg, "--credit", 1, 1000000, &v))
                 return -1;
             o->credit = (uint32_t)v;
             break;
         case O_BACKLOG:
-            if (s_parse_long(optarg, "--max-backlog", 0, 100000000L, &o->max_backlog))
+            if (bu_parse_long(PROG, optarg, "--max-backlog", 0, 100000000L, &o->max_backlog))
                 return -1;
             break;
         case O_PKI:
@@ -1038,9 +915,9 @@ s_start_threads(bench_t *b)
         }
         b->tx[i].started = 1;
     }
-    uint64_t until = s_now_ns() + (CONNECT_MS + 2000) * 1000000ull;
-    while (atomic_load(&b->ready) + atomic_load(&b->failed) < b->ntx && s_now_ns() < until &&
-           !s_interrupted)
+    uint64_t until = bu_now_ns() + (CONNECT_MS + 2000) * 1000000ull;
+    while (atomic_load(&b->ready) + atomic_load(&b->failed) < b->ntx && bu_now_ns() < until &&
+           !bu_stopped())
         s_nap(2000000);
     if (atomic_load(&b->ready) < b->ntx) {
         if (!atomic_load(&b->failed))
@@ -1100,19 +977,12 @@ main(int argc, char **argv)
         return 2;
     const opts_t *o = &b.o;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sa.sa_handler = s_on_alarm;
-    sigaction(SIGALRM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    bu_signals();
+    bu_alarm_exit(PROG ": time limit reached (--seconds + 30 s); aborting\n");
     alarm((unsigned)ceil(o->seconds) + 30);
 
     pthread_mutex_init(&b.mu, NULL);
-    b.tag = s_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL) * 0x9e3779b97f4a7c15u;
+    b.tag = bu_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL) * 0x9e3779b97f4a7c15u;
     snprintf(b.topic, sizeof b.topic, "bench.flow.p%d", (int)getpid());
     b.nrx = o->mode == M_FANOUT ? o->subscribers : 1;
     b.ntx = o->mode == M_FLOOR ? 1 : o->publishers;
@@ -1128,8 +998,7 @@ main(int argc, char **argv)
     memset(b.lat, 0, LAT_CAP * sizeof *b.lat); /* fault the pages in before measuring */
     if (b.acc_lat)
         memset(b.acc_lat, 0, LAT_CAP * sizeof *b.acc_lat);
-    for (size_t i = 0; i < o->size; i++)
-        b.tmpl[i] = (unsigned char)('a' + i % 26);
+    bu_fill_pattern(b.tmpl, o->size);
     for (int i = 0; i < b.nrx; i++)
         b.rx[i] = (rx_t){.b = &b, .idx = i};
     for (int i = 0; i < b.ntx; i++) {
@@ -1150,13 +1019,13 @@ main(int argc, char **argv)
 
     /* warm-up, window, drain: all timed at the receivers */
     enum { P_WARMUP, P_WINDOW, P_DRAIN } phase = P_WARMUP;
-    uint64_t start = s_now_ns(), t0 = start, t1 = start, last_ns = start;
+    uint64_t start = bu_now_ns(), t0 = start, t1 = start, last_ns = start;
     long last_got = 0, got0 = 0, got1 = 0, done0 = 0, done1 = 0;
     cpu_t c0 = {0}, c1 = {0};
     const char *fault = NULL;
     atomic_store(&b.go, 1);
     while (rc == 0) {
-        uint64_t now = s_now_ns();
+        uint64_t now = bu_now_ns();
         if (b.got_total != last_got) {
             last_got = b.got_total;
             last_ns = now;
@@ -1164,7 +1033,7 @@ main(int argc, char **argv)
         if (phase == P_WARMUP && b.got_total >= o->warmup) {
             phase = P_WINDOW;
             c0 = s_cpu_now(o);
-            t0 = s_now_ns();
+            t0 = bu_now_ns();
             got0 = b.got_total;
             done0 = atomic_load(&b.done);
             b.record = 1;
@@ -1195,7 +1064,7 @@ main(int argc, char **argv)
                          atomic_load(&b.done), b.got_total);
             break;
         }
-        if (s_interrupted) {
+        if (bu_stopped()) {
             s_note_error(&b, "interrupted by a signal");
             break;
         }
@@ -1229,9 +1098,9 @@ main(int argc, char **argv)
         gaps += b.rx[i].gaps;
     }
     double secs = (double)(t1 - t0) / 1e9;
-    qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, s_cmp_u64);
+    bu_sort_u64(b.lat, b.nlat);
     if (b.acc_lat)
-        qsort(b.acc_lat, (size_t)b.nacc, sizeof *b.acc_lat, s_cmp_u64);
+        bu_sort_u64(b.acc_lat, b.nacc);
     double cpu_client = c0.clients < 0 || c1.clients < 0
                             ? -1
                             : s_per_msg(c0.self + c0.clients, c1.self + c1.clients, msgs);
@@ -1239,29 +1108,34 @@ main(int argc, char **argv)
     if (cpu_client < 0 || cpu_server < 0)
         fprintf(stderr, "bench_flow: a --client-pid or --server-pid process could not be read\n");
 
-    printf("result system=%s scenario=%s size=%zu inflight=%d msgs=%ld seconds=%.3f rate=%.0f "
-           "p50_us=%.1f p99_us=%.1f p999_us=%.1f errors=%ld sent=%ld cpu_client_us=%.2f "
-           "cpu_server_us=%.2f lost=%ld stale=%ld max_backlog=%ld",
-           o->mode == M_FLOOR ? "floor" : "amtsbote",
-           o->mode == M_FLOOR ? "stream" : s_mode_name(o->mode), o->size, o->inflight, msgs, secs,
-           secs > 0 ? (double)msgs / secs : 0.0, s_pct_us(b.lat, b.nlat, 0.50),
-           s_pct_us(b.lat, b.nlat, 0.99), s_pct_us(b.lat, b.nlat, 0.999), errors, sent, cpu_client,
-           cpu_server, lost, b.stale, b.backlog);
+    bu_print_result(&(bu_result_t){.system = o->mode == M_FLOOR ? "floor" : "amtsbote",
+                                   .scenario = o->mode == M_FLOOR ? "stream" : s_mode_name(o->mode),
+                                   .size = o->size,
+                                   .inflight = o->inflight,
+                                   .msgs = msgs,
+                                   .seconds = secs,
+                                   .lat = b.lat,
+                                   .nlat = b.nlat,
+                                   .errors = errors,
+                                   .sent = sent,
+                                   .cpu_client_us = cpu_client,
+                                   .cpu_server_us = cpu_server});
+    printf(" lost=%ld stale=%ld max_backlog=%ld", lost, b.stale, b.backlog);
     switch (o->mode) {
     case M_STREAM:
     case M_FANOUT:
         printf(" publishers=%d subscribers=%d stored=0 published_per_s=%.0f gaps=%ld "
                "publish_p50_us=%.1f publish_p99_us=%.1f",
-               b.ntx, b.nrx, secs > 0 ? (double)sent / secs : 0.0, gaps,
-               s_pct_us(b.acc_lat, b.nacc, 0.50), s_pct_us(b.acc_lat, b.nacc, 0.99));
+               b.ntx, b.nrx, bu_rate((double)sent, secs), gaps, bu_pct_us(b.acc_lat, b.nacc, 0.50),
+               bu_pct_us(b.acc_lat, b.nacc, 0.99));
         if (o->mode == M_FANOUT)
             printf(" deliveries=%ld", msgs);
         break;
     case M_DURABLE:
         printf(" publishers=%d subscribers=1 credit=%u in_flight_total=%d accepted_per_s=%.0f "
                "accept_p50_us=%.1f accept_p99_us=%.1f",
-               b.ntx, o->credit, b.ntx * o->inflight, secs > 0 ? (double)sent / secs : 0.0,
-               s_pct_us(b.acc_lat, b.nacc, 0.50), s_pct_us(b.acc_lat, b.nacc, 0.99));
+               b.ntx, o->credit, b.ntx * o->inflight, bu_rate((double)sent, secs),
+               bu_pct_us(b.acc_lat, b.nacc, 0.50), bu_pct_us(b.acc_lat, b.nacc, 0.99));
         break;
     default:
         break;

@@ -43,14 +43,12 @@
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
-#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -60,13 +58,13 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "amtsbote.h"
+#include "bench_util.h"
 #include "wire.h"
 
+#define PROG "bench_idle"
 #define SERVICE "bench.v1.Echo/Echo"
 #define NATS_SUBJECT "bench.echo"
 #define PROVIDER_ID "kommune.bench.worker"
@@ -166,37 +164,6 @@ typedef struct {
     char sender[AB_MAX_NAME + 1];
     uint8_t rbuf[65536];
 } bench_t;
-
-static volatile sig_atomic_t s_stop;
-
-static void
-s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
-
-static uint64_t
-s_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void
-s_put32(unsigned char *p, uint32_t v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static uint32_t
-s_get32(const unsigned char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 /* Keeps the text of the first error for the report. */
 static void s_note(bench_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -422,7 +389,7 @@ static void
 s_ab_id(uint8_t id[AB_MESSAGE_ID_LEN], uint32_t idx)
 {
     ab_uuid7(id);
-    s_put32(id + AB_MESSAGE_ID_LEN - 4, idx);
+    bu_put32(id + AB_MESSAGE_ID_LEN - 4, idx);
 }
 
 static int
@@ -457,6 +424,31 @@ s_registered(bench_t *b, conn_t *c)
     b->registered++;
 }
 
+/* The end of c's call at `now`, answered or failed (counted already). */
+static void
+s_call_done(bench_t *b, conn_t *c, uint64_t now)
+{
+    b->last_answer = now;
+    c->state = ST_DONE;
+}
+
+/* The reply to c's call, either system's: checks its length and stamp, counts it, ends the call. */
+static void
+s_reply(bench_t *b, conn_t *c, const uint8_t *payload, size_t len, uint64_t now)
+{
+    if (len != b->o.size) {
+        b->errors++;
+        s_note(b, "connection %u: the reply has %zu bytes, not %zu", c->idx, len, b->o.size);
+    } else if (bu_get32(payload) != c->idx || bu_get32(payload + 4) != 1) {
+        b->errors++;
+        s_note(b, "connection %u: the reply does not carry the request's stamp", c->idx);
+    } else {
+        b->answered++;
+        b->lat[b->nlat++] = now - c->t0;
+    }
+    s_call_done(b, c, now);
+}
+
 /* A complete Amtsbote message: the header frame and, for REPLY/ERROR to a CALL, the payload. */
 static void
 s_ab_message(bench_t *b, conn_t *c, const uint8_t *head, size_t hlen, const uint8_t *payload,
@@ -478,7 +470,7 @@ s_ab_message(bench_t *b, conn_t *c, const uint8_t *head, size_t hlen, const uint
         }
         if (h->kind != AMTSBOTE__V1__KIND__KIND_HELLO ||
             h->correlation_id.len != AB_MESSAGE_ID_LEN ||
-            s_get32(h->correlation_id.data + AB_MESSAGE_ID_LEN - 4) != c->idx) {
+            bu_get32(h->correlation_id.data + AB_MESSAGE_ID_LEN - 4) != c->idx) {
             s_fail(b, c, "expected the broker's HELLO, got %s", ab_kind_name((int)h->kind));
             return;
         }
@@ -488,30 +480,23 @@ s_ab_message(bench_t *b, conn_t *c, const uint8_t *head, size_t hlen, const uint
         return;
     }
     if (c->state == ST_CALL) {
-        uint64_t now = s_now_ns();
-        if (h->correlation_id.len != STAMP_LEN || s_get32(h->correlation_id.data) != c->idx) {
+        uint64_t now = bu_now_ns();
+        if (h->correlation_id.len != STAMP_LEN || bu_get32(h->correlation_id.data) != c->idx) {
             s_fail(b, c, "an answer for another call (%s)", ab_kind_name((int)h->kind));
             return;
         }
         if (h->kind == AMTSBOTE__V1__KIND__KIND_ERROR) {
             b->errors++;
             s_note(b, "connection %u: the call failed: %s", c->idx, errtext);
+            s_call_done(b, c, now);
         } else if (h->kind != AMTSBOTE__V1__KIND__KIND_REPLY || !has_payload) {
             b->errors++;
             s_note(b, "connection %u: expected REPLY with a payload, got %s", c->idx,
                    ab_kind_name((int)h->kind));
-        } else if (plen != b->o.size) {
-            b->errors++;
-            s_note(b, "connection %u: the reply has %zu bytes, not %zu", c->idx, plen, b->o.size);
-        } else if (s_get32(payload) != c->idx || s_get32(payload + 4) != 1) {
-            b->errors++;
-            s_note(b, "connection %u: the reply does not carry the request's stamp", c->idx);
+            s_call_done(b, c, now);
         } else {
-            b->answered++;
-            b->lat[b->nlat++] = now - c->t0;
+            s_reply(b, c, payload, plen, now);
         }
-        b->last_answer = now;
-        c->state = ST_DONE;
         return;
     }
     /* an unasked HELLO (the broker forgot this connection) is harmless; anything else is not */
@@ -523,7 +508,7 @@ s_ab_message(bench_t *b, conn_t *c, const uint8_t *head, size_t hlen, const uint
 static uint64_t
 s_now_ms(void)
 {
-    return s_now_ns() / 1000000u;
+    return bu_now_ns() / 1000000u;
 }
 
 /* Schedules the next ZMTP PING of `c`. */
@@ -683,8 +668,8 @@ s_ab_call(bench_t *b, conn_t *c)
 {
     uint8_t id[AB_MESSAGE_ID_LEN], corr[STAMP_LEN];
     s_ab_id(id, c->idx);
-    s_put32(corr, c->idx);
-    s_put32(corr + 4, 1);
+    bu_put32(corr, c->idx);
+    bu_put32(corr + 4, 1);
     ab_header_t h = AMTSBOTE__V1__HEADER__INIT;
     h.version = AB_PROTOCOL_VERSION;
     h.kind = AMTSBOTE__V1__KIND__KIND_CALL;
@@ -770,19 +755,7 @@ s_nats_msg(bench_t *b, conn_t *c, const char *reply, const uint8_t *payload, siz
         s_fail(b, c, "a message without a call");
         return;
     }
-    uint64_t now = s_now_ns();
-    if (len != b->o.size) {
-        b->errors++;
-        s_note(b, "connection %u: the reply has %zu bytes, not %zu", c->idx, len, b->o.size);
-    } else if (s_get32(payload) != c->idx || s_get32(payload + 4) != 1) {
-        b->errors++;
-        s_note(b, "connection %u: the reply does not carry the request's stamp", c->idx);
-    } else {
-        b->answered++;
-        b->lat[b->nlat++] = now - c->t0;
-    }
-    b->last_answer = now;
-    c->state = ST_DONE;
+    s_reply(b, c, payload, len, bu_now_ns());
 }
 
 static void
@@ -1048,84 +1021,17 @@ s_poll(bench_t *b, int ms)
 
 /* ---- measurements ---------------------------------------------------------------------------- */
 
-/* VmRSS of a process in KiB; -1 when unreadable. */
-static long
-s_rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    long v = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &v) == 1)
-            break;
-    fclose(f);
-    return v;
-}
-
-/* CPU time (user + system, all threads) of this process, in microseconds. */
-static double
-s_cpu_self_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* CPU time of another process from /proc/PID/stat, in microseconds; -1 when unreadable. */
-static double
-s_cpu_pid_us(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
-    unsigned long long ut, st;
-    if (!p ||
-        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
 typedef struct {
     double client, server; /* client: this process and its child */
 } cpu_t;
 
+/* An unreadable child counts as 0 here (the server: -1), unlike in bu_cpu_pids_us(). */
 static cpu_t
 s_cpu_now(pid_t child, pid_t server)
 {
-    double ch = child > 0 ? s_cpu_pid_us(child) : 0;
-    double sv = server > 0 ? s_cpu_pid_us(server) : -1;
-    return (cpu_t){s_cpu_self_us() + (ch > 0 ? ch : 0), sv};
-}
-
-static int
-s_cmp_u64(const void *x, const void *y)
-{
-    uint64_t a = *(const uint64_t *)x, c = *(const uint64_t *)y;
-    return (a > c) - (a < c);
-}
-
-/* Nearest-rank percentile of the sorted array, in microseconds; 0 when it is empty. */
-static double
-s_pct_us(const uint64_t *v, long n, double p)
-{
-    if (n == 0)
-        return 0;
-    long k = (long)ceil(p * (double)n) - 1;
-    if (k < 0)
-        k = 0;
-    if (k >= n)
-        k = n - 1;
-    return (double)v[k] / 1000.0;
+    double ch = child > 0 ? bu_cpu_pid_us(child) : 0;
+    double sv = server > 0 ? bu_cpu_pid_us(server) : -1;
+    return (cpu_t){bu_cpu_self_us() + (ch > 0 ? ch : 0), sv};
 }
 
 /* ---- the echo child ---------------------------------------------------------------------- */
@@ -1195,9 +1101,9 @@ s_nats_responder(bench_t *b, int ready_fd, int ctl)
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = CTL_KEY};
     epoll_ctl(b->epfd, EPOLL_CTL_ADD, ctl, &ev);
-    uint64_t until = s_now_ns() + 5000000000u;
+    uint64_t until = bu_now_ns() + 5000000000u;
     if (s_start(b, c) == 0)
-        while (c->state != ST_IDLE && c->state != ST_FAILED && s_now_ns() < until && !s_stop)
+        while (c->state != ST_IDLE && c->state != ST_FAILED && bu_now_ns() < until && !bu_stopped())
             s_poll(b, 100);
     if (c->state != ST_IDLE) {
         if (b->first_error[0])
@@ -1210,7 +1116,7 @@ s_nats_responder(bench_t *b, int ready_fd, int ctl)
     }
     (void)!write(ready_fd, "R", 1);
     close(ready_fd);
-    while (!b->ctl_closed && !s_stop && c->state != ST_FAILED)
+    while (!b->ctl_closed && !bu_stopped() && c->state != ST_FAILED)
         if (s_poll(b, 1000) < 0)
             break;
     if (c->state == ST_FAILED) {
@@ -1220,61 +1126,26 @@ s_nats_responder(bench_t *b, int ready_fd, int ctl)
     return 0;
 }
 
-/* Forks the echo child; returns its pid and the control pipe's write end in *ctl. */
+/* The echo child (bu_child_fn): the provider or the responder, as the system says. */
+static int
+s_echo_child(void *arg, int ready_fd, int ctl)
+{
+    bench_t *b = arg;
+    return b->o.system == SYS_AMTSBOTE ? s_ab_provider(&b->o, ready_fd, ctl)
+                                       : s_nats_responder(b, ready_fd, ctl);
+}
+
+/* Forks the echo child; returns its pid and the control pipe's write end in *ctl, or -1. */
 static pid_t
 s_spawn_echo(bench_t *b, int *ctl)
 {
-    int ready[2], ctlp[2];
-    if (pipe(ready) != 0 || pipe(ctlp) != 0) {
-        perror("bench_idle: pipe");
-        return -1;
-    }
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("bench_idle: fork");
-        return -1;
-    }
-    if (pid == 0) {
-        close(ready[0]);
-        close(ctlp[1]);
-        /* a leftover child never outlives its purpose long */
-        alarm((unsigned)(b->o.connect_seconds + b->o.settle + b->o.seconds) + 40);
-        int rc = b->o.system == SYS_AMTSBOTE ? s_ab_provider(&b->o, ready[1], ctlp[0])
-                                             : s_nats_responder(b, ready[1], ctlp[0]);
-        _exit(rc);
-    }
-    close(ready[1]);
-    close(ctlp[0]);
-    *ctl = ctlp[1];
-    struct pollfd p = {ready[0], POLLIN, 0};
-    char ch = 0;
-    int ok = poll(&p, 1, 10000) == 1 && read(ready[0], &ch, 1) == 1 && ch == 'R';
-    close(ready[0]);
-    if (!ok) {
-        fprintf(stderr, "bench_idle: the echo %s did not get ready\n",
-                b->o.system == SYS_AMTSBOTE ? "provider" : "responder");
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        close(*ctl);
-        return -1;
-    }
-    return pid;
-}
-
-/* Closes the control pipe and waits up to 3 s for the child, then kills it. */
-static void
-s_reap(pid_t pid, int ctl)
-{
-    close(ctl);
-    for (int i = 0; i < 300; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        usleep(10000);
-    }
-    fprintf(stderr, "bench_idle: child %d did not exit; killing it\n", (int)pid);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    bu_child_t c = {.prog = PROG,
+                    .what = b->o.system == SYS_AMTSBOTE ? "echo provider" : "echo responder",
+                    .run = s_echo_child,
+                    .arg = b,
+                    .alarm_s = (unsigned)(b->o.connect_seconds + b->o.settle + b->o.seconds) + 40,
+                    .ready_ms = 10000};
+    return bu_spawn(&c, ctl);
 }
 
 /* ---- options --------------------------------------------------------------------------------- */
@@ -1313,21 +1184,6 @@ s_parse_double(const char *arg, const char *name, double lo, double hi, double *
     double v = strtod(arg, &end);
     if (*end || end == arg || !(v >= lo && v <= hi)) {
         fprintf(stderr, "bench_idle: %s must be a number in [%g, %g], not '%s'\n", name, lo, hi,
-                arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int
-s_parse_long(const char *arg, const char *name, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || *end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "bench_idle: %s must be an integer in [%ld, %ld], not '%s'\n", name, lo, hi,
                 arg);
         return -1;
     }
@@ -1378,7 +1234,7 @@ s_parse(int argc, char **argv, opts_t *o)
             }
             break;
         case 'n':
-            if (s_parse_long(optarg, "--connections", 1, MAX_CONNECTIONS, &v))
+            if (bu_parse_long(PROG, optarg, "--connections", 1, MAX_CONNECTIONS, &v))
                 return -1;
             o->connections = (int)v;
             break;
@@ -1398,7 +1254,7 @@ s_parse(int argc, char **argv, opts_t *o)
             o->pki = optarg;
             break;
         case 'p':
-            if (s_parse_long(optarg, "--server-pid", 1, INT32_MAX, &v))
+            if (bu_parse_long(PROG, optarg, "--server-pid", 1, INT32_MAX, &v))
                 return -1;
             o->server_pid = (pid_t)v;
             break;
@@ -1407,12 +1263,12 @@ s_parse(int argc, char **argv, opts_t *o)
                 return -1;
             break;
         case 's':
-            if (s_parse_long(optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
+            if (bu_parse_long(PROG, optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
                 return -1;
             o->size = (size_t)v;
             break;
         case 'b':
-            if (s_parse_long(optarg, "--batch", 1, 10000, &v))
+            if (bu_parse_long(PROG, optarg, "--batch", 1, 10000, &v))
                 return -1;
             o->batch = (int)v;
             break;
@@ -1437,7 +1293,7 @@ s_parse(int argc, char **argv, opts_t *o)
             }
             break;
         case 'H':
-            if (s_parse_long(optarg, "--heartbeat-ms", 0, 600000, &v))
+            if (bu_parse_long(PROG, optarg, "--heartbeat-ms", 0, 600000, &v))
                 return -1;
             o->heartbeat_ms = (int)v;
             break;
@@ -1474,7 +1330,7 @@ s_parse(int argc, char **argv, opts_t *o)
     }
     memcpy(o->host, hp, (size_t)(colon - hp));
     o->host[colon - hp] = '\0';
-    if (s_parse_long(colon + 1, "the port of --url", 1, 65535, &v))
+    if (bu_parse_long(PROG, colon + 1, "the port of --url", 1, 65535, &v))
         return -1;
     o->port = (int)v;
     if (o->system != SYS_AMTSBOTE)
@@ -1547,14 +1403,14 @@ s_fd_limit(int n)
 static void
 s_connect_all(bench_t *b)
 {
-    uint64_t t0 = s_now_ns();
+    uint64_t t0 = bu_now_ns();
     uint64_t end = t0 + (uint64_t)(b->o.connect_seconds * 1e9), next_report = t0 + 1000000000u;
-    while (!s_stop && b->registered + b->failed < b->nconns) {
+    while (!bu_stopped() && b->registered + b->failed < b->nconns) {
         while (b->started < b->nconns && b->started - b->registered - b->failed < b->o.batch) {
             conn_t *c = &b->conns[b->started++];
             s_start(b, c);
         }
-        uint64_t now = s_now_ns();
+        uint64_t now = bu_now_ns();
         if (now >= end)
             break;
         if (now >= next_report) {
@@ -1586,8 +1442,8 @@ s_connect_all(bench_t *b)
 static void
 s_hold(bench_t *b, double secs)
 {
-    uint64_t end = s_now_ns() + (uint64_t)(secs * 1e9);
-    for (uint64_t now = s_now_ns(); now < end && !s_stop; now = s_now_ns()) {
+    uint64_t end = bu_now_ns() + (uint64_t)(secs * 1e9);
+    for (uint64_t now = bu_now_ns(); now < end && !bu_stopped(); now = bu_now_ns()) {
         int ms = (int)((end - now) / 1000000u) + 1;
         if (s_poll(b, ms > 100 ? 100 : ms) < 0)
             break;
@@ -1598,26 +1454,26 @@ s_hold(bench_t *b, double secs)
 static void
 s_call_all(bench_t *b)
 {
-    for (int i = 0; i < b->nconns && !s_stop; i++) {
+    for (int i = 0; i < b->nconns && !bu_stopped(); i++) {
         conn_t *c = &b->conns[i];
         if (c->state != ST_IDLE)
             continue;
-        s_put32(b->req, c->idx);
-        s_put32(b->req + 4, 1);
+        bu_put32(b->req, c->idx);
+        bu_put32(b->req + 4, 1);
         int rc = b->o.system == SYS_AMTSBOTE ? s_ab_call(b, c) : s_nats_call(b, c);
         if (rc != 0) {
             s_fail(b, c, "cannot encode the call");
             continue;
         }
         c->state = ST_CALL;
-        c->t0 = s_now_ns();
+        c->t0 = bu_now_ns();
         if (!b->sent)
             b->first_send = c->t0;
         b->sent++;
         s_flush(b, c);
     }
-    uint64_t end = s_now_ns() + (uint64_t)(b->o.seconds * 1e9);
-    while (!s_stop && b->answered + b->errors < b->sent && s_now_ns() < end)
+    uint64_t end = bu_now_ns() + (uint64_t)(b->o.seconds * 1e9);
+    while (!bu_stopped() && b->answered + b->errors < b->sent && bu_now_ns() < end)
         if (s_poll(b, 100) < 0)
             break;
 }
@@ -1635,19 +1491,13 @@ main(int argc, char **argv)
         o->pki = dirname(pki_buf);
     }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    bu_signals();
     /* Hard bound on the whole run, whatever hangs. */
     alarm((unsigned)(o->connect_seconds + o->settle + o->seconds) + 30);
 
     if (s_fd_limit(o->connections) != 0)
         return 1;
-    if (s_rss_kib(o->server_pid) < 0) {
+    if (bu_rss_kib(o->server_pid) < 0) {
         fprintf(stderr, "bench_idle: cannot read /proc/%d/status (--server-pid)\n",
                 (int)o->server_pid);
         return 1;
@@ -1669,8 +1519,7 @@ main(int argc, char **argv)
         fprintf(stderr, "bench_idle: cannot set up (out of memory or a TLS file above)\n");
         return 1;
     }
-    for (size_t i = 0; i < o->size; i++)
-        b.req[i] = (unsigned char)('a' + i % 26);
+    bu_fill_pattern(b.req, o->size);
     for (int i = 0; i < o->connections; i++)
         b.conns[i] = (conn_t){.fd = -1, .idx = (uint32_t)i};
 
@@ -1687,11 +1536,11 @@ main(int argc, char **argv)
     b.nconns = o->connections;
 
     usleep(200000); /* the server settles after the child's connection */
-    long rss0 = s_rss_kib(o->server_pid);
+    long rss0 = bu_rss_kib(o->server_pid);
     cpu_t k0 = s_cpu_now(child, o->server_pid);
-    uint64_t t0 = s_now_ns();
+    uint64_t t0 = bu_now_ns();
     s_connect_all(&b);
-    double connect_secs = (double)(s_now_ns() - t0) / 1e9;
+    double connect_secs = (double)(bu_now_ns() - t0) / 1e9;
     cpu_t k1 = s_cpu_now(child, o->server_pid);
     int up = b.registered;
     double per_conn = up ? 1.0 / up : 0;
@@ -1700,12 +1549,12 @@ main(int argc, char **argv)
 
     /* Idle: only heartbeats move. The server's CPU over this window is what idleness costs. */
     cpu_t i0 = s_cpu_now(child, o->server_pid);
-    uint64_t h0 = s_now_ns();
+    uint64_t h0 = bu_now_ns();
     long hb0 = b.heartbeats, p0 = b.pings;
     s_hold(&b, o->settle);
-    double idle_secs = (double)(s_now_ns() - h0) / 1e9;
+    double idle_secs = (double)(bu_now_ns() - h0) / 1e9;
     cpu_t i1 = s_cpu_now(child, o->server_pid);
-    long rss1 = s_rss_kib(o->server_pid);
+    long rss1 = bu_rss_kib(o->server_pid);
     long hb = b.heartbeats - hb0, pings = b.pings - p0;
 
     /* The calls. */
@@ -1713,7 +1562,7 @@ main(int argc, char **argv)
     if (o->until == UNTIL_HELLO)
         s_call_all(&b);
     cpu_t c1 = s_cpu_now(child, o->server_pid);
-    long rss2 = s_rss_kib(o->server_pid);
+    long rss2 = bu_rss_kib(o->server_pid);
     if (b.answered + b.errors < b.sent) {
         long missing = b.sent - b.answered - b.errors;
         s_note(&b, "%ld calls unanswered after %.1f s", missing, o->seconds);
@@ -1723,35 +1572,42 @@ main(int argc, char **argv)
     for (int i = 0; i < b.nconns; i++)
         s_conn_close(&b.conns[i]);
     if (child > 0)
-        s_reap(child, ctl);
+        bu_reap(PROG, &child, &ctl, 1);
 
-    qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, s_cmp_u64);
+    bu_sort_u64(b.lat, b.nlat);
     /* the window: from the first call sent to the last answer */
     double secs = b.last_answer > b.first_send ? (double)(b.last_answer - b.first_send) / 1e9 : 0;
     double per = b.answered ? 1.0 / (double)b.answered : 0;
     long conn_failed = b.nconns - up;
-    printf("result system=%s scenario=idle size=%zu inflight=%d msgs=%ld seconds=%.3f rate=%.0f "
-           "p50_us=%.1f p99_us=%.1f p999_us=%.1f errors=%ld sent=%ld cpu_client_us=%.2f "
-           "cpu_server_us=%.2f connections=%d conn_failed=%ld connect_seconds=%.2f "
-           "cpu_client_connect_us=%.0f cpu_server_connect_us=%.0f "
-           "rss_before_kib=%ld rss_after_kib=%ld mem_per_conn_bytes=%.0f rss_after_calls_kib=%ld "
-           "idle_seconds=%.2f idle_cpu_server_pct=%.1f idle_cpu_client_pct=%.1f "
-           "heartbeats_per_s=%.0f pings_per_s=%.0f dropped_idle=%ld tls=%s until=%s\n",
-           o->system == SYS_AMTSBOTE ? "amtsbote" : "nats", o->size, (int)b.sent, b.answered, secs,
-           secs > 0 ? (double)b.answered / secs : 0.0, s_pct_us(b.lat, b.nlat, 0.50),
-           s_pct_us(b.lat, b.nlat, 0.99), s_pct_us(b.lat, b.nlat, 0.999),
-           b.errors + conn_failed + b.dropped_idle, b.sent, (c1.client - c0.client) * per,
-           c0.server >= 0 && c1.server >= 0 ? (c1.server - c0.server) * per : -1.0, up, conn_failed,
-           connect_secs, (k1.client - k0.client) * per_conn,
-           k0.server >= 0 && k1.server >= 0 ? (k1.server - k0.server) * per_conn : -1.0, rss0, rss1,
-           up ? (double)(rss1 - rss0) * 1024.0 / up : 0.0, rss2, idle_secs,
-           i0.server >= 0 && i1.server >= 0 ? (i1.server - i0.server) / idle_secs / 1e4 : -1.0,
-           (i1.client - i0.client) / idle_secs / 1e4, idle_secs > 0 ? (double)hb / idle_secs : 0,
-           idle_secs > 0 ? (double)pings / idle_secs : 0, b.dropped_idle,
-           b.tls_version[0] ? b.tls_version : "none",
-           o->until == UNTIL_TLS     ? "tls"
-           : o->until == UNTIL_READY ? "ready"
-                                     : "hello");
+    bu_print_result(&(bu_result_t){
+        .system = o->system == SYS_AMTSBOTE ? "amtsbote" : "nats",
+        .scenario = "idle",
+        .size = o->size,
+        .inflight = (int)b.sent,
+        .msgs = b.answered,
+        .seconds = secs,
+        .lat = b.lat,
+        .nlat = b.nlat,
+        .errors = b.errors + conn_failed + b.dropped_idle,
+        .sent = b.sent,
+        .cpu_client_us = (c1.client - c0.client) * per,
+        .cpu_server_us = c0.server >= 0 && c1.server >= 0 ? (c1.server - c0.server) * per : -1.0});
+    printf(
+        " connections=%d conn_failed=%ld connect_seconds=%.2f cpu_client_connect_us=%.0f "
+        "cpu_server_connect_us=%.0f rss_before_kib=%ld rss_after_kib=%ld mem_per_conn_bytes=%.0f "
+        "rss_after_calls_kib=%ld idle_seconds=%.2f idle_cpu_server_pct=%.1f "
+        "idle_cpu_client_pct=%.1f heartbeats_per_s=%.0f pings_per_s=%.0f dropped_idle=%ld tls=%s "
+        "until=%s\n",
+        up, conn_failed, connect_secs, (k1.client - k0.client) * per_conn,
+        k0.server >= 0 && k1.server >= 0 ? (k1.server - k0.server) * per_conn : -1.0, rss0, rss1,
+        up ? (double)(rss1 - rss0) * 1024.0 / up : 0.0, rss2, idle_secs,
+        i0.server >= 0 && i1.server >= 0 ? (i1.server - i0.server) / idle_secs / 1e4 : -1.0,
+        (i1.client - i0.client) / idle_secs / 1e4, idle_secs > 0 ? (double)hb / idle_secs : 0,
+        idle_secs > 0 ? (double)pings / idle_secs : 0, b.dropped_idle,
+        b.tls_version[0] ? b.tls_version : "none",
+        o->until == UNTIL_TLS     ? "tls"
+        : o->until == UNTIL_READY ? "ready"
+                                  : "hello");
     if (b.first_error[0])
         fprintf(stderr, "bench_idle: first error: %s\n", b.first_error);
     int ok = conn_failed == 0 && b.errors == 0 && b.dropped_idle == 0 && b.answered == b.sent &&

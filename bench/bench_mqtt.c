@@ -59,17 +59,17 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/types.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
+#define PROG "bench_mqtt"
 #define STAMP_LEN 8
 #define TIME_STAMP_END 16 /* payloads this long also carry their send time */
 #define MAX_SIZE (16 * 1024 * 1024)
@@ -153,46 +153,6 @@ struct bench {
     long lat_stride, lat_tick;
     uint64_t next_misc_ns;
 };
-
-static volatile sig_atomic_t s_stop;
-
-static void
-s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
-
-static void
-s_on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = "bench_mqtt: hard time limit reached; giving up\n";
-    (void)!write(2, msg, sizeof msg - 1);
-    _exit(1);
-}
-
-static uint64_t
-s_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void
-s_put32(unsigned char *p, uint32_t v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static uint32_t
-s_get32(const unsigned char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 /* Counts an error and keeps the text of the first one ("what: detail") for the report. */
 static void
@@ -315,7 +275,7 @@ s_on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg
     (void)m;
     conn_t *c = arg;
     bench_t *b = c->b;
-    uint64_t now = s_now_ns();
+    uint64_t now = bu_now_ns();
     b->last_rx_ns = now;
     c->events++;
     if (msg->payloadlen < 0 || (size_t)msg->payloadlen != b->o.size) {
@@ -323,7 +283,7 @@ s_on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg
         return;
     }
     const unsigned char *p = msg->payload;
-    uint32_t pub = s_get32(p), seq = s_get32(p + 4);
+    uint32_t pub = bu_get32(p), seq = bu_get32(p + 4);
     if (pub >= (uint32_t)b->npubs) {
         s_note_error(b, "a message names no publisher of this run", c->name);
         return;
@@ -423,10 +383,10 @@ s_publish_some(bench_t *b)
         for (int n = 0; n < PUB_BURST || b->qos == 1; n++) {
             if (b->qos == 0 ? mosquitto_want_write(c->m) : c->unacked >= b->o.inflight)
                 break;
-            s_put32(b->payload, (uint32_t)i);
-            s_put32(b->payload + 4, c->next_seq);
+            bu_put32(b->payload, (uint32_t)i);
+            bu_put32(b->payload + 4, c->next_seq);
             if (b->o.size >= TIME_STAMP_END) {
-                uint64_t t = s_now_ns();
+                uint64_t t = bu_now_ns();
                 memcpy(b->payload + STAMP_LEN, &t, sizeof t);
             }
             int rc =
@@ -489,7 +449,7 @@ s_poll_once(bench_t *b, int timeout_ms)
             rc = rc > 0 ? rc : 1;
         }
     }
-    uint64_t now = s_now_ns();
+    uint64_t now = bu_now_ns();
     bool misc = now >= b->next_misc_ns;
     if (misc)
         b->next_misc_ns = now + 100000000u;
@@ -534,10 +494,10 @@ s_run_until(bench_t *b, until_fn done, uint64_t deadline_ns)
     for (;;) {
         if (done && done(b))
             return 0;
-        uint64_t now = s_now_ns();
+        uint64_t now = bu_now_ns();
         if (now >= deadline_ns)
             return 1;
-        if (s_stop) {
+        if (bu_stopped()) {
             s_note_error(b, "interrupted by a signal", NULL);
             return -1;
         }
@@ -599,7 +559,7 @@ s_drained(const bench_t *b)
         all = all && b->subs[i].in_range >= b->sent;
     if (all)
         return true;
-    return b->qos == 0 && s_now_ns() - b->last_rx_ns > (uint64_t)DRAIN_QUIET_MS * 1000000u;
+    return b->qos == 0 && bu_now_ns() - b->last_rx_ns > (uint64_t)DRAIN_QUIET_MS * 1000000u;
 }
 
 static bool
@@ -617,7 +577,7 @@ s_all_down(const bench_t *b)
 static uint64_t
 s_deadline(int ms)
 {
-    return s_now_ns() + (uint64_t)ms * 1000000u;
+    return bu_now_ns() + (uint64_t)ms * 1000000u;
 }
 
 /* Disconnects every connection and frees the clients. */
@@ -708,9 +668,9 @@ s_connect_all(bench_t *b)
                 asked = true;
             }
         }
-        if (b->errors > 0 || s_run_until(b, NULL, s_now_ns() + 20000000u) < 0)
+        if (b->errors > 0 || s_run_until(b, NULL, bu_now_ns() + 20000000u) < 0)
             return -1;
-        if (s_now_ns() > deadline) {
+        if (bu_now_ns() > deadline) {
             fprintf(stderr,
                     "bench_mqtt: the subscribers were not connected and subscribed "
                     "within %d ms\n",
@@ -752,66 +712,6 @@ s_tls_negotiated(const bench_t *b)
     }
 }
 
-/* ---- CPU time ---------------------------------------------------------------------------- */
-
-/* CPU time (user + system, all threads) of this process, in microseconds. */
-static double
-s_cpu_self_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* CPU time of another process from /proc/PID/stat, in microseconds; -1 when unreadable. */
-static double
-s_cpu_pid_us(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
-    unsigned long long ut, st;
-    if (!p ||
-        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* CPU microseconds per message between two samples, or -1 when either sample is missing. */
-static double
-s_per_msg(double a, double b, long msgs)
-{
-    return a < 0 || b < 0 || msgs == 0 ? -1 : (b - a) / (double)msgs;
-}
-
-static int
-s_cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of the sorted array, in microseconds; 0 when it is empty. */
-static double
-s_pct_us(const uint64_t *v, long n, double p)
-{
-    if (n == 0)
-        return 0;
-    long k = (long)ceil(p * (double)n) - 1;
-    if (k < 0)
-        k = 0;
-    if (k >= n)
-        k = n - 1;
-    return (double)v[k] / 1000.0;
-}
-
 /* ---- command line ------------------------------------------------------------------------- */
 
 static void
@@ -832,21 +732,6 @@ s_usage(FILE *f)
             "  --subscribers N  fanout: subscriber connections (default 10)\n"
             "  --server-pid PID also report the broker's CPU time per message\n",
             STAMP_LEN);
-}
-
-static int
-s_parse_long(const char *arg, const char *name, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || *end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "bench_mqtt: %s must be an integer in [%ld, %ld], not '%s'\n", name, lo, hi,
-                arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 static int
@@ -882,45 +767,40 @@ s_parse(int argc, char **argv, opts_t *o)
             o->host = optarg;
             break;
         case 'P':
-            if (s_parse_long(optarg, "--port", 1, 65535, &v))
+            if (bu_parse_long(PROG, optarg, "--port", 1, 65535, &v))
                 return -1;
             o->port = (int)v;
             break;
         case 's':
-            if (s_parse_long(optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
+            if (bu_parse_long(PROG, optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
                 return -1;
             o->size = (size_t)v;
             break;
-        case 'S': {
-            char *end;
-            o->seconds = strtod(optarg, &end);
-            if (*end || end == optarg || !(o->seconds > 0 && o->seconds <= 600)) {
-                fprintf(stderr, "bench_mqtt: --seconds must be in (0, 600], not '%s'\n", optarg);
+        case 'S':
+            if (bu_parse_seconds(PROG, optarg, &o->seconds))
                 return -1;
-            }
             break;
-        }
         case 'w':
-            if (s_parse_long(optarg, "--warmup", 0, 100000000, &o->warmup))
+            if (bu_parse_long(PROG, optarg, "--warmup", 0, 100000000, &o->warmup))
                 return -1;
             break;
         case 'n':
-            if (s_parse_long(optarg, "--inflight", 1, MAX_INFLIGHT, &v))
+            if (bu_parse_long(PROG, optarg, "--inflight", 1, MAX_INFLIGHT, &v))
                 return -1;
             o->inflight = (int)v;
             break;
         case 'p':
-            if (s_parse_long(optarg, "--publishers", 1, MAX_CONNS, &v))
+            if (bu_parse_long(PROG, optarg, "--publishers", 1, MAX_CONNS, &v))
                 return -1;
             o->publishers = (int)v;
             break;
         case 'u':
-            if (s_parse_long(optarg, "--subscribers", 1, MAX_CONNS, &v))
+            if (bu_parse_long(PROG, optarg, "--subscribers", 1, MAX_CONNS, &v))
                 return -1;
             o->subscribers = (int)v;
             break;
         case 'D':
-            if (s_parse_long(optarg, "--server-pid", 1, INT32_MAX, &v))
+            if (bu_parse_long(PROG, optarg, "--server-pid", 1, INT32_MAX, &v))
                 return -1;
             o->server_pid = (pid_t)v;
             break;
@@ -993,15 +873,8 @@ main(int argc, char **argv)
         return 2;
     const opts_t *o = &b.o;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sa.sa_handler = s_on_alarm;
-    sigaction(SIGALRM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    bu_signals();
+    bu_alarm_exit(PROG ": hard time limit reached; giving up\n");
     /* Hard bound on the whole run: connect, warm-up, window, drain and close are each bounded
      * (CONNECT_MS + WARMUP_MS + DRAIN_MS + 2 * CLOSE_MS = 29 s), so this only fires on a hang. */
     alarm((unsigned)ceil(o->seconds) + 30);
@@ -1018,8 +891,7 @@ main(int argc, char **argv)
     }
     memset(b.lat, 0, (size_t)LAT_CAP * sizeof *b.lat); /* fault the pages in before measuring */
     b.lat_stride = 1;
-    for (size_t i = 0; i < o->size; i++)
-        b.payload[i] = (unsigned char)('a' + i % 26);
+    bu_fill_pattern(b.payload, o->size);
     for (int i = 0; i < MAX_CONNS; i++)
         b.first_seq[i] = UINT32_MAX;
     for (int i = 0; i < b.npubs; i++) {
@@ -1068,7 +940,7 @@ main(int argc, char **argv)
     }
 
     /* The window: publishing continues without a pause; what arrives from now on is counted. */
-    uint64_t t0 = s_now_ns(), t1 = t0;
+    uint64_t t0 = bu_now_ns(), t1 = t0;
     double self0 = 0, self1 = 0, srv0 = -1, srv1 = -1;
     long lost = 0, dropped = 0, backlog = 0;
     if (rc == 0) {
@@ -1076,15 +948,15 @@ main(int argc, char **argv)
             b.first_seq[i] = b.pubs[i].next_seq;
         for (int i = 0; i < b.nsubs; i++)
             b.subs[i].in_range = b.subs[i].dropped = 0;
-        self0 = s_cpu_self_us();
-        srv0 = o->server_pid ? s_cpu_pid_us(o->server_pid) : -1;
-        t0 = s_now_ns();
+        self0 = bu_cpu_self_us();
+        srv0 = o->server_pid ? bu_cpu_pid_us(o->server_pid) : -1;
+        t0 = bu_now_ns();
         b.measuring = true;
         rc = s_run_until(&b, NULL, t0 + (uint64_t)(o->seconds * 1e9)) < 0 ? -1 : 0;
         b.measuring = false;
-        t1 = s_now_ns();
-        self1 = s_cpu_self_us();
-        srv1 = o->server_pid ? s_cpu_pid_us(o->server_pid) : -1;
+        t1 = bu_now_ns();
+        self1 = bu_cpu_self_us();
+        srv1 = o->server_pid ? bu_cpu_pid_us(o->server_pid) : -1;
         /* published but not (yet) received when the window closed, over all subscribers */
         for (int i = 0; i < b.npubs; i++)
             backlog += (long)b.pubs[i].next_seq * b.nsubs;
@@ -1093,7 +965,7 @@ main(int argc, char **argv)
 
         /* Drain: no more publishing; wait for what the window published. */
         b.publishing = false;
-        b.last_rx_ns = s_now_ns();
+        b.last_rx_ns = bu_now_ns();
         if (rc == 0 && s_run_until(&b, s_drained, s_deadline(DRAIN_MS)) < 0)
             rc = -1;
         for (int i = 0; i < b.nsubs; i++) {
@@ -1130,19 +1002,24 @@ main(int argc, char **argv)
     if (b.received == 0)
         s_note_error(&b, "no message arrived in the window", NULL);
 
-    qsort(b.lat, (size_t)b.nlat, sizeof *b.lat, s_cmp_u64);
+    bu_sort_u64(b.lat, b.nlat);
     double secs = (double)(t1 - t0) / 1e9;
-    printf("result system=mosquitto scenario=%s size=%zu inflight=%d msgs=%ld seconds=%.3f "
-           "rate=%.0f p50_us=%.1f p99_us=%.1f p999_us=%.1f errors=%ld sent=%ld "
-           "cpu_client_us=%.2f cpu_server_us=%.2f lost=%ld dropped=%ld backlog=%ld "
-           "published_per_s=%.0f publishers=%d subscribers=%d qos=%d max_us=%.1f lat_samples=%ld "
-           "tls=%s\n",
-           s_scen_names[o->scen], o->size, o->inflight, b.received, secs,
-           secs > 0 ? (double)b.received / secs : 0.0, s_pct_us(b.lat, b.nlat, 0.50),
-           s_pct_us(b.lat, b.nlat, 0.99), s_pct_us(b.lat, b.nlat, 0.999), b.errors, b.sent,
-           s_per_msg(self0, self1, b.received), s_per_msg(srv0, srv1, b.received), lost, dropped,
-           backlog, secs > 0 ? (double)b.sent / secs : 0.0, b.npubs, b.nsubs, b.qos,
-           b.nlat ? (double)b.lat[b.nlat - 1] / 1000.0 : 0.0, b.nlat,
+    bu_print_result(&(bu_result_t){.system = "mosquitto",
+                                   .scenario = s_scen_names[o->scen],
+                                   .size = o->size,
+                                   .inflight = o->inflight,
+                                   .msgs = b.received,
+                                   .seconds = secs,
+                                   .lat = b.lat,
+                                   .nlat = b.nlat,
+                                   .errors = b.errors,
+                                   .sent = b.sent,
+                                   .cpu_client_us = bu_cpu_per(self0, self1, b.received),
+                                   .cpu_server_us = bu_cpu_per(srv0, srv1, b.received)});
+    printf(" lost=%ld dropped=%ld backlog=%ld published_per_s=%.0f publishers=%d subscribers=%d "
+           "qos=%d max_us=%.1f lat_samples=%ld tls=%s\n",
+           lost, dropped, backlog, bu_rate((double)b.sent, secs), b.npubs, b.nsubs, b.qos,
+           bu_pct_us(b.lat, b.nlat, 1), b.nlat,
            tls == 13   ? "1.3"
            : tls == 12 ? "1.2"
                        : "0");

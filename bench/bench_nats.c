@@ -35,8 +35,6 @@
 #include <limits.h>
 #include <math.h>
 #include <nats/nats.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -44,12 +42,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
+#define PROG "bench_nats"
 #define SUBJ_ECHO "bench.echo"
 #define SUBJ_STREAM "bench.stream"
 #define INBOX_PREFIX "_INBOX.bench."
@@ -138,37 +136,6 @@ typedef struct {
 typedef struct {
     double self, children, server;
 } cpu_t;
-
-static volatile sig_atomic_t s_stop;
-
-static void
-s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
-
-static uint64_t
-s_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void
-s_put32(unsigned char *p, uint32_t v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static uint32_t
-s_get32(const void *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 /* The library's status text and, when it has one, its last error's detail. */
 static void
@@ -359,6 +326,18 @@ s_child(const opts_t *o, peer_t *peer, int ready_fd, int ctl)
     return s == NATS_OK ? 0 : 1;
 }
 
+typedef struct {
+    const opts_t *o;
+    peer_t *peer;
+} child_arg_t;
+
+static int
+s_child_main(void *arg, int ready_fd, int ctl)
+{
+    const child_arg_t *a = arg;
+    return s_child(a->o, a->peer, ready_fd, ctl);
+}
+
 /*
  * Forks a child (before this process has touched the library); returns its pid, or -1. The child
  * closes `inherited` (the control pipes of the children forked before it), so that each child
@@ -367,66 +346,16 @@ s_child(const opts_t *o, peer_t *peer, int ready_fd, int ctl)
 static pid_t
 s_spawn(const opts_t *o, peer_t *peer, int *ctl, const int *inherited, int ninherited)
 {
-    int ready[2], ctlp[2];
-    if (pipe(ready) != 0 || pipe(ctlp) != 0) {
-        perror("bench_nats: pipe");
-        return -1;
-    }
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("bench_nats: fork");
-        return -1;
-    }
-    if (pid == 0) {
-        close(ready[0]);
-        close(ctlp[1]);
-        for (int i = 0; i < ninherited; i++)
-            close(inherited[i]);
-        alarm((unsigned)o->seconds + 28); /* never outlives the parent's own bound for long */
-        _exit(s_child(o, peer, ready[1], ctlp[0]));
-    }
-    close(ready[1]);
-    close(ctlp[0]);
-    *ctl = ctlp[1];
-    struct pollfd p = {ready[0], POLLIN, 0};
-    char c = 0;
-    int ok = poll(&p, 1, CONNECT_MS + 2000) == 1 && read(ready[0], &c, 1) == 1 && c == 'R';
-    close(ready[0]);
-    if (!ok) {
-        fprintf(stderr, "bench_nats: the %s did not get ready\n",
-                o->mode == MODE_CALL ? "responder" : "subscriber");
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        close(*ctl);
-        return -1;
-    }
-    return pid;
-}
-
-/* Closes the children's control pipes and waits up to 3 s for all of them, then kills the rest. */
-static void
-s_reap(const pid_t *pids, const int *ctls, int n)
-{
-    int left = n;
-    int done[MAX_SUBSCRIBERS] = {0};
-    for (int i = 0; i < n; i++)
-        close(ctls[i]);
-    for (int t = 0; t < 300 && left > 0; t++) {
-        for (int i = 0; i < n; i++)
-            if (!done[i] && waitpid(pids[i], NULL, WNOHANG) == pids[i]) {
-                done[i] = 1;
-                left--;
-            }
-        if (left > 0)
-            usleep(10000);
-    }
-    for (int i = 0; i < n; i++)
-        if (!done[i]) {
-            fprintf(stderr, "bench_nats: child %d did not exit; killing it\n", (int)pids[i]);
-            kill(pids[i], SIGKILL);
-            waitpid(pids[i], NULL, 0);
-        }
+    child_arg_t a = {o, peer};
+    bu_child_t c = {.prog = PROG,
+                    .what = o->mode == MODE_CALL ? "responder" : "subscriber",
+                    .run = s_child_main,
+                    .arg = &a,
+                    .alarm_s = (unsigned)o->seconds + 28, /* within the parent's own bound */
+                    .ready_ms = CONNECT_MS + 2000,
+                    .close_fds = inherited,
+                    .nclose = ninherited};
+    return bu_spawn(&c, ctl);
 }
 
 /* ---- Call mode --------------------------------------------------------------------------- */
@@ -452,7 +381,7 @@ s_caller_error(caller_t *c, const char *what)
 static void
 s_caller_reply(caller_t *c, natsMsg *m)
 {
-    uint64_t now = s_now_ns();
+    uint64_t now = bu_now_ns();
     const char *subj = natsMsg_GetSubject(m);
     const char *tail = strncmp(subj, INBOX_PREFIX, sizeof INBOX_PREFIX - 1) == 0
                            ? subj + sizeof INBOX_PREFIX - 1
@@ -468,7 +397,7 @@ s_caller_reply(caller_t *c, natsMsg *m)
     const char *data = natsMsg_GetData(m);
     if (len != c->o->size)
         s_caller_error(c, "echo has the wrong length");
-    else if (s_get32(data) != idx || s_get32(data + 4) != s->seq)
+    else if (bu_get32(data) != idx || bu_get32(data + 4) != s->seq)
         s_caller_error(c, "echo does not carry the request's stamp");
     else if (c->record && c->nlat < c->maxlat)
         c->lat[c->nlat++] = now - s->t0;
@@ -488,16 +417,16 @@ s_caller_phase(caller_t *c, long limit, uint64_t end_ns)
 {
     const opts_t *o = c->o;
     for (;;) {
-        uint64_t now = s_now_ns();
-        int may_send = !s_stop && now < end_ns && c->sent < limit;
+        uint64_t now = bu_now_ns();
+        int may_send = !bu_stopped() && now < end_ns && c->sent < limit;
         while (may_send && c->nfree > 0 && c->sent < limit) {
             uint32_t idx = c->free_slots[--c->nfree];
             slot_t *s = &c->slots[idx];
             s->busy = 1;
             s->seq++;
-            s_put32(c->req, idx);
-            s_put32(c->req + 4, s->seq);
-            s->t0 = s_now_ns();
+            bu_put32(c->req, idx);
+            bu_put32(c->req + 4, s->seq);
+            s->t0 = bu_now_ns();
             natsStatus st =
                 natsConnection_PublishRequest(c->nc, SUBJ_ECHO, s->reply, c->req, (int)o->size);
             if (st != NATS_OK) {
@@ -581,15 +510,15 @@ s_publish(natsConnection *nc, unsigned char *buf, size_t size, uint64_t *seq, in
 static void
 s_wait_reached(peer_t *peers, int n, uint64_t seq, int max_ms, int quiet)
 {
-    uint64_t until = s_now_ns() + (uint64_t)max_ms * 1000000u;
-    uint64_t last = s_sum_received(peers, n), last_change = s_now_ns();
-    while (!s_stop && !s_all_reached(peers, n, seq) && s_now_ns() < until) {
+    uint64_t until = bu_now_ns() + (uint64_t)max_ms * 1000000u;
+    uint64_t last = s_sum_received(peers, n), last_change = bu_now_ns();
+    while (!bu_stopped() && !s_all_reached(peers, n, seq) && bu_now_ns() < until) {
         usleep(1000);
         uint64_t r = s_sum_received(peers, n);
         if (r != last) {
             last = r;
-            last_change = s_now_ns();
-        } else if (quiet && s_now_ns() - last_change > (uint64_t)QUIET_MS * 1000000u) {
+            last_change = bu_now_ns();
+        } else if (quiet && bu_now_ns() - last_change > (uint64_t)QUIET_MS * 1000000u) {
             return;
         }
     }
@@ -597,76 +526,14 @@ s_wait_reached(peer_t *peers, int n, uint64_t seq, int max_ms, int quiet)
 
 /* ---- CPU time ---------------------------------------------------------------------------- */
 
-/* CPU time (user + system, all threads) of this process, in microseconds. */
-static double
-s_cpu_self_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* CPU time of another process from /proc/PID/stat, in microseconds; -1 when unreadable. */
-static double
-s_cpu_pid_us(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
-    unsigned long long ut, st;
-    if (!p ||
-        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
 static cpu_t
 s_cpu_now(const pid_t *children, int n, pid_t server)
 {
-    cpu_t c = {s_cpu_self_us(), 0, server > 0 ? s_cpu_pid_us(server) : -1};
-    for (int i = 0; i < n && c.children >= 0; i++) {
-        double t = s_cpu_pid_us(children[i]);
-        c.children = t < 0 ? -1 : c.children + t;
-    }
-    return c;
-}
-
-/* CPU microseconds per message between two samples, or -1 when a sample is missing. */
-static double
-s_per_msg(double a, double b, uint64_t msgs)
-{
-    return a < 0 || b < 0 || msgs == 0 ? -1 : (b - a) / (double)msgs;
+    return (cpu_t){bu_cpu_self_us(), bu_cpu_pids_us(children, n),
+                   server > 0 ? bu_cpu_pid_us(server) : -1};
 }
 
 /* ---- Driver ------------------------------------------------------------------------------ */
-
-static int
-s_cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of the sorted array, in microseconds; 0 when it is empty. */
-static double
-s_pct_us(const uint64_t *v, long n, double p)
-{
-    if (n == 0)
-        return 0;
-    long k = (long)ceil(p * (double)n) - 1;
-    if (k < 0)
-        k = 0;
-    if (k >= n)
-        k = n - 1;
-    return (double)v[k] / 1000.0;
-}
 
 static void
 s_usage(FILE *f)
@@ -692,21 +559,6 @@ s_usage(FILE *f)
         "  --buffered      stream, fanout: publish through the library's write buffer\n"
         "                  instead of sending each message at once (SendAsap)\n",
         STAMP_LEN, MAX_SIZE);
-}
-
-static int
-s_parse_long(const char *arg, const char *name, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || *end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "bench_nats: %s must be an integer in [%ld, %ld], not '%s'\n", name, lo, hi,
-                arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 /* Parses the command line into *o. Returns 0, or -1 after naming the fault. */
@@ -745,25 +597,20 @@ s_parse(int argc, char **argv, opts_t *o)
             o->key = optarg;
             break;
         case 's':
-            if (s_parse_long(optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
+            if (bu_parse_long(PROG, optarg, "--size", STAMP_LEN, MAX_SIZE, &v))
                 return -1;
             o->size = (size_t)v;
             break;
-        case 'S': {
-            char *end;
-            o->seconds = strtod(optarg, &end);
-            if (*end || end == optarg || !(o->seconds > 0 && o->seconds <= 600)) {
-                fprintf(stderr, "bench_nats: --seconds must be in (0, 600], not '%s'\n", optarg);
+        case 'S':
+            if (bu_parse_seconds(PROG, optarg, &o->seconds))
                 return -1;
-            }
             break;
-        }
         case 'w':
-            if (s_parse_long(optarg, "--warmup", 0, MAX_WARMUP, &o->warmup))
+            if (bu_parse_long(PROG, optarg, "--warmup", 0, MAX_WARMUP, &o->warmup))
                 return -1;
             break;
         case 'n':
-            if (s_parse_long(optarg, "--inflight", 1, MAX_INFLIGHT, &v))
+            if (bu_parse_long(PROG, optarg, "--inflight", 1, MAX_INFLIGHT, &v))
                 return -1;
             o->inflight = (int)v;
             break;
@@ -771,12 +618,12 @@ s_parse(int argc, char **argv, opts_t *o)
             o->latency = 1;
             break;
         case 'N':
-            if (s_parse_long(optarg, "--subscribers", 1, MAX_SUBSCRIBERS, &v))
+            if (bu_parse_long(PROG, optarg, "--subscribers", 1, MAX_SUBSCRIBERS, &v))
                 return -1;
             o->subscribers = (int)v;
             break;
         case 'p':
-            if (s_parse_long(optarg, "--server-pid", 1, INT32_MAX, &v))
+            if (bu_parse_long(PROG, optarg, "--server-pid", 1, INT32_MAX, &v))
                 return -1;
             o->server_pid = (pid_t)v;
             break;
@@ -864,8 +711,7 @@ s_run_call(const opts_t *o, peer_t *peer)
         return 1;
     }
     memset(c.lat, 0, (size_t)c.maxlat * sizeof *c.lat); /* fault the pages in before measuring */
-    for (size_t i = 0; i < o->size; i++)
-        c.req[i] = (unsigned char)('a' + i % 26);
+    bu_fill_pattern(c.req, o->size);
     for (int i = 0; i < o->inflight; i++) {
         snprintf(c.slots[i].reply, sizeof c.slots[i].reply, INBOX_PREFIX "%d", i);
         c.free_slots[o->inflight - 1 - i] = (uint32_t)i;
@@ -895,25 +741,25 @@ s_run_call(const opts_t *o, peer_t *peer)
     }
 
     if (rc == 0 && o->warmup > 0)
-        rc = s_caller_phase(&c, o->warmup, s_now_ns() + (uint64_t)WARMUP_MS * 1000000u);
+        rc = s_caller_phase(&c, o->warmup, bu_now_ns() + (uint64_t)WARMUP_MS * 1000000u);
     if (rc == 0 && c.errors > 0) {
         fprintf(stderr, "bench_nats: %ld errors in the warmup: %s\n", c.errors, c.first_error);
         rc = -1;
     }
-    uint64_t t0 = s_now_ns(), t1 = t0;
+    uint64_t t0 = bu_now_ns(), t1 = t0;
     cpu_t c0 = {0}, c1 = {0};
     if (rc == 0) {
         c.sent = c.completed = c.errors = c.stalls = 0;
         c.record = 1;
         c0 = s_cpu_now(&child, 1, o->server_pid);
-        t0 = c.last_done_ns = s_now_ns();
+        t0 = c.last_done_ns = bu_now_ns();
         rc = s_caller_phase(&c, LONG_MAX, t0 + (uint64_t)(o->seconds * 1e9));
         t1 = c.last_done_ns;
         c1 = s_cpu_now(&child, 1, o->server_pid);
     }
     natsSubscription_Destroy(c.inbox);
     natsConnection_Destroy(c.nc);
-    s_reap(&child, &ctl, 1);
+    bu_reap(PROG, &child, &ctl, 1);
     nats_Close();
     long child_errors = (long)atomic_load(&peer->errors);
     if (child_errors > 0)
@@ -925,20 +771,25 @@ s_run_call(const opts_t *o, peer_t *peer)
         return 1;
     }
 
-    qsort(c.lat, (size_t)c.nlat, sizeof *c.lat, s_cmp_u64);
-    double secs = (double)(t1 - t0) / 1e9;
-    uint64_t msgs = (uint64_t)c.completed;
-    printf("result system=nats scenario=%s size=%zu inflight=%d msgs=%ld seconds=%.3f rate=%.0f "
-           "p50_us=%.1f p99_us=%.1f p999_us=%.1f errors=%ld sent=%ld cpu_client_us=%.2f "
-           "cpu_server_us=%.2f cpu_caller_us=%.2f cpu_responder_us=%.2f max_us=%.1f stalls=%ld "
-           "lat_samples=%ld send_asap=1\n",
-           o->latency ? "call-latency" : "call-throughput", o->size, o->inflight, c.completed, secs,
-           secs > 0 ? (double)c.completed / secs : 0.0, s_pct_us(c.lat, c.nlat, 0.50),
-           s_pct_us(c.lat, c.nlat, 0.99), s_pct_us(c.lat, c.nlat, 0.999), c.errors + child_errors,
-           c.sent, s_per_msg(c0.self + c0.children, c1.self + c1.children, msgs),
-           s_per_msg(c0.server, c1.server, msgs), s_per_msg(c0.self, c1.self, msgs),
-           s_per_msg(c0.children, c1.children, msgs),
-           c.nlat ? (double)c.lat[c.nlat - 1] / 1000.0 : 0.0, c.stalls, c.nlat);
+    bu_sort_u64(c.lat, c.nlat);
+    long msgs = c.completed;
+    bu_print_result(&(bu_result_t){
+        .system = "nats",
+        .scenario = o->latency ? "call-latency" : "call-throughput",
+        .size = o->size,
+        .inflight = o->inflight,
+        .msgs = msgs,
+        .seconds = (double)(t1 - t0) / 1e9,
+        .lat = c.lat,
+        .nlat = c.nlat,
+        .errors = c.errors + child_errors,
+        .sent = c.sent,
+        .cpu_client_us = bu_cpu_per(c0.self + c0.children, c1.self + c1.children, msgs),
+        .cpu_server_us = bu_cpu_per(c0.server, c1.server, msgs)});
+    printf(" cpu_caller_us=%.2f cpu_responder_us=%.2f max_us=%.1f stalls=%ld lat_samples=%ld "
+           "send_asap=1\n",
+           bu_cpu_per(c0.self, c1.self, msgs), bu_cpu_per(c0.children, c1.children, msgs),
+           bu_pct_us(c.lat, c.nlat, 1), c.stalls, c.nlat);
     if (c.errors > 0)
         fprintf(stderr, "bench_nats: %ld errors; first: %s\n", c.errors, c.first_error);
     return rc == 0 && c.errors == 0 && child_errors == 0 ? 0 : 1;
@@ -957,8 +808,7 @@ s_run_stream(const opts_t *o, peer_t *peers)
         fprintf(stderr, "bench_nats: out of memory\n");
         return 1;
     }
-    for (size_t i = 0; i < o->size; i++)
-        buf[i] = (unsigned char)('a' + i % 26);
+    bu_fill_pattern(buf, o->size);
     int rc = 0;
     for (; nchild < n; nchild++) {
         child[nchild] = s_spawn(o, &peers[nchild], &ctl[nchild], ctl, nchild);
@@ -996,20 +846,20 @@ s_run_stream(const opts_t *o, peer_t *peers)
             }
     }
 
-    uint64_t t0 = s_now_ns(), t1 = t0, r0 = 0, r1 = 0, first = seq;
+    uint64_t t0 = bu_now_ns(), t1 = t0, r0 = 0, r1 = 0, first = seq;
     cpu_t c0 = {0}, c1 = {0};
     if (rc == 0) {
         c0 = s_cpu_now(child, nchild, o->server_pid);
         r0 = s_sum_received(peers, n);
-        t0 = s_now_ns();
+        t0 = bu_now_ns();
         uint64_t end = t0 + (uint64_t)(o->seconds * 1e9);
         for (;;) {
             if (s_publish(nc, buf, o->size, &seq, 64) != 0) {
                 rc = -1;
                 break;
             }
-            t1 = s_now_ns();
-            if (t1 >= end || s_stop)
+            t1 = bu_now_ns();
+            if (t1 >= end || bu_stopped())
                 break;
         }
         r1 = s_sum_received(peers, n);
@@ -1017,14 +867,14 @@ s_run_stream(const opts_t *o, peer_t *peers)
     }
     /* Drain: what the subscribers still receive counts as not lost, but not in the rate. */
     if (nc && rc == 0) {
-        uint64_t d0 = s_now_ns();
+        uint64_t d0 = bu_now_ns();
         natsConnection_FlushTimeout(nc, DRAIN_MS);
-        int left = DRAIN_MS - (int)((s_now_ns() - d0) / 1000000u);
+        int left = DRAIN_MS - (int)((bu_now_ns() - d0) / 1000000u);
         s_wait_reached(peers, n, seq, left > 0 ? left : 0, 1);
     }
     atomic_store(&pub.closing, 1);
     natsConnection_Destroy(nc);
-    s_reap(child, ctl, nchild);
+    bu_reap(PROG, child, ctl, nchild);
     nats_Close();
     free(buf);
     if (rc != 0 && r1 == r0)
@@ -1062,14 +912,14 @@ s_run_stream(const opts_t *o, peer_t *peers)
            "cpu_server_us=%.2f cpu_publisher_us=%.2f cpu_subscribers_us=%.2f lost=%llu gaps=%llu "
            "lib_dropped=%lld lost_connections=%d send_asap=%d",
            o->mode == MODE_STREAM ? "stream" : "fanout", o->size, (unsigned long long)msgs, secs,
-           secs > 0 ? (double)msgs / secs : 0.0, (unsigned long long)errors,
-           (unsigned long long)sent, s_per_msg(c0.self + c0.children, c1.self + c1.children, msgs),
-           s_per_msg(c0.server, c1.server, msgs), s_per_msg(c0.self, c1.self, msgs),
-           s_per_msg(c0.children, c1.children, msgs), (unsigned long long)lost,
+           bu_rate((double)msgs, secs), (unsigned long long)errors, (unsigned long long)sent,
+           bu_cpu_per(c0.self + c0.children, c1.self + c1.children, msgs),
+           bu_cpu_per(c0.server, c1.server, msgs), bu_cpu_per(c0.self, c1.self, msgs),
+           bu_cpu_per(c0.children, c1.children, msgs), (unsigned long long)lost,
            (unsigned long long)gaps, (long long)dropped, lost_conn, !o->buffered);
     if (o->mode == MODE_FANOUT)
         printf(" subscribers=%d deliveries=%llu published_per_s=%.0f", n, (unsigned long long)msgs,
-               secs > 0 ? (double)sent / secs : 0.0);
+               bu_rate((double)sent, secs));
     printf("\n");
     return rc == 0 && errors == 0 ? 0 : 1;
 }
@@ -1081,13 +931,7 @@ main(int argc, char **argv)
     if (s_parse(argc, argv, &o) != 0)
         return 2;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    bu_signals();
     /* Hard bound on the whole run: connect, warm-up, window, drain and reaping fit well inside. */
     alarm((unsigned)o.seconds + 25);
 
