@@ -257,12 +257,13 @@ if [ -x build/bench/bench_calls ]; then
 fi
 
 echo "==> what the broker logged (metadata only, never payloads)"
-grep -E 'event=(tls_session|offer|schema_pushed|call_refused|provider_gone|subscription_created)' "$work/broker.log" | sed 's/^/    /' | head -n 12
+# (awk reads to the end: `head` would leave its writer a SIGPIPE, which pipefail makes fatal)
+grep -E 'event=(tls_session|offer|schema_pushed|call_refused|provider_gone|subscription_created)' "$work/broker.log" | awk 'NR <= 12 { print "    " $0 }'
 echo "==> what the operator sees: /metrics (a few lines) and the audit log"
 /usr/bin/python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$metrics', timeout=5).read().decode())" |
-  grep -E '^amtsbote_(service_calls_total|policy_denials_total|tls_handshakes_accepted_total|messages_accepted_total|messages_acknowledged_total|store_commit_duration_seconds_count)' | sed 's/^/    /' | head -n 9
+  grep -E '^amtsbote_(service_calls_total|policy_denials_total|tls_handshakes_accepted_total|messages_accepted_total|messages_acknowledged_total|store_commit_duration_seconds_count)' | awk 'NR <= 9 { print "    " $0 }'
 # shellcheck disable=SC2046
 build/amtsbote --broker "$uri" $(as_ bund.bmi) services >/dev/null 2>&1 || true
-build/amtsbote audit query "$work/audit" --participant bund.bmi 2>/dev/null | head -n 3 | sed 's/^/    /'
-echo "    $(build/amtsbote audit verify "$work/audit" 2>&1 | head -n 1)"
+build/amtsbote audit query "$work/audit" --participant bund.bmi 2>/dev/null | awk 'NR <= 3 { print "    " $0 }'
+echo "    $(build/amtsbote audit verify "$work/audit" 2>&1 | awk 'NR == 1')"
 echo "==> done; stopping everything the demo started"
