@@ -5,7 +5,7 @@
 #
 # Installs what is missing from Debian (as root), builds the load generators, makes a throwaway
 # PKI, starts every server on 127.0.0.1 with client certificates required, runs each scenario
-# against each system (the order of the systems alternating between repetitions), stops every
+# against each system (the order of the systems reversed on every other case), stops every
 # process it started by PID, and hands the runs to bench_report for the tables and charts.
 #
 #   --quick          a smoke run: 1 repetition, 1.5 s windows, 1,000 idle connections (< 3 min
