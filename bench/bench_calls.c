@@ -38,6 +38,7 @@
 #include <zmq.h>
 
 #include "amtsbote.h"
+#include "bench_ab.h"
 #include "bench_util.h"
 
 #define PROG "bench_calls"
@@ -218,35 +219,7 @@ s_ab_provider(const opts_t *o, int ready_fd, int ctl)
         rc = ab_client_connect(c, o->uri, 5000);
     if (rc == 0)
         rc = ab_offer(c, o->service, s_echo, (void *)o);
-    if (rc != 0) {
-        fprintf(stderr, "bench_calls: provider: %s: %s\n", ab_err_name(rc),
-                c ? ab_client_last_error(c) : "");
-        (void)!write(ready_fd, "F", 1);
-        ab_client_destroy(&c);
-        return 1;
-    }
-    (void)!write(ready_fd, "R", 1);
-    close(ready_fd);
-    for (;;) {
-        rc = ab_client_process(c);
-        if (rc > 0)
-            continue;
-        if (rc < 0) {
-            fprintf(stderr, "bench_calls: provider: process: %s: %s\n", ab_err_name(rc),
-                    ab_client_last_error(c));
-            break;
-        }
-        int t = ab_client_next_timeout(c);
-        if (t < 0 || t > 1000)
-            t = 1000;
-        struct pollfd p[2] = {{ab_client_fd(c), POLLIN, 0}, {ctl, POLLIN, 0}};
-        if (poll(p, 2, t) < 0 && errno != EINTR)
-            break;
-        if (p[1].revents)
-            break;
-    }
-    ab_client_destroy(&c);
-    return rc < 0 ? 1 : 0;
+    return bench_ab_serve(c, rc, ready_fd, ctl, "bench_calls");
 }
 
 static void

@@ -61,6 +61,7 @@
 #include <unistd.h>
 
 #include "amtsbote.h"
+#include "bench_ab.h"
 #include "bench_util.h"
 #include "wire.h"
 
@@ -1060,35 +1061,9 @@ s_ab_provider(const opts_t *o, int ready_fd, int ctl)
         rc = ab_client_connect(c, o->url, 5000);
     if (rc == 0)
         rc = ab_offer(c, SERVICE, s_ab_echo, NULL);
-    if (rc != 0) {
-        fprintf(stderr, "bench_idle: provider (%s): %s: %s\n", cert, ab_err_name(rc),
-                c ? ab_client_last_error(c) : "");
-        (void)!write(ready_fd, "F", 1);
-        ab_client_destroy(&c);
-        return 1;
-    }
-    (void)!write(ready_fd, "R", 1);
-    close(ready_fd);
-    for (;;) {
-        rc = ab_client_process(c);
-        if (rc > 0)
-            continue;
-        if (rc < 0) {
-            fprintf(stderr, "bench_idle: provider: %s: %s\n", ab_err_name(rc),
-                    ab_client_last_error(c));
-            break;
-        }
-        int ms = ab_client_next_timeout(c);
-        if (ms < 0 || ms > 1000)
-            ms = 1000;
-        struct pollfd p[2] = {{ab_client_fd(c), POLLIN, 0}, {ctl, POLLIN, 0}};
-        if (poll(p, 2, ms) < 0 && errno != EINTR)
-            break;
-        if (p[1].revents)
-            break;
-    }
-    ab_client_destroy(&c);
-    return rc < 0 ? 1 : 0;
+    if (rc != 0)
+        fprintf(stderr, "bench_idle: provider certificate %s\n", cert);
+    return bench_ab_serve(c, rc, ready_fd, ctl, "bench_idle");
 }
 
 /* The NATS responder: one raw connection subscribed to bench.echo, until `ctl` closes. */
