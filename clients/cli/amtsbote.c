@@ -100,7 +100,7 @@ static const char *s_usage =
     "                  AMTSBOTE_FORMAT (json or raw). A non-zero\n"
     "                  exit answers PROVIDER_ERROR with the first line of its stderr (keep\n"
     "                  personal data out of it). A command still running at the call's deadline\n"
-    "                  is killed.\n"
+    "                  is killed a quarter second later (the caller has DEADLINE_EXCEEDED).\n"
     "                  When SERVICE has a registered interface, CMD reads the request as\n"
     "                  JSON and writes the reply as JSON (proto3 JSON mapping; --raw: bytes\n"
     "                  as they are); output that does not fit the interface is an error reply.\n"
@@ -656,12 +656,18 @@ typedef struct job {
     int errline_done;
     int exited, wstatus;
     uint64_t exited_at;
-    int killed;       /* 0, or why: KILL_* */
-    uint64_t kill_at; /* when SIGKILL was sent */
+    int killed;          /* 0, or why: KILL_* */
+    uint64_t kill_at;    /* when SIGKILL was sent */
+    uint64_t overdue_at; /* when the call's deadline was first seen passed; 0: not yet */
     uint64_t started;
 } job_t;
 
 enum { KILL_DEADLINE = 1, KILL_SHUTDOWN, KILL_TOO_LARGE, KILL_BAD_INPUT };
+
+/* A command still running at its call's deadline is killed this long after it: the broker answers
+ * the caller DEADLINE_EXCEEDED at the deadline, and this provider's error for the killed command
+ * must not overtake that answer (it arrives late and is dropped). */
+#define DEADLINE_GRACE_MS 250
 
 typedef struct qnode {
     struct qnode *next;
@@ -1165,9 +1171,12 @@ s_jobs_tick(serve_t *srv)
     uint64_t now = s_now_ms();
     for (job_t **jp = &srv->jobs; *jp;) {
         job_t *j = *jp;
-        if (!j->killed && ab_request_remaining_ms(j->req) == 0)
-            s_job_kill(j, KILL_DEADLINE);
-        else if (!j->killed && srv->stopping && now >= srv->drain_until)
+        if (!j->killed && ab_request_remaining_ms(j->req) == 0) {
+            if (!j->overdue_at)
+                j->overdue_at = now;
+            if (now >= j->overdue_at + DEADLINE_GRACE_MS)
+                s_job_kill(j, KILL_DEADLINE);
+        } else if (!j->killed && srv->stopping && now >= srv->drain_until)
             s_job_kill(j, KILL_SHUTDOWN);
         int pipes_done = j->out_fd < 0 && j->err_fd < 0;
         /* a command's background children may hold the pipes: do not wait for them forever */
@@ -1236,8 +1245,13 @@ s_serve_loop(serve_t *srv)
             else if (j->exited)
                 t = (int)(j->exited_at + KILL_WAIT_MS > now ? j->exited_at + KILL_WAIT_MS - now
                                                             : 0);
-            else
+            else {
                 t = ab_request_remaining_ms(j->req);
+                if (t == 0 && j->overdue_at)
+                    t = (int)(j->overdue_at + DEADLINE_GRACE_MS > now
+                                  ? j->overdue_at + DEADLINE_GRACE_MS - now
+                                  : 0);
+            }
             if (!j->killed && srv->stopping) {
                 int d = srv->drain_until > now ? (int)(srv->drain_until - now) : 0;
                 if (d < t)
