@@ -200,7 +200,7 @@ if want amtsbote; then
     mkdir -p "$data/amtsbote"
     "$build/amtsbote-broker" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" \
         --tls-key "$pki/broker.key" --tls-ca "$ca" --tls-crl "$pki/ca/crl.pem" \
-        --data "$data/amtsbote" --max-connections $((idle_conns + 200)) \
+        --data "$data/amtsbote" --max-connections $((idle_conns + 200)) --max-connections-per-participant $((idle_conns + 200)) \
         >"$tmp/amtsbote.log" 2>&1 &
     server_pid[amtsbote]=$!
     pids+=("${server_pid[amtsbote]}")
@@ -412,7 +412,7 @@ idle_start() {
         mkdir -p "$data/idle"
         "$build/amtsbote-broker" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" \
             --tls-key "$pki/broker.key" --tls-ca "$ca" --tls-crl "$pki/ca/crl.pem" \
-            --data "$data/idle" --max-connections $((idle_conns + 100)) \
+            --data "$data/idle" --max-connections $((idle_conns + 100)) --max-connections-per-participant $((idle_conns + 100)) \
             --heartbeat-ms 10000 --heartbeat-timeout-ms 30000 >"$tmp/idle-broker.log" 2>&1 &
         idle_pid=$!
         wait_ready "$tmp/idle-broker.log" "$idle_pid" "amtsbote-broker (idle)"

@@ -69,6 +69,23 @@ static const s_setting_t s_settings[] = {
      "a TLS session with no traffic either way for this long is closed"},
     {"max_connections", T_UINT, OFF(max_connections), "5000", 1, 1000000, "N",
      "TLS sessions at once; more are refused"},
+    {"max_connections_per_participant", T_UINT, OFF(max_connections_per_participant), "1000", 1,
+     1000000, "N",
+     "TLS sessions of one participant at once; more are refused after the handshake (the "
+     "policy's limits: can set it per participant or group)"},
+    {"max_calls_per_participant", T_UINT, OFF(max_calls_per_participant), "10000", 1, 100000000,
+     "N",
+     "calls in flight of one participant; more get RATE_LIMITED (the policy's limits: can set "
+     "it per participant or group)"},
+    {"rate_limit", T_UINT, OFF(rate_limit), "0", 0, 1000000, "N",
+     "requests (CALL, SEND, PUBLISH, SUBSCRIBE, OFFER, WITHDRAW) per second of one participant; "
+     "more get RATE_LIMITED. 0: no limit unless the policy's limits: sets one"},
+    {"rate_burst", T_UINT, OFF(rate_burst), "0", 0, 1000000, "N",
+     "requests one participant may send at once above rate_limit (0: one second's worth)"},
+    {"max_pending_bytes", T_UINT, OFF(max_pending_bytes), "4194304", 65536, 1073741824, "BYTES",
+     "bytes waiting to be written to one connection: a TLS session is not read further while "
+     "this much waits for it or for the broker, and mailbox deliveries to a connection pause "
+     "while this much is delivered to it and not acknowledged (credit in bytes)"},
     {"policy", T_STRING, OFF(policy), NULL, 0, 0, "FILE",
      "access policy (YAML): who may call, offer, push schemas; default deny. Without it every "
      "authenticated participant may do everything (development)"},

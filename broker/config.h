@@ -37,6 +37,11 @@ typedef struct brk_config {
     uint64_t tls_handshake_timeout_ms;
     uint64_t tls_idle_timeout_ms;
     uint64_t max_connections;
+    uint64_t max_connections_per_participant;
+    uint64_t max_calls_per_participant;
+    uint64_t rate_limit; /* requests per second per participant; 0: none */
+    uint64_t rate_burst;
+    uint64_t max_pending_bytes;
     char *policy;    /* access policy file (YAML); NULL: everything allowed */
     char *audit_dir; /* audit log directory; NULL: no audit log */
     uint64_t audit_max_file_bytes;

@@ -263,6 +263,12 @@ brk_gate_services(brk_gate_t *self)
     return &self->svc;
 }
 
+ab_policy_t *
+brk_gate_policy(brk_gate_t *self)
+{
+    return self->policy;
+}
+
 brk_metrics_t *
 brk_gate_metrics(brk_gate_t *self)
 {

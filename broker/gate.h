@@ -35,6 +35,10 @@ const brk_services_gate_t *brk_gate_services(brk_gate_t *self);
 int brk_gate_push_check(void *ctx, const char *participant, const char *package, char *why,
                         size_t cap);
 
+/* The policy in force (NULL without one); valid until the next brk_gate_reload(). */
+struct ab_policy;
+struct ab_policy *brk_gate_policy(brk_gate_t *self);
+
 /* The metrics, for sources and checks the broker registers. */
 brk_metrics_t *brk_gate_metrics(brk_gate_t *self);
 

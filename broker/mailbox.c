@@ -128,6 +128,7 @@ struct s_conn {
     uint64_t published_mark; /* the last PUBLISH sent to it: once per connection */
     char participant[AB_MAX_NAME + 1];
     uint64_t last_seen;
+    uint64_t pending; /* payload bytes delivered to it and not acknowledged */
     s_attach_t *attach;
     s_esub_t *esubs;
     size_t nattach, nesubs;
@@ -392,6 +393,13 @@ s_flight_unlink(brk_mailbox_t *self, s_entry_t *e)
     s_list_unlink(&a->head, &a->tail, e);
     e->holder = NULL;
     a->inflight--;
+    if (a->conn) {
+        int was_full = a->conn->pending >= self->cfg->max_pending_bytes;
+        a->conn->pending = a->conn->pending >= e->size ? a->conn->pending - e->size : 0;
+        if (was_full && a->conn->pending < self->cfg->max_pending_bytes)
+            for (s_attach_t *o = a->conn->attach; o; o = o->next_in_conn)
+                s_dirty(self, o->box); /* its byte credit is free again */
+    }
     self->st.in_flight--;
     if (e->in_ack) {
         ab_heap_remove(&self->ack, &e->ack);
@@ -1576,6 +1584,7 @@ s_deliver(brk_mailbox_t *self, s_attach_t *a, s_entry_t *e)
         a->head = e;
     a->tail = e;
     a->inflight++;
+    a->conn->pending += e->size;
     self->st.in_flight++;
     e->attempts++;
     uint64_t now = s_wall_ms();
@@ -1605,7 +1614,9 @@ s_pump(brk_mailbox_t *self, s_box_t *b)
     while (b->head && b->head->state == S_LIVE && b->attached && budget-- > 0) {
         s_attach_t *start = b->rr ? b->rr : b->attached, *a = start, *pick = NULL;
         do {
-            if (a->inflight < a->credit) {
+            /* credit in messages and in bytes: one delivery always fits */
+            if (a->inflight < a->credit &&
+                (a->conn->pending == 0 || a->conn->pending < self->cfg->max_pending_bytes)) {
                 pick = a;
                 break;
             }

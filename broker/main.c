@@ -28,6 +28,7 @@
 #include "loop_zmq.h"
 #include "mailbox.h"
 #include "proto.h"
+#include "quota.h"
 #include "services.h"
 #include "tls_gateway.h"
 #include "zap.h"
@@ -50,6 +51,7 @@ typedef struct {
     brk_store_t *store;
     brk_registry_t *registry;
     brk_gate_t *gate;
+    brk_quota_t *limits;
     uv_timer_t tick;
     uv_timer_t grace;
     uv_timer_t linger; /* after the last answers: lets the TLS gateway relay them out */
@@ -375,6 +377,7 @@ s_on_signal(uv_signal_t *h, int signum)
     s_broker_t *b = h->data;
     if (signum == SIGHUP) {
         brk_gate_reload(b->gate); /* the policy; an error keeps the old one */
+        brk_quota_set_policy(b->limits, brk_gate_policy(b->gate));
         if (!b->tls) {
             brk_log(BRK_LOG_INFO, "event=reload result=\"no tls:// listener: no certificates to "
                                   "reload\"");
@@ -473,6 +476,7 @@ s_open_tls(s_broker_t *b)
         return -1;
     }
     brk_tls_gateway_on_refused(b->tls, s_on_tls_refused, b);
+    brk_tls_gateway_set_limits(b->tls, b->limits);
     for (size_t i = 0; i < b->cfg.nlisten; i++) {
         const char *uri = b->cfg.listen[i];
         char bound[256];
@@ -612,6 +616,11 @@ main(int argc, char **argv)
         goto out;
     }
     brk_registry_set_push_check(b.registry, brk_gate_push_check, b.gate);
+    if (!(b.limits = brk_quota_new(&b.cfg))) {
+        fprintf(stderr, "amtsbote-broker: out of memory\n");
+        goto out;
+    }
+    brk_quota_set_policy(b.limits, brk_gate_policy(b.gate));
     brk_registry_stats_t rs;
     brk_registry_stats(b.registry, &rs);
     brk_log(BRK_LOG_INFO, "event=registry_loaded files=%zu types=%zu", rs.files, rs.types);
@@ -635,6 +644,8 @@ main(int argc, char **argv)
     b.io.ctx = b.proto;
     b.io.payload_bytes = s_payload_bytes;
     b.svc = brk_services_new(&b.cfg, &b.io);
+    if (b.proto)
+        brk_proto_set_limits(b.proto, b.limits);
     b.mio.send = brk_proto_send;
     b.mio.send_raw = brk_proto_send_raw;
     b.mio.ctx = b.proto;
@@ -648,6 +659,7 @@ main(int argc, char **argv)
     brk_gate_set_hold(b.gate, b.loop, s_queued, s_release, &b);
     if (b.svc) {
         brk_services_set_registry(b.svc, b.registry);
+        brk_services_set_limits(b.svc, b.limits);
         brk_services_set_gate(b.svc, brk_gate_services(b.gate));
         brk_services_set_extension(b.svc, brk_mailbox_method, brk_mailbox_attached, b.mailbox);
     }
@@ -696,6 +708,7 @@ out:
         brk_mailbox_end_turn(b.mailbox);
     brk_mailbox_destroy(&b.mailbox);
     brk_gate_destroy(&b.gate); /* flushes the audit log */
+    brk_quota_destroy(&b.limits);
     if (b.loop)
         uv_run(b.loop, UV_RUN_DEFAULT); /* the metrics' memory is freed in close callbacks */
     brk_registry_destroy(&b.registry);

@@ -620,6 +620,8 @@ static const stat_def_t s_services_stats[] = {
         "Calls and replies refused by the schema registry."),
     U64(brk_services_stats_t, forbidden, "amtsbote_calls_forbidden_total",
         "Calls, replies and offers refused by the access policy or a clearance."),
+    U64(brk_services_stats_t, rate_limited, "amtsbote_calls_limited_total",
+        "Calls refused RATE_LIMITED: the caller had its most calls in flight."),
     GSZ(brk_services_stats_t, in_flight, "amtsbote_calls_in_flight", "Calls pending now."),
     GSZ(brk_services_stats_t, connections, "amtsbote_connections", "Client connections open now."),
     GSZ(brk_services_stats_t, providers, "amtsbote_providers", "Provider offers registered now."),
@@ -637,6 +639,8 @@ static const stat_def_t s_proto_stats[] = {
         "Sends to a connection that is gone."),
     U64(brk_proto_stats_t, queue_full, "amtsbote_messages_queue_full_total",
         "Sends refused by the high-water mark."),
+    U64(brk_proto_stats_t, rate_limited, "amtsbote_messages_rate_limited_total",
+        "Requests refused RATE_LIMITED by their participant's rate."),
 };
 static const stat_def_t s_registry_stats[] = {
     U64(brk_registry_stats_t, validated, "amtsbote_payloads_validated_total",

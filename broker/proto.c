@@ -40,7 +40,14 @@ struct brk_proto {
     int holding; /* answers wait for the audit log: the outbox grows instead of flushing */
     brk_ratelimit_t refused_log;
     brk_proto_stats_t st;
+    brk_quota_t *limits; /* borrowed; NULL: no rate */
 };
+
+void
+brk_proto_set_limits(brk_proto_t *self, brk_quota_t *limits)
+{
+    self->limits = limits;
+}
 
 brk_proto_t *
 brk_proto_new(void *router, const brk_config_t *cfg)
@@ -293,6 +300,8 @@ s_refuse(brk_proto_t *self, const brk_peer_t *to, const char *participant, const
     va_end(ap);
     if (err == AB_ETOO_LARGE)
         self->st.too_large++;
+    else if (err == AB_ERATE_LIMITED)
+        self->st.rate_limited++;
     else
         self->st.malformed++;
     Amtsbote__V1__Error e = AMTSBOTE__V1__ERROR__INIT;
@@ -311,6 +320,16 @@ s_refuse(brk_proto_t *self, const brk_peer_t *to, const char *participant, const
         brk_log(BRK_LOG_INFO, "event=refused participant=%s error=%s reason=\"%s\" suppressed=%llu",
                 participant, ab_err_name(err), text, (unsigned long long)held);
     brk_proto_send(self, to, &h, NULL);
+}
+
+/* What a participant asks the broker to do, counted against its rate (answers, ACK, CREDIT and
+ * HEARTBEAT are not: limiting them would hold up others' calls and deliveries). */
+static int
+s_is_request(int kind)
+{
+    return kind == AMTSBOTE__V1__KIND__KIND_CALL || kind == AMTSBOTE__V1__KIND__KIND_SEND ||
+           kind == AMTSBOTE__V1__KIND__KIND_PUBLISH || kind == AMTSBOTE__V1__KIND__KIND_SUBSCRIBE ||
+           kind == AMTSBOTE__V1__KIND__KIND_OFFER || kind == AMTSBOTE__V1__KIND__KIND_WITHDRAW;
 }
 
 static int
@@ -403,6 +422,15 @@ brk_proto_recv(brk_proto_t *self, brk_envelope_t *env)
                  "payload of %zu bytes exceeds the broker's max_payload of %llu bytes",
                  zmq_msg_size(&env->payload), (unsigned long long)self->cfg->max_payload);
         goto consumed;
+    }
+    if (self->limits && s_is_request(env->hdr->kind)) {
+        rc = brk_quota_request(self->limits, env->participant, ab_now_ms(), why, sizeof why);
+        if (rc != 0) {
+            s_refuse(self, &env->from, env->participant, env->hdr,
+                     rc == AB_ERATE_LIMITED ? rc : AB_EUNAVAILABLE, "%s",
+                     rc == AB_ERATE_LIMITED ? why : "the broker is out of memory");
+            goto consumed;
+        }
     }
     return 1;
 consumed:

@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "loop_zmq.h"
+#include "quota.h"
 #include "services.h"
 
 typedef struct brk_envelope {
@@ -30,9 +31,10 @@ typedef struct brk_proto_stats {
     uint64_t sent;
     uint64_t malformed;
     uint64_t too_large;
-    uint64_t no_identity; /* messages without a User-Id: dropped */
-    uint64_t unroutable;  /* sends to a connection that is gone */
-    uint64_t queue_full;  /* sends refused by the high-water mark */
+    uint64_t no_identity;  /* messages without a User-Id: dropped */
+    uint64_t unroutable;   /* sends to a connection that is gone */
+    uint64_t queue_full;   /* sends refused by the high-water mark */
+    uint64_t rate_limited; /* requests refused by the sender's rate (RATE_LIMITED) */
 } brk_proto_stats_t;
 
 typedef struct brk_proto brk_proto_t;
@@ -91,5 +93,9 @@ int brk_proto_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr
                          size_t len);
 
 void brk_proto_stats(const brk_proto_t *self, brk_proto_stats_t *out);
+
+/* Requests (CALL, SEND, PUBLISH, SUBSCRIBE, OFFER, WITHDRAW) are counted against their
+ * participant's rate in `limits` (borrowed; NULL: no rate) and refused with RATE_LIMITED. */
+void brk_proto_set_limits(brk_proto_t *self, brk_quota_t *limits);
 
 #endif

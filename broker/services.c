@@ -12,6 +12,7 @@
 
 #include "heap.h"
 #include "log.h"
+#include "quota.h"
 
 #define MAX_OFFERS_PER_CONN 256
 /* A connection that offers nothing and waits for nothing is forgotten after this many timeouts. */
@@ -73,6 +74,7 @@ struct brk_services {
     s_call_t *freelist;
     size_t nfree;
     brk_registry_t *registry;        /* borrowed; NULL: nothing is validated */
+    brk_quota_t *limits;             /* borrowed; NULL: no limit per participant */
     const brk_services_gate_t *gate; /* borrowed; NULL: everything allowed, nothing recorded */
     uint64_t now;                    /* of the message or tick being handled, ms */
     brk_services_method_fn *method;  /* further broker methods (MessageStatus), or NULL */
@@ -263,8 +265,11 @@ s_call_free(brk_services_t *self, s_call_t *c)
         if (c->next)
             c->next->prev = c->prev;
     }
-    if (c->caller_conn)
+    if (c->caller_conn) {
         c->caller_conn->calls_out--;
+        if (self->limits)
+            brk_quota_call_end(self->limits, c->caller_conn->participant);
+    }
     s_call_release(self, c);
 }
 
@@ -686,8 +691,21 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
     if (budget > self->cfg->max_deadline_ms)
         budget = self->cfg->max_deadline_ms;
 
+    if (self->limits) {
+        int lrc = brk_quota_call_begin(self->limits, caller->participant, why, sizeof why);
+        if (lrc != 0) {
+            if (lrc == AB_ERATE_LIMITED)
+                self->st.rate_limited++;
+            s_send_error(self, &caller->peer, corr, corr_len, hdr->service,
+                         lrc == AB_ERATE_LIMITED ? lrc : AB_EUNAVAILABLE, "%s",
+                         lrc == AB_ERATE_LIMITED ? why : "the broker is out of memory");
+            return;
+        }
+    }
     s_call_t *c = s_call_alloc(self);
     if (!c) {
+        if (self->limits)
+            brk_quota_call_end(self->limits, caller->participant);
         s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
                      "the broker is out of memory");
         return;
@@ -743,6 +761,8 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
                 s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNKNOWN_SERVICE,
                              "no provider offers %s", hdr->service);
             }
+            if (self->limits)
+                brk_quota_call_end(self->limits, caller->participant);
             s_call_release(self, c);
             return;
         }
@@ -763,6 +783,8 @@ s_handle_call(brk_services_t *self, s_conn_t *caller, const ab_header_t *hdr, vo
         /* the provider has the call; without a deadline entry we cannot track it */
         s_send_error(self, &caller->peer, corr, corr_len, hdr->service, AB_EUNAVAILABLE,
                      "the broker is out of memory");
+        if (self->limits)
+            brk_quota_call_end(self->limits, caller->participant);
         s_call_release(self, c);
         return;
     }
@@ -1042,6 +1064,12 @@ brk_services_peer_gone(brk_services_t *self, const brk_peer_t *peer)
     HASH_FIND(hh, self->conns, peer->id, peer->len, conn);
     if (conn)
         s_provider_gone(self, conn, "disconnected");
+}
+
+void
+brk_services_set_limits(brk_services_t *self, brk_quota_t *limits)
+{
+    self->limits = limits;
 }
 
 void

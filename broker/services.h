@@ -54,6 +54,7 @@ typedef struct brk_services_stats {
     uint64_t lost_replies;   /* answers whose caller had gone, dropped */
     uint64_t schema_invalid; /* calls and replies refused by the registry */
     uint64_t forbidden;      /* calls, replies and offers refused by the policy */
+    uint64_t rate_limited;   /* calls refused at the caller's calls in flight */
     size_t in_flight;
     size_t connections;
     size_t providers;
@@ -140,6 +141,11 @@ void brk_services_set_gate(brk_services_t *self, const brk_services_gate_t *gate
 /* Checks every CALL, reply and OFFER against `reg` (borrowed; NULL: no checks) and lets it
  * answer its own broker methods (amtsbote.v1.Broker/Schema*). */
 void brk_services_set_registry(brk_services_t *self, brk_registry_t *reg);
+
+/* Calls in flight per participant are bounded by `limits` (borrowed; NULL: only the broker's
+ * max_calls_in_flight); one over gets RATE_LIMITED. */
+struct brk_quota;
+void brk_services_set_limits(brk_services_t *self, struct brk_quota *limits);
 
 /*
  * What the mailboxes add to the services: `method` answers further amtsbote.v1.Broker methods

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "quota.h"
 #include "relay.h"
 #include "tls.h"
 
@@ -36,6 +37,7 @@ struct brk_tls_gateway {
     void *on_refused_arg;
     int open_handles;
     brk_ratelimit_t refused_log;
+    brk_quota_t *limits;    /* borrowed; NULL: no bound per participant */
     uint64_t last_activity; /* uv_now of the last bytes moved by any session */
     brk_tls_stats_t st;
     char rbuf[65536]; /* one read buffer: the loop runs one callback at a time */
@@ -51,6 +53,7 @@ struct s_sess {
     ab_tls_session_t *tls;
     ab_relay_t pipe; /* writes and flow control between client and relay */
     int relay_init, relay_up, handshake_done, closing, open;
+    int counted; /* in the participant's sessions (limits) */
     uint32_t addr;
     char addr_str[16];
     char peer[64];
@@ -115,6 +118,10 @@ s_close(s_sess_t *s, const char *why)
         return;
     s->closing = 1;
     s->pipe.closing = 1;
+    if (s->counted) {
+        brk_quota_conn_close(s->gw->limits, s->participant);
+        s->counted = 0;
+    }
     if (s->addr) {
         brk_zap_unmap_address(s->gw->zap, s->addr_str);
         s_addr_release(s->gw, s->addr);
@@ -214,6 +221,15 @@ s_on_handshake(s_sess_t *s)
         snprintf(line, sizeof line, "bad identity: %s", why);
         s_refuse(s, "identity", line);
         return;
+    }
+    if (s->gw->limits) {
+        int rc = brk_quota_conn_open(s->gw->limits, s->participant, why, sizeof why);
+        if (rc != 0) {
+            s_refuse(s, rc == AB_ERATE_LIMITED ? "participant-capacity" : "capacity",
+                     rc == AB_ERATE_LIMITED ? why : "out of memory");
+            return;
+        }
+        s->counted = 1;
     }
     s->handshake_done = 1;
     /* from now on the timer measures idleness: restarted by traffic either way */
@@ -375,7 +391,8 @@ s_on_connection(uv_stream_t *server, int status)
                            .alloc = s_alloc,
                            .tls_read = s_on_client_read,
                            .plain_read = s_on_relay_read,
-                           .tls_up = 1};
+                           .tls_up = 1,
+                           .queue_high = gw->cfg->max_pending_bytes};
     uv_tcp_nodelay(&s->client, 1);
     uv_timer_start(&s->timer, s_on_timeout, gw->cfg->tls_handshake_timeout_ms, 0);
     uv_read_start((uv_stream_t *)&s->client, s_alloc, s_on_client_read);
@@ -526,6 +543,12 @@ brk_tls_gateway_on_refused(brk_tls_gateway_t *self, void (*fn)(void *arg, const 
 {
     self->on_refused = fn;
     self->on_refused_arg = arg;
+}
+
+void
+brk_tls_gateway_set_limits(brk_tls_gateway_t *self, brk_quota_t *limits)
+{
+    self->limits = limits;
 }
 
 void

@@ -56,9 +56,15 @@ void brk_tls_gateway_stop_listening(brk_tls_gateway_t *self);
 void brk_tls_gateway_stats(const brk_tls_gateway_t *self, brk_tls_stats_t *out);
 
 /* Calls fn for every refused handshake with its category: "handshake" (certificate or protocol),
- * "identity" (no valid participant address), "timeout", "capacity", "client-left". */
+ * "identity" (no valid participant address), "timeout", "capacity", "participant-capacity",
+ * "client-left". */
 void brk_tls_gateway_on_refused(brk_tls_gateway_t *self,
                                 void (*fn)(void *arg, const char *category), void *arg);
+
+/* Sessions per participant are bounded by `limits` (borrowed; NULL: no bound per participant):
+ * one over is refused after its handshake, category "participant-capacity". */
+struct brk_quota;
+void brk_tls_gateway_set_limits(brk_tls_gateway_t *self, struct brk_quota *limits);
 
 /* Closes every session and listener; the gateway is freed once libuv has closed them all. */
 void brk_tls_gateway_destroy(brk_tls_gateway_t **self_p);

@@ -47,6 +47,14 @@ typedef struct {
     int level;
 } clearance_t;
 
+/* One entry of `limits:`: WHO and the values it sets (0: not set). */
+typedef struct {
+    char *who;
+    int group; /* group index, or -1 for a pattern */
+    int glob;
+    ab_policy_limits_t set;
+} limit_t;
+
 typedef struct {
     uint32_t *v;
     size_t n, cap;
@@ -71,6 +79,7 @@ typedef struct {
 typedef struct {
     char *key;
     int clearance;
+    ab_policy_limits_t limits;
     UT_hash_handle hh;
     uint64_t groups[]; /* bit per group */
 } member_t;
@@ -81,6 +90,8 @@ struct ab_policy {
     size_t ngroups;
     clearance_t *clearances;
     size_t nclearances;
+    limit_t *limits;
+    size_t nlimits;
     rule_t *rules;
     size_t nrules;
     action_index_t index[AB_POLICY_ACTION_COUNT];
@@ -345,6 +356,37 @@ s_index_rule(ab_policy_t *pol, uint32_t ri)
 
 /* ---- participants ------------------------------------------------------------------------- */
 
+/* 1 when WHO (a group index, or a pattern) names `participant` with the groups of `m`. */
+static int
+s_names(const member_t *m, int group, int glob, const char *who, const char *participant)
+{
+    if (group >= 0)
+        return (m->groups[group / 64] >> (group % 64)) & 1;
+    return glob ? s_glob(who, participant) : strcmp(who, participant) == 0;
+}
+
+/* The limits of `participant`: per field the exact entry, else the lowest matching value. */
+static void
+s_member_limits(const ab_policy_t *pol, member_t *m, const char *participant)
+{
+    ab_policy_limits_t exact = {0}, low = {0};
+    for (size_t i = 0; i < pol->nlimits; i++) {
+        const limit_t *l = &pol->limits[i];
+        if (!s_names(m, l->group, l->glob, l->who, participant))
+            continue;
+        int is_exact = l->group < 0 && !l->glob;
+        unsigned long long *dst = is_exact ? &exact.rate : &low.rate;
+        const unsigned long long *src = &l->set.rate;
+        for (size_t f = 0; f < sizeof l->set / sizeof l->set.rate; f++)
+            if (src[f] && (is_exact || !dst[f] || src[f] < dst[f]))
+                dst[f] = src[f];
+    }
+    unsigned long long *out = &m->limits.rate;
+    const unsigned long long *e = &exact.rate, *lo = &low.rate;
+    for (size_t f = 0; f < sizeof m->limits / sizeof m->limits.rate; f++)
+        out[f] = e[f] ? e[f] : lo[f];
+}
+
 /* The cached membership and clearance of a participant, computed on first sight. */
 static member_t *
 s_member(ab_policy_t *pol, const char *participant)
@@ -381,14 +423,7 @@ s_member(ab_policy_t *pol, const char *participant)
     int exact = 0, low = 0;
     for (size_t i = 0; i < pol->nclearances; i++) {
         const clearance_t *c = &pol->clearances[i];
-        int hit;
-        if (c->group >= 0)
-            hit = (m->groups[c->group / 64] >> (c->group % 64)) & 1;
-        else if (!c->glob)
-            hit = strcmp(c->who, participant) == 0;
-        else
-            hit = s_glob(c->who, participant);
-        if (!hit)
+        if (!s_names(m, c->group, c->glob, c->who, participant))
             continue;
         if (c->group < 0 && !c->glob)
             exact = c->level;
@@ -396,6 +431,7 @@ s_member(ab_policy_t *pol, const char *participant)
             low = c->level;
     }
     m->clearance = exact ? exact : low ? low : AB_POLICY_OFFEN;
+    s_member_limits(pol, m, participant);
     HASH_ADD_KEYPTR(hh, pol->cache, m->key, strlen(m->key), m);
     pol->ncached++;
     return m;
@@ -408,6 +444,23 @@ ab_policy_clearance(ab_policy_t *pol, const char *participant)
         return AB_POLICY_OFFEN;
     member_t *m = s_member(pol, participant);
     return m ? m->clearance : AB_POLICY_OFFEN;
+}
+
+void
+ab_policy_limits(ab_policy_t *pol, const char *participant, ab_policy_limits_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!pol || !participant || pol->nlimits == 0)
+        return;
+    member_t *m = s_member(pol, participant);
+    if (m)
+        *out = m->limits;
+}
+
+size_t
+ab_policy_limit_count(const ab_policy_t *pol)
+{
+    return pol ? pol->nlimits : 0;
 }
 
 int
@@ -777,6 +830,65 @@ s_load_clearances(loader_t *ld, const yaml_node_t *n)
     return 0;
 }
 
+/* The largest value a limit may have: a million requests per second, calls or connections. */
+#define MAX_LIMIT 1000000ull
+
+static int
+s_load_limits(loader_t *ld, const yaml_node_t *n)
+{
+    static const char *keys[] = {"rate", "burst", "calls_in_flight", "connections"};
+    ab_policy_t *pol = ld->pol;
+    if (n->type != YAML_MAPPING_NODE)
+        return s_fail(ld, n,
+                      "'limits' must be a mapping of participant pattern or @group to "
+                      "{rate, burst, calls_in_flight, connections}");
+    size_t count = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    pol->limits = calloc(count ? count : 1, sizeof *pol->limits);
+    if (!pol->limits)
+        return AB_ENOMEM;
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = s_node(ld, p->key), *v = s_node(ld, p->value);
+        limit_t *l = &pol->limits[pol->nlimits];
+        int rc = s_who(ld, k, "limits", &l->who, &l->group, &l->glob);
+        if (rc)
+            return rc;
+        pol->nlimits++;
+        for (size_t i = 0; i + 1 < pol->nlimits; i++)
+            if (strcmp(pol->limits[i].who, l->who) == 0)
+                return s_fail(ld, k, "duplicate limits for '%.100s'", l->who);
+        if (!v || v->type != YAML_MAPPING_NODE ||
+            v->data.mapping.pairs.top == v->data.mapping.pairs.start)
+            return s_fail(ld, v ? v : k,
+                          "the limits of '%.100s' must be a mapping with rate, burst, "
+                          "calls_in_flight and/or connections",
+                          l->who);
+        for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top;
+             q++) {
+            yaml_node_t *lk = s_node(ld, q->key), *lv = s_node(ld, q->value);
+            const char *key = s_scalar(lk), *val = s_scalar(lv);
+            size_t f = 0;
+            while (f < sizeof keys / sizeof keys[0] && !(key && strcmp(key, keys[f]) == 0))
+                f++;
+            if (f == sizeof keys / sizeof keys[0])
+                return s_fail(ld, lk,
+                              "unknown limit '%.100s' for '%.100s'; limits are rate, burst, "
+                              "calls_in_flight, connections",
+                              key ? key : "(not a text)", l->who);
+            unsigned long long *slot = &l->set.rate + f;
+            if (*slot)
+                return s_fail(ld, lk, "'%s' given twice for '%.100s'", keys[f], l->who);
+            char *end = NULL;
+            errno = 0;
+            unsigned long long x = val && *val >= '0' && *val <= '9' ? strtoull(val, &end, 10) : 0;
+            if (!val || !end || *end || errno || x == 0 || x > MAX_LIMIT)
+                return s_fail(ld, lv, "%s for '%.100s' must be a whole number from 1 to %llu",
+                              keys[f], l->who, MAX_LIMIT);
+            *slot = x;
+        }
+    }
+    return 0;
+}
+
 static int
 s_load_rule(loader_t *ld, const yaml_node_t *n, size_t idx)
 {
@@ -923,7 +1035,7 @@ s_load_doc(loader_t *ld)
                       "and 'rules'");
     if (root->type != YAML_MAPPING_NODE)
         return s_fail(ld, root, "a policy must be a mapping with 'groups', 'clearances', 'rules'");
-    yaml_node_t *groups = NULL, *clear = NULL, *rules = NULL;
+    yaml_node_t *groups = NULL, *clear = NULL, *rules = NULL, *limits = NULL;
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
          p++) {
         yaml_node_t *k = s_node(ld, p->key), *v = s_node(ld, p->value);
@@ -935,8 +1047,12 @@ s_load_doc(loader_t *ld)
             slot = &clear;
         else if (key && strcmp(key, "rules") == 0)
             slot = &rules;
+        else if (key && strcmp(key, "limits") == 0)
+            slot = &limits;
         else
-            return s_fail(ld, k, "unknown key '%.100s'; a policy has groups, clearances and rules",
+            return s_fail(ld, k,
+                          "unknown key '%.100s'; a policy has groups, clearances, limits and "
+                          "rules",
                           key ? key : "(not a text)");
         if (*slot)
             return s_fail(ld, k, "'%s' given twice", key);
@@ -948,6 +1064,8 @@ s_load_doc(loader_t *ld)
         return rc;
     pol->group_words = pol->ngroups ? (pol->ngroups + 63) / 64 : 1;
     if (clear && (rc = s_load_clearances(ld, clear)) != 0)
+        return rc;
+    if (limits && (rc = s_load_limits(ld, limits)) != 0)
         return rc;
     if (rules) {
         if (rules->type != YAML_SEQUENCE_NODE)
@@ -1104,6 +1222,9 @@ ab_policy_destroy(ab_policy_t **self_p)
     for (size_t i = 0; i < pol->nclearances; i++)
         free(pol->clearances[i].who);
     free(pol->clearances);
+    for (size_t i = 0; i < pol->nlimits; i++)
+        free(pol->limits[i].who);
+    free(pol->limits);
     for (size_t i = 0; i < pol->nrules; i++) {
         rule_t *r = &pol->rules[i];
         free(r->name);

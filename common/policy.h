@@ -112,6 +112,22 @@ int ab_policy_cleared(ab_policy_t *policy, const char *participant, int level);
 /* The clearance of `participant` (AB_POLICY_OFFEN or AB_POLICY_VS_NFD). */
 int ab_policy_clearance(ab_policy_t *policy, const char *participant);
 
+/* What the policy's `limits:` section sets for a participant; 0 in a field: nothing set there,
+ * the broker's default applies. For each field an entry naming the participant exactly wins,
+ * otherwise the lowest value of all matching patterns and groups. */
+typedef struct {
+    unsigned long long rate;            /* requests per second (CALL, SEND, PUBLISH, ...) */
+    unsigned long long burst;           /* requests allowed at once above the rate */
+    unsigned long long calls_in_flight; /* calls made and not yet answered */
+    unsigned long long connections;     /* TLS sessions at once */
+} ab_policy_limits_t;
+
+/* Fills *out for `participant` (all 0 without a policy, an entry or memory to cache it). */
+void ab_policy_limits(ab_policy_t *policy, const char *participant, ab_policy_limits_t *out);
+
+/* Entries in the `limits:` section. */
+size_t ab_policy_limit_count(const ab_policy_t *policy);
+
 /* Counts, for `policy check`, logs and metrics. */
 size_t ab_policy_group_count(const ab_policy_t *policy);
 size_t ab_policy_rule_count(const ab_policy_t *policy);

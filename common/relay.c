@@ -6,11 +6,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+static size_t
+s_high(const ab_relay_t *r)
+{
+    return r->queue_high ? r->queue_high : AB_RELAY_QUEUE_HIGH;
+}
+
 /* After a write to `to`: stop reading the other side while `to` has too much queued. */
 static void
 s_throttle(ab_relay_t *r, uv_stream_t *to)
 {
-    if (uv_stream_get_write_queue_size(to) <= AB_RELAY_QUEUE_HIGH)
+    if (uv_stream_get_write_queue_size(to) <= s_high(r))
         return;
     if (to == r->tls_side && r->plain_up && !r->plain_paused) {
         uv_read_stop(r->plain_side);
@@ -29,7 +35,7 @@ s_on_written(uv_write_t *req, int status)
     uv_stream_t *to = req->handle;
     free(req);
     /* cancelled writes of a closing relay come before its close callbacks: `r` is alive */
-    if (r->closing || uv_stream_get_write_queue_size(to) > AB_RELAY_QUEUE_HIGH / 2)
+    if (r->closing || uv_stream_get_write_queue_size(to) > s_high(r) / 2)
         return;
     if (to == r->tls_side && r->plain_paused) {
         r->plain_paused = 0;

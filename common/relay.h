@@ -14,7 +14,8 @@
 
 #include "tls.h"
 
-/* With this much waiting to be written to one side, the other side is not read (until half). */
+/* With this much waiting to be written to one side, the other side is not read (until half);
+ * the default of ab_relay_t's queue_high. */
 #define AB_RELAY_QUEUE_HIGH (4u * 1024 * 1024)
 
 typedef struct ab_relay {
@@ -26,6 +27,7 @@ typedef struct ab_relay {
     int tls_up, plain_up;            /* connected: may be written to and read from */
     int tls_paused, plain_paused;    /* reading stopped by flow control */
     int closing;                     /* set by the owner when it closes the streams */
+    size_t queue_high;               /* 0: AB_RELAY_QUEUE_HIGH */
 } ab_relay_t;
 
 /* Plaintext that arrives before the other side is ready: kept, up to AB_RELAY_HOLD_MAX. */

@@ -198,7 +198,8 @@ static const char *s_usage =
     "  7 PROVIDER_ERROR: the provider answered with an error\n"
     "  8 MALFORMED, TOO_LARGE or INVALID_ARGUMENT (e.g. a bad service name)\n"
     "  9 FORBIDDEN or SCHEMA_INVALID\n"
-    "  10 MAILBOX_FULL: the recipient's mailbox is full (send: try again later)\n";
+    "  10 MAILBOX_FULL: the recipient's mailbox is full (send: try again later)\n"
+    "  11 RATE_LIMITED: this participant exceeds its message rate or calls in flight (slow down)\n";
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
@@ -245,6 +246,8 @@ cli_exit_code(int err)
         return EXIT_FORBIDDEN;
     case AB_EMAILBOX_FULL:
         return EXIT_MAILBOX_FULL;
+    case AB_ERATE_LIMITED:
+        return EXIT_RATE_LIMITED;
     default:
         return EXIT_OTHER;
     }

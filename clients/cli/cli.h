@@ -22,6 +22,7 @@ enum {
     EXIT_MALFORMED = 8,
     EXIT_FORBIDDEN = 9,
     EXIT_MAILBOX_FULL = 10,
+    EXIT_RATE_LIMITED = 11,
 };
 
 #define AB_CLI_MAX_INPUT (64u * 1024u * 1024u) /* request read from --file or stdin */

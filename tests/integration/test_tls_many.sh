@@ -25,7 +25,7 @@ bash "$PKI" init "$pki" >/dev/null && bash "$PKI" broker "$pki" broker >/dev/nul
 
 mkfifo "$work/broker.out"
 "$BROKER" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" --tls-key "$pki/broker.key" \
-  --tls-ca "$pki/ca/chain.pem" --data "$work/data" --log-level info \
+  --tls-ca "$pki/ca/chain.pem" --data "$work/data" --log-level info --max-connections-per-participant $((N + 1000)) \
   >"$work/broker.out" 2>"$work/broker.log" &
 pids+=($!)
 exec 3<"$work/broker.out"

@@ -307,6 +307,17 @@ static const bad_t s_bad[] = {
     {"rules:\n  - who: [a\n", 3, 1, "bad YAML"},
     {"", 0, 0, "the policy file is empty"},
     {"rules: []\n---\nrules: []\n", 0, 0, "more than one YAML document"},
+    {"limits:\n  bund.bmi: {rate: 10, speed: 3}\n", 2, 24, "unknown limit 'speed'"},
+    {"limits:\n  bund.bmi: {rate: 0}\n", 2, 20, "rate for 'bund.bmi' must be a whole number"},
+    {"limits:\n  bund.bmi: {burst: -1}\n", 2, 21, "must be a whole number from 1 to 1000000"},
+    {"limits:\n  bund.bmi: {connections: 1000001}\n", 2, 27, "from 1 to 1000000"},
+    {"limits:\n  bund.bmi: {calls_in_flight: 2x}\n", 2, 31, "calls_in_flight for 'bund.bmi'"},
+    {"limits:\n  bund.bmi: {rate: 1, rate: 2}\n", 2, 23, "'rate' given twice for 'bund.bmi'"},
+    {"limits:\n  bund.bmi: 10\n", 2, 13, "the limits of 'bund.bmi' must be a mapping"},
+    {"limits:\n  bund.bmi: {}\n", 2, 13, "the limits of 'bund.bmi' must be a mapping"},
+    {"limits:\n  \"@nix\": {rate: 1}\n", 2, 3, "unknown group 'nix' in limits"},
+    {"limits:\n  bund.bmi: {rate: 1}\n  bund.bmi: {burst: 1}\n", 3, 3, "duplicate limits"},
+    {"limits: [a]\n", 1, 9, "'limits' must be a mapping"},
 };
 
 static void
@@ -328,6 +339,47 @@ test_bad_files(void **state)
             assert_true(strncmp(err.message, want, strlen(want)) == 0);
         }
     }
+}
+
+/* limits: per field the entry naming the participant wins, else the lowest matching value */
+static void
+test_limits(void **state)
+{
+    (void)state;
+    const char *text = "groups:\n"
+                       "  kommunen: [\"kommune.*\"]\n"
+                       "  bayern: [\"kommune.09*\"]\n"
+                       "limits:\n"
+                       "  \"@kommunen\": {rate: 100, burst: 200, connections: 10}\n"
+                       "  \"@bayern\": {rate: 50, calls_in_flight: 30}\n"
+                       "  kommune.09162000.meldeamt: {rate: 1000}\n"
+                       "  \"bund.*\": {calls_in_flight: 5}\n";
+    ab_policy_t *p = NULL;
+    ab_policy_error_t err;
+    assert_int_equal(ab_policy_load_buffer(text, strlen(text), "l.yaml", &p, &err), 0);
+    assert_int_equal(ab_policy_limit_count(p), 4);
+    ab_policy_limits_t l;
+    ab_policy_limits(p, "kommune.05315000.meldeamt", &l); /* kommunen only */
+    assert_int_equal(l.rate, 100);
+    assert_int_equal(l.burst, 200);
+    assert_int_equal(l.connections, 10);
+    assert_int_equal(l.calls_in_flight, 0);
+    ab_policy_limits(p, "kommune.09184000.meldeamt", &l); /* kommunen and bayern: the lower */
+    assert_int_equal(l.rate, 50);
+    assert_int_equal(l.burst, 200);
+    assert_int_equal(l.calls_in_flight, 30);
+    ab_policy_limits(p, "kommune.09162000.meldeamt", &l); /* named: its own rate wins */
+    assert_int_equal(l.rate, 1000);
+    assert_int_equal(l.calls_in_flight, 30);
+    ab_policy_limits(p, "bund.bmi", &l);
+    assert_int_equal(l.rate, 0);
+    assert_int_equal(l.calls_in_flight, 5);
+    ab_policy_limits(p, "land.by.stmi", &l); /* nothing set */
+    assert_int_equal(l.rate + l.burst + l.calls_in_flight + l.connections, 0);
+    ab_policy_destroy(&p);
+    ab_policy_limits(NULL, "bund.bmi", &l);
+    assert_int_equal(l.rate + l.burst + l.calls_in_flight + l.connections, 0);
+    assert_int_equal(ab_policy_limit_count(NULL), 0);
 }
 
 static void
@@ -482,6 +534,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_clearance, setup, teardown),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_limits),
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_many_rules),
         cmocka_unit_test_setup_teardown(test_cache_overflow, setup, teardown),

@@ -62,7 +62,8 @@ extern "C" {
     XX(EREFUSED, 15, "REFUSED", "the broker refused this client's identity")                       \
     XX(ECONNECT, 16, "CONNECT_FAILED", "cannot connect to the broker")                             \
     XX(ESTATE, 17, "BAD_STATE", "operation not possible in this state")                            \
-    XX(EIO, 18, "IO_ERROR", "input/output error")
+    XX(EIO, 18, "IO_ERROR", "input/output error")                                                  \
+    XX(ERATE_LIMITED, 19, "RATE_LIMITED", "the broker's limit for this participant: slow down")
 
 typedef enum {
     AB_OK = 0,
