@@ -214,8 +214,9 @@ brk_gate_new(const brk_config_t *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "policy: %s", pe.message);
             goto fail;
         }
-        brk_log(BRK_LOG_INFO, "event=policy_loaded file=%s groups=%zu rules=%zu", cfg->policy,
-                ab_policy_group_count(g->policy), ab_policy_rule_count(g->policy));
+        brk_log(BRK_LOG_INFO, "event=policy_loaded file=%s groups=%zu rules=%zu limits=%zu",
+                cfg->policy, ab_policy_group_count(g->policy), ab_policy_rule_count(g->policy),
+                ab_policy_limit_count(g->policy));
     } else {
         brk_log(BRK_LOG_WARN, "event=no_policy reason=\"without --policy every authenticated "
                               "participant may call, offer and push schemas (development)\"");
@@ -417,8 +418,8 @@ brk_gate_reload(brk_gate_t *self)
     }
     ab_policy_destroy(&self->policy);
     self->policy = p;
-    brk_log(BRK_LOG_INFO, "event=policy_reload result=ok groups=%zu rules=%zu",
-            ab_policy_group_count(p), ab_policy_rule_count(p));
+    brk_log(BRK_LOG_INFO, "event=policy_reload result=ok groups=%zu rules=%zu limits=%zu",
+            ab_policy_group_count(p), ab_policy_rule_count(p), ab_policy_limit_count(p));
     return 0;
 }
 
