@@ -125,6 +125,7 @@ s_write_policy(const char *path, int kommunen_rate)
             "limits:\n"
             "  \"@kommunen\": {rate: %d, burst: %d}\n"
             "  bund.bmi: {calls_in_flight: 2}\n"
+            "  kommune.cli: {rate: 1, burst: 1}\n"
             "rules:\n"
             "  - {who: \"*\", action: call, resource: \"meldewesen.v1.*\"}\n"
             "  - {who: \"*\", action: offer, resource: \"meldewesen.v1.*\"}\n",
@@ -176,6 +177,33 @@ test_policy_limits(void **state)
     /* nobody else is limited */
     s_calls(other, 10, &ok, &limited, &errs, NULL, 0);
     assert_int_equal(ok, 10);
+
+    /* the CLI says RATE_LIMITED and exits 11: kommune.cli (1 per second) has just used its
+     * token here */
+    ab_client_t *cli_user = h_client(B.tls, "kommune.cli");
+    assert_non_null(cli_user);
+    s_calls(cli_user, 1, &ok, &limited, &errs, NULL, 0);
+    assert_int_equal(ok, 1);
+    const char *pki = h_pki_cert("kommune.cli");
+    char cert[512], key[512], ca[512], errfile[256];
+    snprintf(cert, sizeof cert, "%s/kommune.cli.crt", pki);
+    snprintf(key, sizeof key, "%s/kommune.cli.key", pki);
+    snprintf(ca, sizeof ca, "%s/ca/chain.pem", pki);
+    snprintf(errfile, sizeof errfile, "%s/cli.err", B.dir);
+    const char *argv[] = {H_CLI_BIN, "--broker", B.tls,  "--cert", cert,     "--key", key,
+                          "--ca",    ca,         "call", METHOD,   "--data", "x",     NULL};
+    int out = -1;
+    pid_t pid = h_spawn(argv, &out, errfile);
+    assert_true(pid > 0);
+    assert_int_equal(h_wait_pid(pid, 10000), 11);
+    close(out);
+    char line[1024] = "";
+    FILE *ef = fopen(errfile, "r");
+    assert_non_null(ef);
+    assert_non_null(fgets(line, sizeof line, ef));
+    fclose(ef);
+    assert_non_null(strstr(line, "amtsbote: RATE_LIMITED: kommune.cli sends more than its 1"));
+    ab_client_destroy(&cli_user);
 
     /* bund.bmi: at most 2 calls in flight */
     assert_int_equal(h_provider_start(&hold, B.tls, "land.by.hold", "meldewesen.v1.Hold", 1), 0);
