@@ -33,8 +33,20 @@ ctest --test-dir build --output-on-failure -j2 "${args[@]}"
 if [ "$sanitize" = 1 ]; then
   ab_build build-asan -DAMTSBOTE_SANITIZE=ON -DAMTSBOTE_BENCH=OFF -DAMTSBOTE_WERROR=$werror
   echo "==> running the tests under AddressSanitizer and UndefinedBehaviorSanitizer (build-asan/)"
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir build-asan --output-on-failure -j2 "${args[@]}"
+  # Every process writes its reports to a file as well, so that a leak or an error in a broker or
+  # CLI that a test starts and whose exit status it does not look at still fails the run.
+  logs=build-asan/sanitizer-logs
+  rm -rf "$logs" && mkdir -p "$logs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$PWD/$logs/asan \
+    UBSAN_OPTIONS=print_stacktrace=1:log_path=$PWD/$logs/ubsan \
+    ctest --test-dir build-asan --output-on-failure -j2 "${args[@]}" || asan_rc=$?
+  if [ -n "$(ls -A "$logs")" ]; then
+    echo "==> sanitizer reports from processes the tests started:" >&2
+    for f in "$logs"/*; do echo "--- $f" >&2; head -n 60 "$f" >&2; done
+    exit 1
+  fi
+  [ "${asan_rc:-0}" = 0 ] || exit "$asan_rc"
+  echo "==> no sanitizer report from any process (leaks included)"
 fi
 
 if [ "$fuzz" = 1 ]; then
