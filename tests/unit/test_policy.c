@@ -307,6 +307,10 @@ static const bad_t s_bad[] = {
     {"rules:\n  - who: [a\n", 3, 1, "bad YAML"},
     {"", 0, 0, "the policy file is empty"},
     {"rules: []\n---\nrules: []\n", 0, 0, "more than one YAML document"},
+    /* what follows the first document was not read when it was not YAML (nor when the second
+     * read ran out of memory): the file loaded as if it ended there */
+    {"rules: []\n---\nrules: [\n", 4, 1, "bad YAML"},
+    {"rules: []\n...\n]\n", 3, 1, "bad YAML"},
 };
 
 static void
