@@ -13,6 +13,7 @@
 #include <yaml.h>
 
 #include "amtsbote.h"
+#include "wire.h"
 /* uthash exits the process when it cannot allocate a table or bucket, unless told not to: then
  * the element is not added and its hh.tbl is NULL, which each HASH_ADD here checks. */
 #define HASH_NONFATAL_OOM 1
@@ -495,10 +496,21 @@ s_cat(char *buf, size_t size, size_t *at, const char *fmt, ...)
         *at = *at + (size_t)n < size ? *at + (size_t)n : size - 1;
 }
 
+/* Makes a text that was cut to fit (in the middle of a UTF-8 sequence, perhaps) valid UTF-8
+ * on one line: it reaches callers in an error header, whose text must be UTF-8. */
+static void
+s_clean(char *text, size_t size)
+{
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s", text);
+    ab_utf8_sanitize(text, size, tmp);
+}
+
 static int
 s_deny(ab_policy_decision_t *out, ab_policy_why_t why, const rule_t *r)
 {
     if (out) {
+        s_clean(out->reason, sizeof out->reason);
         out->allowed = 0;
         out->why = why;
         out->rule = r ? r->name : NULL;
@@ -638,6 +650,7 @@ s_fail(loader_t *ld, const yaml_node_t *at, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(e->text, sizeof e->text, fmt, ap);
     va_end(ap);
+    s_clean(e->text, sizeof e->text); /* '%.100s' of a name may cut a sequence */
     if (at)
         snprintf(e->message, sizeof e->message, "%s:%zu:%zu: %s", e->file, e->line, e->col,
                  e->text);
