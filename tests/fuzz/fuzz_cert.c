@@ -21,18 +21,11 @@
 #include <string.h>
 
 #include "amtsbote.h"
+#include "fuzz_check.h"
 #include "tls.h"
 #include "wire.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property violated: %s: ", __FILE__, __LINE__, #cond);          \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define CHECK AB_FUZZ_CHECK
 
 /* A client certificate with a chain is a few KiB; TLS itself caps a certificate message. */
 #define S_MAX_INPUT 16384

@@ -18,17 +18,10 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "fuzz_check.h"
 #include "log.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property violated: %s: ", __FILE__, __LINE__, #cond);          \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define CHECK AB_FUZZ_CHECK
 
 /* A config file is a few dozen lines; 64 KiB is far beyond any real one. */
 #define S_MAX_INPUT 65536

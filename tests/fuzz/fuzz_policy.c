@@ -17,18 +17,11 @@
 #include <string.h>
 
 #include "amtsbote.h"
+#include "fuzz_check.h"
 #include "policy.h"
 #include "wire.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property violated: %s: ", __FILE__, __LINE__, #cond);          \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define CHECK AB_FUZZ_CHECK
 
 /* Policies are files an administrator writes; 64 KiB covers every realistic one and keeps the
  * decisions per input cheap. */

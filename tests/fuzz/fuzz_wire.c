@@ -24,17 +24,10 @@
 
 #include "amtsbote.h"
 #include "codec.h"
+#include "fuzz_check.h"
 #include "wire.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property violated: %s: ", __FILE__, __LINE__, #cond);          \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define CHECK AB_FUZZ_CHECK
 
 /* A frame this much larger than the limit is refused by its size alone. */
 #define S_MAX_INPUT (AB_MAX_HEADER_BYTES + 64)
