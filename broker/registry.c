@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+/* uthash exits the process when it cannot allocate a table or bucket, unless told not to: then
+ * the element is not added and its hh.tbl is NULL, which each HASH_ADD here checks. */
+#define HASH_NONFATAL_OOM 1
 #include <uthash.h>
 
 #include "amtsbote.h"
@@ -211,6 +214,10 @@ s_index_one(void *arg, const char *full, int kind)
         free(old);
     }
     HASH_ADD_KEYPTR(hh, x->self->names, n->name, strlen(n->name), n);
+    if (n->hh.tbl == NULL) {
+        free(n);
+        x->rc = AB_ENOMEM;
+    }
 }
 
 static int
@@ -280,6 +287,12 @@ s_load_row(void *arg, const brk_store_schema_t *row)
     f->set = set;
     f->proto = proto;
     HASH_ADD_KEYPTR(hh, x->self->files, f->name, strlen(f->name), f);
+    if (f->hh.tbl == NULL) {
+        snprintf(x->err, x->errlen, "stored schema file %s version %u: out of memory", row->name,
+                 row->version);
+        s_file_free(f);
+        return AB_ENOMEM;
+    }
     return 0;
 }
 
@@ -294,8 +307,12 @@ brk_registry_new(const brk_config_t *cfg, brk_store_t *store, char *err, size_t 
     self->cfg = cfg;
     self->store = store;
     s_load_ctx_t x = {self, err, errlen};
-    if (brk_store_schema_each(store, NULL, 0, s_load_row, &x, err, errlen) != 0 ||
-        s_reindex(self) != 0) {
+    if (brk_store_schema_each(store, NULL, 0, s_load_row, &x, err, errlen) != 0) {
+        brk_registry_destroy(&self);
+        return NULL;
+    }
+    if (s_reindex(self) != 0) {
+        snprintf(err, errlen, "out of memory indexing the registered types");
         brk_registry_destroy(&self);
         return NULL;
     }
@@ -710,12 +727,16 @@ static int
 s_push(brk_registry_t *self, const char *participant, const uint8_t *data, size_t len,
        uint64_t now_ms, uint8_t **out, size_t *out_len, brk_verdict_t *v)
 {
-    Amtsbote__V1__SchemaPushRequest *req =
-        amtsbote__v1__schema_push_request__unpack(NULL, len, data);
-    if (req == NULL) {
+    /* validated first: protobuf-c then refuses the bytes only when it cannot allocate */
+    ab_schema_error_t ve;
+    if (ab_schema_validate(&amtsbote__v1__schema_push_request__descriptor, data, len, &ve) != 0) {
         s_verdict(v, AB_EINVAL, "", "%s takes a SchemaPushRequest", S_METHOD_PUSH);
         return v->code;
     }
+    Amtsbote__V1__SchemaPushRequest *req =
+        amtsbote__v1__schema_push_request__unpack(NULL, len, data);
+    if (req == NULL)
+        return AB_ENOMEM; /* brk_registry_call() says "out of memory" */
     Amtsbote__V1__SchemaPushReply reply = AMTSBOTE__V1__SCHEMA_PUSH_REPLY__INIT;
     char error[640] = "";
     s_result_t *results = NULL;
@@ -863,6 +884,11 @@ s_push(brk_registry_t *self, const char *participant, const uint8_t *data, size_
                 r->prev = NULL;
             }
             HASH_ADD_KEYPTR(hh, self->files, f->name, strlen(f->name), f);
+            if (f->hh.tbl == NULL) {
+                s_file_free(f);
+                rc = AB_ENOMEM; /* stored; the next start loads it */
+                goto done;
+            }
             brk_log(BRK_LOG_INFO, "event=schema_pushed file=%s version=%u participant=%s", f->name,
                     f->version, participant);
         }

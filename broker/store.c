@@ -1,6 +1,7 @@
 /* The durable store: see store.h. */
 #include "store.h"
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -147,9 +148,11 @@ brk_store_open(const char *dir, char *err, size_t errlen)
     else
         snprintf(self->path, sizeof self->path, ":memory:");
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(self->path, &self->db, flags, NULL) != SQLITE_OK) {
+    int orc = sqlite3_open_v2(self->path, &self->db, flags, NULL);
+    if (orc != SQLITE_OK) {
+        /* without a handle (out of memory) the code is all SQLite says */
         snprintf(err, errlen, "%s: %s", self->path,
-                 self->db ? sqlite3_errmsg(self->db) : "cannot open");
+                 self->db ? sqlite3_errmsg(self->db) : sqlite3_errstr(orc));
         goto fail;
     }
     sqlite3_extended_result_codes(self->db, 1);
@@ -224,11 +227,15 @@ brk_store_layout_version(const brk_store_t *self)
     return self->layout;
 }
 
-static void
+/* SHA-256 of a descriptor set; 0, or -1 when OpenSSL could not allocate. */
+static int
 s_sha256(const uint8_t *data, size_t len, uint8_t out[32])
 {
     unsigned int n = 32;
-    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+    if (EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) == 1 && n == 32)
+        return 0;
+    ERR_clear_error(); /* out of memory is the one way it fails: nothing to log from OpenSSL */
+    return -1;
 }
 
 int
@@ -259,7 +266,10 @@ brk_store_schema_put(brk_store_t *self, brk_store_schema_t *rows, size_t n, char
                                 -1, &st, NULL);
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
         brk_store_schema_t *r = &rows[i];
-        s_sha256(r->set, r->set_len, r->sha256);
+        if (s_sha256(r->set, r->set_len, r->sha256) != 0) {
+            rc = SQLITE_NOMEM; /* a wrong checksum stored would read as damage at the next start */
+            break;
+        }
         sqlite3_reset(st);
         sqlite3_bind_text(st, 1, r->name, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, r->version);
@@ -270,7 +280,8 @@ brk_store_schema_put(brk_store_t *self, brk_store_schema_t *rows, size_t n, char
         rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
     }
     if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "%s: %s", self->path, sqlite3_errmsg(self->db));
+        snprintf(err, errlen, "%s: %s", self->path,
+                 rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(self->db));
         sqlite3_finalize(st);
         sqlite3_exec(self->db, "ROLLBACK;", NULL, NULL, NULL);
         brk_log(BRK_LOG_ERROR, "event=store_error op=schema_put reason=\"%s\"", err);
@@ -316,12 +327,25 @@ brk_store_schema_each(brk_store_t *self, const char *name, uint32_t version,
         int sum_len = sqlite3_column_bytes(st, 3);
         row.pushed_by = (const char *)sqlite3_column_text(st, 4);
         row.pushed_at_ms = (uint64_t)sqlite3_column_int64(st, 5);
+        /* SQLite gives NULL for a value it could not allocate: that is not damage */
+        if ((row.name == NULL || row.pushed_by == NULL || (row.set == NULL && row.set_len > 0) ||
+             (sum == NULL && sum_len > 0)) &&
+            sqlite3_errcode(self->db) == SQLITE_NOMEM) {
+            snprintf(err, errlen, "%s: out of memory reading the schema files", self->path);
+            rc = AB_ENOMEM;
+            break;
+        }
         if (row.name == NULL || row.pushed_by == NULL) {
             snprintf(err, errlen, "%s: a schema_files record has no name or publisher", self->path);
             rc = AB_EINTERNAL;
             break;
         }
-        s_sha256(row.set ? row.set : (const uint8_t *)"", row.set_len, row.sha256);
+        if (s_sha256(row.set ? row.set : (const uint8_t *)"", row.set_len, row.sha256) != 0) {
+            snprintf(err, errlen, "%s: out of memory checking schema file %s", self->path,
+                     row.name);
+            rc = AB_ENOMEM;
+            break;
+        }
         if (sum_len != 32 || memcmp(sum, row.sha256, 32) != 0) {
             snprintf(err, errlen,
                      "%s: schema file %s version %u is damaged (its SHA-256 does not match); "

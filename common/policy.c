@@ -13,6 +13,10 @@
 #include <yaml.h>
 
 #include "amtsbote.h"
+#include "wire.h"
+/* uthash exits the process when it cannot allocate a table or bucket, unless told not to: then
+ * the element is not added and its hh.tbl is NULL, which each HASH_ADD here checks. */
+#define HASH_NONFATAL_OOM 1
 #include "uthash.h"
 
 #define MAX_FILE_SIZE (16u * 1024u * 1024u)
@@ -324,6 +328,10 @@ s_entry(exact_t **head, const char *key, size_t len)
         return NULL;
     e->key = (char *)key;
     HASH_ADD_KEYPTR(hh, *head, e->key, len, e);
+    if (e->hh.tbl == NULL) {
+        free(e);
+        return NULL;
+    }
     return e;
 }
 
@@ -433,6 +441,11 @@ s_member(ab_policy_t *pol, const char *participant)
     m->clearance = exact ? exact : low ? low : AB_POLICY_OFFEN;
     s_member_limits(pol, m, participant);
     HASH_ADD_KEYPTR(hh, pol->cache, m->key, strlen(m->key), m);
+    if (m->hh.tbl == NULL) {
+        free(m->key);
+        free(m);
+        return NULL;
+    }
     pol->ncached++;
     return m;
 }
@@ -536,10 +549,21 @@ s_cat(char *buf, size_t size, size_t *at, const char *fmt, ...)
         *at = *at + (size_t)n < size ? *at + (size_t)n : size - 1;
 }
 
+/* Makes a text that was cut to fit (in the middle of a UTF-8 sequence, perhaps) valid UTF-8
+ * on one line: it reaches callers in an error header, whose text must be UTF-8. */
+static void
+s_clean(char *text, size_t size)
+{
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s", text);
+    ab_utf8_sanitize(text, size, tmp);
+}
+
 static int
 s_deny(ab_policy_decision_t *out, ab_policy_why_t why, const rule_t *r)
 {
     if (out) {
+        s_clean(out->reason, sizeof out->reason);
         out->allowed = 0;
         out->why = why;
         out->rule = r ? r->name : NULL;
@@ -679,6 +703,7 @@ s_fail(loader_t *ld, const yaml_node_t *at, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(e->text, sizeof e->text, fmt, ap);
     va_end(ap);
+    s_clean(e->text, sizeof e->text); /* '%.100s' of a name may cut a sequence */
     if (at)
         snprintf(e->message, sizeof e->message, "%s:%zu:%zu: %s", e->file, e->line, e->col,
                  e->text);
@@ -953,6 +978,10 @@ s_load_rule(loader_t *ld, const yaml_node_t *n, size_t idx)
     ne->key = r->name;
     ne->rules.cap = idx;
     HASH_ADD_KEYPTR(hh, ld->names, ne->key, strlen(ne->key), ne);
+    if (ne->hh.tbl == NULL) {
+        free(ne);
+        return AB_ENOMEM;
+    }
     const char *act = s_scalar(kaction);
     if (!act || ab_policy_action_parse(act, &r->action) != 0)
         return s_fail(ld, kaction,
@@ -1089,6 +1118,33 @@ s_load_doc(loader_t *ld)
     return 0;
 }
 
+/* Fills *err (may be NULL) for a parser that failed (NULL: it could not be made): the place
+ * and libyaml's reason, or "out of memory". Returns AB_ENOMEM or AB_EINVAL. */
+static int
+s_yaml_fail(ab_policy_error_t *err, const char *name, const yaml_parser_t *parser)
+{
+    /* libyaml's loader fails without setting an error when it cannot copy a tag */
+    int oom =
+        parser == NULL || parser->error == YAML_MEMORY_ERROR || parser->error == YAML_NO_ERROR;
+    if (err) {
+        snprintf(err->file, sizeof err->file, "%s", name);
+        if (oom) {
+            err->line = err->col = 0;
+            snprintf(err->text, sizeof err->text, "out of memory");
+            snprintf(err->message, sizeof err->message, "%s: out of memory", name);
+        } else {
+            err->line = parser->problem_mark.line + 1;
+            err->col = parser->problem_mark.column + 1;
+            snprintf(err->text, sizeof err->text, "bad YAML: %s%s%s",
+                     parser->problem ? parser->problem : "syntax error", parser->context ? " " : "",
+                     parser->context ? parser->context : "");
+            snprintf(err->message, sizeof err->message, "%s:%zu:%zu: %s", err->file, err->line,
+                     err->col, err->text);
+        }
+    }
+    return oom ? AB_ENOMEM : AB_EINVAL;
+}
+
 int
 ab_policy_load_buffer(const char *data, size_t len, const char *name, ab_policy_t **out,
                       ab_policy_error_t *err)
@@ -1104,33 +1160,28 @@ ab_policy_load_buffer(const char *data, size_t len, const char *name, ab_policy_
         return s_fail(&ld, NULL, "larger than 16 MiB");
     yaml_parser_t parser;
     yaml_document_t doc;
-    if (!yaml_parser_initialize(&parser))
+    if (!yaml_parser_initialize(&parser)) {
+        s_yaml_fail(err, name, NULL);
         return AB_ENOMEM;
+    }
     yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
     if (!yaml_parser_load(&parser, &doc)) {
-        if (err) {
-            snprintf(err->file, sizeof err->file, "%s", name);
-            err->line = parser.problem_mark.line + 1;
-            err->col = parser.problem_mark.column + 1;
-            snprintf(err->text, sizeof err->text, "bad YAML: %s%s%s",
-                     parser.problem ? parser.problem : "syntax error", parser.context ? " " : "",
-                     parser.context ? parser.context : "");
-            snprintf(err->message, sizeof err->message, "%s:%zu:%zu: %s", err->file, err->line,
-                     err->col, err->text);
-        }
-        int rc = parser.error == YAML_MEMORY_ERROR ? AB_ENOMEM : AB_EINVAL;
+        int rc = s_yaml_fail(err, name, &parser);
         yaml_parser_delete(&parser);
         return rc;
     }
-    /* a second document in one file is a mistake, not something to ignore */
+    /* a second document in one file is a mistake, not something to ignore; so is anything
+     * after the first that is not YAML (or that could not be read for want of memory) */
     yaml_document_t extra;
     int more = 0;
-    if (yaml_document_get_root_node(&doc)) {
-        if (yaml_parser_load(&parser, &extra)) {
-            more = yaml_document_get_root_node(&extra) != NULL;
-            yaml_document_delete(&extra);
-        }
+    if (!yaml_parser_load(&parser, &extra)) {
+        int rc = s_yaml_fail(err, name, &parser);
+        yaml_parser_delete(&parser);
+        yaml_document_delete(&doc);
+        return rc;
     }
+    more = yaml_document_get_root_node(&extra) != NULL;
+    yaml_document_delete(&extra);
     yaml_parser_delete(&parser);
     ab_policy_t *pol = calloc(1, sizeof *pol);
     int rc = AB_ENOMEM;

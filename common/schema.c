@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+/* uthash exits the process when it cannot allocate a table or bucket, unless told not to: then
+ * the element is not added and its hh.tbl is NULL, which each HASH_ADD here checks. */
+#define HASH_NONFATAL_OOM 1
 #include <uthash.h>
 
 #include "amtsbote.h"
@@ -193,7 +196,7 @@ s_add_type(ab_schema_set_t *set, const char *scope, const char *short_name, int 
     if ((t->desc = s_alloc(set, sz)) == NULL)
         return AB_ENOMEM;
     HASH_ADD_KEYPTR(hh, set->types, t->name, strlen(t->name), t);
-    return 0;
+    return t->hh.tbl ? 0 : AB_ENOMEM; /* t and its parts are the set's: freed with it */
 }
 
 static int
@@ -893,8 +896,10 @@ ab_schema_set_load(const uint8_t *data, size_t len, ab_schema_set_t **out, ab_sc
         return AB_EINVAL;
     }
     ab_schema_set_t *set = calloc(1, sizeof *set);
-    if (set == NULL)
+    if (set == NULL) {
+        s_err(err, "", "out of memory while loading the descriptor set");
         return AB_ENOMEM;
+    }
     int rc = 0;
     /* protobuf-c's unpack recurses once per nesting level without a bound: walk the bytes
      * first, which bounds the depth without recursing past it */
@@ -909,12 +914,10 @@ ab_schema_set_load(const uint8_t *data, size_t len, ab_schema_set_t **out, ab_sc
         rc = AB_EINVAL;
         goto fail;
     }
+    /* the bytes validated, so protobuf-c refuses them only when it cannot allocate */
     set->fds = google__protobuf__file_descriptor_set__unpack(NULL, len, data);
     if (set->fds == NULL) {
-        s_err(err, "",
-              "not a FileDescriptorSet (make one with protoc --descriptor_set_out=FILE "
-              "--include_imports)");
-        rc = AB_EINVAL;
+        rc = AB_ENOMEM;
         goto fail;
     }
     if (set->fds->n_file == 0) {

@@ -150,8 +150,12 @@ ab_tls_participant(X509 *cert, char out[AB_MAX_NAME + 1], char why[AB_WHY_LEN])
             continue;
         ours++;
         size_t alen = (size_t)len - plen;
-        if (alen > AB_MAX_NAME || memchr(data + plen, 0, alen)) {
+        if (alen > AB_MAX_NAME) {
             snprintf(why, AB_WHY_LEN, "the participant address in the certificate is too long");
+            goto out;
+        }
+        if (memchr(data + plen, 0, alen)) {
+            snprintf(why, AB_WHY_LEN, "the participant address in the certificate holds a NUL");
             goto out;
         }
         memcpy(addr, data + plen, alen);

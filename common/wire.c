@@ -241,9 +241,22 @@ s_ident(const char *s)
     return i;
 }
 
+/* What an error text quotes of a name: at most 200 bytes of it, cut between UTF-8 sequences,
+ * invalid bytes as '?' and control characters as spaces, so that the text stays valid UTF-8
+ * (it travels in a header's error.text) and one line (it is logged). */
+#define S_QUOTE_LEN 201
+
+static const char *
+s_quote(char dst[S_QUOTE_LEN], const char *name)
+{
+    ab_utf8_sanitize(dst, S_QUOTE_LEN, name);
+    return dst;
+}
+
 int
 ab_wire_check_service(const char *name, int allow_whole, char why[AB_WHY_LEN])
 {
+    char q[S_QUOTE_LEN];
     if (!name || !*name) {
         snprintf(why, AB_WHY_LEN, "service name is empty");
         return AB_EINVAL;
@@ -270,8 +283,8 @@ ab_wire_check_service(const char *name, int allow_whole, char why[AB_WHY_LEN])
     if (*p == '\0') {
         if (allow_whole)
             return 0;
-        snprintf(why, AB_WHY_LEN, "service '%.200s' names no method (package.Service/Method)",
-                 name);
+        snprintf(why, AB_WHY_LEN, "service '%s' names no method (package.Service/Method)",
+                 s_quote(q, name));
         return AB_EINVAL;
     }
     if (*p != '/')
@@ -282,14 +295,15 @@ ab_wire_check_service(const char *name, int allow_whole, char why[AB_WHY_LEN])
         goto bad;
     return 0;
 bad:
-    snprintf(why, AB_WHY_LEN, "service name '%.200s' is not of the form package.Service%s", name,
-             allow_whole ? "[/Method]" : "/Method");
+    snprintf(why, AB_WHY_LEN, "service name '%s' is not of the form package.Service%s",
+             s_quote(q, name), allow_whole ? "[/Method]" : "/Method");
     return AB_EINVAL;
 }
 
 int
 ab_wire_check_participant(const char *addr, char why[AB_WHY_LEN])
 {
+    char q[S_QUOTE_LEN];
     if (!addr || !*addr) {
         snprintf(why, AB_WHY_LEN, "participant address is empty");
         return AB_EINVAL;
@@ -319,9 +333,9 @@ ab_wire_check_participant(const char *addr, char why[AB_WHY_LEN])
     return 0;
 bad:
     snprintf(why, AB_WHY_LEN,
-             "participant address '%.200s' is not of the form level.org[.unit] (lower-case "
+             "participant address '%s' is not of the form level.org[.unit] (lower-case "
              "letters, digits, '-', '_')",
-             addr);
+             s_quote(q, addr));
     return AB_EINVAL;
 }
 

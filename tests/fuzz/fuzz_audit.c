@@ -17,15 +17,9 @@
 #include <unistd.h>
 
 #include "audit.h"
+#include "fuzz_check.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_audit: " __VA_ARGS__);                                           \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define CHECK AB_FUZZ_CHECK
 
 static char s_dir[64];
 

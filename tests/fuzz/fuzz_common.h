@@ -16,20 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "fuzz_check.h"
 #include "google/protobuf/descriptor.pb-c.h"
 #include "schema.h"
-
-/* A property the code promises; a violation is a finding, so abort (assert() is compiled out
- * in RelWithDebInfo). */
-#define AB_FUZZ_CHECK(cond, ...)                                                                   \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: property violated: %s: ", __FILE__, __LINE__, #cond);          \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 /* Loads the embedded sets and builds the type table once; aborts when they do not load. */
 void ab_fuzz_init(void);

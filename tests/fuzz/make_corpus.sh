@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates the seed corpora of tests/fuzz/corpus/ from the example and test protos:
 # descriptor sets for fuzz_schema_load, payloads encoded by protoc from text format for
-# fuzz_schema_payload, and JSON for fuzz_json. Files a fuzzer found (crash-*, regression-*)
-# are left alone. Usage: tests/fuzz/make_corpus.sh   (needs protoc; builds nothing)
+# fuzz_schema_payload, JSON for fuzz_json, headers encoded by protoc for fuzz_wire, the policy
+# files for fuzz_policy, broker config files for fuzz_config and the certificates of
+# certs/pki.sh (DER) for fuzz_cert. fuzz_audit's seeds are written by hand. Files a fuzzer found (crash-*, regression-*)
+# are left alone. Usage: tests/fuzz/make_corpus.sh   (needs protoc and openssl; builds nothing)
 #
 # The first byte of a payload or JSON seed picks the message type; the numbers below follow
 # the table the targets print with AB_FUZZ_LIST_TYPES=1 (fixed order, see fuzz_common.h).
@@ -161,5 +163,119 @@ T
 js datum-empty 1 <<'T'
 {}
 T
+# ---- header frames: amtsbote.v1.Header of every kind, as clients and the broker send them ----
+W=$corpus/fuzz_wire
+mkdir -p "$W"
+hdr() { protoc -I"$root/proto" --encode=amtsbote.v1.Header amtsbote/v1/amtsbote.proto >"$W/$1"; }
+id='message_id: "\x01\x8f\xd1\x2a\x7b\x3c\x70\x01\x80\x11\x22\x33\x44\x55\x66\x77"'
+hdr hello <<<"version: 1 kind: KIND_HELLO heartbeat_ms: 1000 max_payload: 4194304"
+hdr call <<T
+version: 1 kind: KIND_CALL $id service: "meldewesen.v1.Melderegister/Meldebescheinigung"
+schema: "meldewesen.v1.MeldebescheinigungAnfrage" purpose: "BMG §34"
+classification: VS_NUR_FUER_DEN_DIENSTGEBRAUCH deadline_ms: 5000
+headers { key: "vorgang" value: "A-17" } headers { key: "sprache" value: "de" }
+trace { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" tracestate: "ab=1" }
+T
+hdr reply <<T
+version: 1 kind: KIND_REPLY $id correlation_id: "\x01\x8f\xd1\x2a\x7b\x3c\x70\x01\x80\x11\x22\x33\x44\x55\x66\x78"
+schema: "meldewesen.v1.Meldebescheinigung" sender: "kommune.09162000.meldeamt"
+T
+hdr error <<T
+version: 1 kind: KIND_ERROR correlation_id: "\x01\x8f\xd1\x2a\x7b\x3c\x70\x01\x80\x11\x22\x33\x44\x55\x66\x78"
+service: "meldewesen.v1.Melderegister/Meldebescheinigung"
+error { code: FORBIDDEN text: "rule 'melde-auskunft' (policy.yaml:12) requires one of the purposes 'BMG §34'" field: "purpose" }
+T
+hdr offer <<<'version: 1 kind: KIND_OFFER service: "meldewesen.v1.Melderegister" schema: "meldewesen/v1/meldewesen.proto"'
+hdr withdraw <<<'version: 1 kind: KIND_WITHDRAW service: "meldewesen.v1.Melderegister/Meldebescheinigung"'
+hdr send <<T
+version: 1 kind: KIND_SEND $id recipient: "land.by.stmi" schema: "meldewesen.v1.UmzugGemeldet"
+purpose: "BMG §33" timestamp_ms: 1717430400000
+T
+hdr deliver <<T
+version: 1 kind: KIND_DELIVER $id sender: "kommune.09162000.meldeamt" recipient: "land.by.stmi"
+schema: "meldewesen.v1.UmzugGemeldet" timestamp_ms: 1717430400000 attempt: 2 sequence: 18446744073709551615
+T
+hdr ack <<<'version: 1 kind: KIND_ACK sequence: 42 subscription: "umzuege"'
+hdr receipt <<T
+version: 1 kind: KIND_RECEIPT $id receipt: EXPIRED timestamp_ms: 1717430400001 attempt: 5 sequence: 7
+T
+hdr publish <<<"version: 1 kind: KIND_PUBLISH $id topic: \"meldewesen.umzug.09162000\" schema: \"meldewesen.v1.UmzugGemeldet\""
+hdr subscribe <<<'version: 1 kind: KIND_SUBSCRIBE topic: "meldewesen.>" subscription: "umzuege" credit: 100'
+hdr event <<T
+version: 1 kind: KIND_EVENT $id topic: "meldewesen.umzug.09162000" sender: "kommune.09162000.meldeamt"
+subscription: "umzuege" sequence: 3 attempt: 1 timestamp_ms: 1717430400000
+T
+hdr credit <<<'version: 1 kind: KIND_CREDIT credit: 4294967295 subscription: "umzuege"'
+hdr heartbeat <<<'version: 1 kind: KIND_HEARTBEAT'
+# refused ones: a future version, no kind, a short id, a service name that is not UTF-8
+hdr version-2 <<<'version: 2 kind: KIND_HELLO'
+hdr no-kind <<<'version: 1'
+hdr short-id <<<'version: 1 kind: KIND_CALL message_id: "\x01\x02"'
+hdr service-not-utf8 <<<'version: 1 kind: KIND_CALL service: "a.B/\xc3\x28"' 2>/dev/null
+# the largest header: 8192 bytes of map entries (the arena's worst case)
+{ printf 'version: 1 kind: KIND_CALL '; for i in $(seq 1 1000); do printf 'headers {} '; done
+  printf 'headers { key: "k" value: "%s" }\n' "$(head -c 2179 /dev/zero | tr '\0' v)"; } | hdr largest
+printf '\x08\x01\x10\x02\xaa\x01\x00' >"$W/unknown-field"
+
+# ---- policies: the example and the test fixtures ----
+Y=$corpus/fuzz_policy
+mkdir -p "$Y"
+cp "$root/examples/policy.yaml" "$Y/example.yaml"
+# the rule matrix of tests/unit/test_policy.c (s_policy), as the C string's text
+sed -n '/^static const char \*s_policy =/,/;$/p' "$root/tests/unit/test_policy.c" |
+    sed -n 's/^[^"]*"\(.*\)\\n"[^"]*$/\1/p; s/^[^"]*"\(.*\)\\n";$/\1/p' |
+    sed 's/\\"/"/g' >"$Y/unit-matrix.yaml"
+printf 'rules:\n  - {who: "*", action: call, resource: "*"}\n' >"$Y/allow-all.yaml"
+printf 'groups:\n  a: ["@b"]\n' >"$Y/group-in-group.yaml"
+printf 'rules: []\n---\nrules: []\n' >"$Y/two-documents.yaml"
+printf 'clearances:\n  bund.*: GEHEIM\n' >"$Y/bad-level.yaml"
+
+# ---- broker config files ----
+C=$corpus/fuzz_config
+mkdir -p "$C"
+cat >"$C/tls.yaml" <<'T'
+# a production-like broker
+listen:
+  - tls://0.0.0.0:7443
+  - tcp://127.0.0.1:7450
+data: /var/lib/amtsbote
+tls_cert: /etc/amtsbote/broker.crt
+tls_key: /etc/amtsbote/broker.key
+tls_ca: /etc/amtsbote/ca/chain.pem
+tls_crl: /etc/amtsbote/ca/crl.pem
+tls12: true
+policy: /etc/amtsbote/policy.yaml
+audit_dir: /var/lib/amtsbote/audit
+audit_background: yes
+metrics: 127.0.0.1:9464
+log_level: warn
+heartbeat_ms: 1000
+heartbeat_timeout_ms: 3000
+max_payload: 4194304
+require_schema: [meldewesen.*, statistik.v1.Statistik]
+T
+printf 'listen: tcp://127.0.0.1:*\ninsecure_plain_identities: true\n' >"$C/dev.yaml"
+printf '{listen: [ipc:///tmp/ab.sock], io_threads: 2, export: /tmp/out}\n' >"$C/flow.yaml"
+printf 'listen: tcp://127.0.0.1:1\nheartbeat_ms: 5000\n' >"$C/heartbeat-too-long.yaml"
+printf 'listen: tcp://127.0.0.1:1\nmax_payload: 12x\n' >"$C/not-a-number.yaml"
+printf 'listen: tcp://127.0.0.1:1\nlisten_on: x\n' >"$C/unknown-setting.yaml"
+printf 'data: &d /x\naudit_dir: *d\n' >"$C/alias.yaml"
+
+# ---- certificates (DER) from the development PKI ----
+X=$corpus/fuzz_cert
+mkdir -p "$X"
+pki=$(mktemp -d /tmp/amtsbote-corpus-pki-XXXXXX)
+trap 'rm -rf "$pki"' EXIT
+"$root/certs/pki.sh" init "$pki" >/dev/null
+"$root/certs/pki.sh" issue "$pki" kommune.09162000.meldeamt >/dev/null
+"$root/certs/pki.sh" broker "$pki" broker >/dev/null
+"$root/certs/pki.sh" bad "$pki" >/dev/null
+der() { openssl x509 -in "$1" -outform DER -out "$X/$2"; }
+der "$pki/kommune.09162000.meldeamt.crt" participant.der
+der "$pki/broker.crt" broker.der
+der "$pki/ca/root.crt" root-ca.der
+for b in "$pki"/bad/*.crt; do der "$b" "bad-$(basename "$b" .crt).der"; done
+cp "$pki/kommune.09162000.meldeamt.crt" "$X/participant.pem"
+
 echo "corpus in $corpus:"
 for d in "$corpus"/*; do echo "  $(basename "$d"): $(ls "$d" | wc -l) files"; done

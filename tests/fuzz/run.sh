@@ -6,7 +6,7 @@
 # Runs under nice -n 10. Prints what it found and exits 1 when it found anything.
 set -uo pipefail
 if [ $# -lt 2 ]; then
-    echo "usage: $0 fuzz_schema_load|fuzz_schema_payload|fuzz_json SECONDS [libFuzzer args]" >&2
+    echo "usage: $0 TARGET SECONDS [libFuzzer args]   (TARGET: a fuzz_* binary in build-fuzz/tests/fuzz)" >&2
     exit 2
 fi
 target=$1 seconds=$2

@@ -318,6 +318,10 @@ static const bad_t s_bad[] = {
     {"limits:\n  \"@nix\": {rate: 1}\n", 2, 3, "unknown group 'nix' in limits"},
     {"limits:\n  bund.bmi: {rate: 1}\n  bund.bmi: {burst: 1}\n", 3, 3, "duplicate limits"},
     {"limits: [a]\n", 1, 9, "'limits' must be a mapping"},
+    /* what follows the first document was not read when it was not YAML (nor when the second
+     * read ran out of memory): the file loaded as if it ended there */
+    {"rules: []\n---\nrules: [\n", 4, 1, "bad YAML"},
+    {"rules: []\n...\n]\n", 3, 1, "bad YAML"},
 };
 
 static void
@@ -526,6 +530,55 @@ test_cache_overflow(void **state)
     assert_true(ab_policy_cleared(p, "kommune.09162000.meldeamt", AB_POLICY_VS_NFD));
 }
 
+static int
+s_utf8(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3 : 4;
+        for (int i = 1; i < n; i++)
+            if ((p[i] & 0xc0) != 0x80)
+                return 0;
+        p += n;
+    }
+    return 1;
+}
+
+/* A denial that lists long purposes, or an error quoting the first 100 bytes of a name, was
+ * cut in the middle of a UTF-8 sequence; the reason reaches the caller in error.text, which
+ * a client refuses when it is not UTF-8 (found with fuzz_policy's promise). */
+static void
+test_texts_stay_utf8(void **state)
+{
+    (void)state;
+    char text[2048], p30[64] = "";
+    for (int i = 0; i < 30; i++)
+        strcat(p30, "\xc2\xa7"); /* § */
+    int at = snprintf(text, sizeof text,
+                      "rules:\n  - {name: r, who: \"bund.*\", action: call, "
+                      "resource: \"a.B/*\", purposes: [");
+    for (int i = 0; i < 12; i++)
+        at += snprintf(text + at, sizeof text - (size_t)at, "%s\"%s%d\"", i ? ", " : "", p30, i);
+    snprintf(text + at, sizeof text - (size_t)at, "]}\n");
+    ab_policy_t *p = load(text);
+    ab_policy_decision_t d;
+    assert_int_equal(ab_policy_decide(p, "bund.bmi", AB_POLICY_CALL, "a.B/c", NULL, 0, &d), 0);
+    assert_int_equal(d.why, AB_POLICY_NO_PURPOSE);
+    assert_true(strlen(d.reason) > 400);
+    assert_true(s_utf8(d.reason));
+    ab_policy_destroy(&p);
+
+    at = snprintf(text, sizeof text, "rules:\n  - {who: a.b, action: a");
+    for (int i = 0; i < 80; i++)
+        at += snprintf(text + at, sizeof text - (size_t)at, "\xc3\xa9");
+    snprintf(text + at, sizeof text - (size_t)at, ", resource: x.Y/z}\n");
+    ab_policy_error_t err;
+    assert_int_equal(ab_policy_load_buffer(text, strlen(text), "bad.yaml", &p, &err), AB_EINVAL);
+    assert_non_null(strstr(err.text, "unknown action 'a\xc3\xa9"));
+    assert_true(s_utf8(err.text));
+    assert_true(s_utf8(err.message));
+}
+
 int
 main(void)
 {
@@ -535,6 +588,7 @@ main(void)
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_texts_stay_utf8),
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_many_rules),
         cmocka_unit_test_setup_teardown(test_cache_overflow, setup, teardown),

@@ -259,6 +259,33 @@ test_participants(void **state)
     }
 }
 
+/* Found by fuzz_wire and fuzz_cert: a refusal quoted the first 200 bytes of the name, which cut
+ * a UTF-8 sequence in half (and passed on invalid bytes and newlines of a certificate's SAN), so
+ * the error text a client got in error.text was not UTF-8 and its decoder refused the frame. */
+static void
+test_refusal_quotes_valid_utf8(void **state)
+{
+    (void)state;
+    char name[AB_MAX_NAME + 1], why[AB_WHY_LEN];
+    name[0] = 'a';
+    for (size_t i = 1; i + 1 < AB_MAX_NAME; i += 2)
+        memcpy(name + i, "\xc3\xa9", 2); /* é: byte 199 starts a sequence */
+    name[AB_MAX_NAME] = '\0';
+    assert_true(ab_utf8_valid(name, strlen(name)));
+    assert_int_equal(ab_wire_check_service(name, 0, why), AB_EINVAL);
+    assert_true(ab_utf8_valid(why, strlen(why)));
+    assert_non_null(strstr(why, "service name 'a\xc3\xa9"));
+    assert_int_equal(ab_wire_check_participant(name, why), AB_EINVAL);
+    assert_true(ab_utf8_valid(why, strlen(why)));
+    assert_non_null(strstr(why, "participant address 'a\xc3\xa9"));
+
+    assert_int_equal(ab_wire_check_participant("bund.\xff\nbmi", why), AB_EINVAL);
+    assert_string_equal(why, "participant address 'bund.? bmi' is not of the form level.org[.unit] "
+                             "(lower-case letters, digits, '-', '_')");
+    assert_int_equal(ab_wire_check_service("a.B\x01/\xc3", 1, why), AB_EINVAL);
+    assert_string_equal(why, "service name 'a.B /?' is not of the form package.Service[/Method]");
+}
+
 static void
 test_uuid7(void **state)
 {
@@ -329,6 +356,7 @@ main(void)
         cmocka_unit_test(test_many_map_entries_fit_arena),
         cmocka_unit_test(test_service_names),
         cmocka_unit_test(test_participants),
+        cmocka_unit_test(test_refusal_quotes_valid_utf8),
         cmocka_unit_test(test_uuid7),
         cmocka_unit_test(test_uuid7_fork_does_not_repeat),
         cmocka_unit_test(test_error_names),
