@@ -24,11 +24,12 @@
  *       attempted before the first try, accepted after the REPLY. SIGTERM stops after the
  *       message in flight.
  *   callload sink   --broker URI --as ADDR [--inbox] [--subscribe PATTERN --durable NAME]
- *                   [--credit C] [--received-log F] [--idle-ms I] [--seconds MAX]
+ *                   [--credit C] [--received-log F] [--hold-ms H] [--idle-ms I] [--seconds MAX]
  *       takes mailbox messages and/or the events of a durable subscription, checks each payload,
  *       appends "KIND SENDER STREAM SEQ SEQUENCE ATTEMPT ok|corrupt" to the log (written before
- *       the ACK: processing, then acknowledging) and acknowledges. Ends after MAX seconds, or I
- *       ms without anything new (0: never), or at SIGTERM.
+ *       the ACK: processing, then acknowledging) and acknowledges, at once or after a random
+ *       0..H ms (so that a kill finds deliveries processed but not acknowledged). Ends after MAX
+ * seconds, or I ms without anything new (0: never), or at SIGTERM.
  *
  * Payloads: a text stamp "cl1 WHO STREAM SEQ\n" and bytes generated from it, B bytes in all.
  * Output: one "result mode=... key=value ..." line on stdout; exit 0 when every promise held,
@@ -631,12 +632,36 @@ s_source(const opts_t *o)
 
 /* ---- sink: the recipient and the durable subscriber --------------------------------------- */
 
+typedef struct kept {
+    ab_message_t *m;
+    uint64_t due;
+    struct kept *next;
+} kept_t;
+
 typedef struct {
     const opts_t *o;
     int log_fd;
     long messages, events, corrupt, other;
-    uint64_t last_ms;
+    uint64_t last_ms, rnd;
+    kept_t *kept; /* processed, acknowledged when due */
 } sink_t;
+
+/* Acknowledges what is due (all with `all`). */
+static void
+s_ack_due(sink_t *k, int all)
+{
+    uint64_t now = s_now_ms();
+    for (kept_t **pp = &k->kept; *pp;) {
+        kept_t *e = *pp;
+        if (!all && e->due > now) {
+            pp = &e->next;
+            continue;
+        }
+        *pp = e->next;
+        ab_ack(&e->m);
+        free(e);
+    }
+}
 
 static void
 s_on_message(ab_client_t *client, ab_message_t *m, void *arg)
@@ -675,13 +700,25 @@ s_on_message(ab_client_t *client, ab_message_t *m, void *arg)
     else
         k->messages++;
     k->last_ms = s_now_ms();
-    ab_ack(&m); /* after it was processed (logged) */
+    /* acknowledged after it was processed (logged), at once or after a random 0..H ms */
+    kept_t *e = k->o->hold_ms > 0 ? malloc(sizeof *e) : NULL;
+    if (!e) {
+        ab_ack(&m);
+        return;
+    }
+    e->m = m;
+    e->due = k->last_ms + s_mix(&k->rnd) % (uint64_t)(k->o->hold_ms + 1);
+    e->next = k->kept;
+    k->kept = e;
 }
 
 static int
 s_sink(const opts_t *o)
 {
-    sink_t k = {.o = o, .log_fd = s_open_log(o->received_log), .last_ms = s_now_ms()};
+    sink_t k = {.o = o,
+                .log_fd = s_open_log(o->received_log),
+                .last_ms = s_now_ms(),
+                .rnd = (uint64_t)getpid() * 7919u + s_now_ms()};
     ab_client_t *c = s_connect(o, o->as);
     int rc;
     if (o->inbox && (rc = ab_inbox(c, (uint32_t)o->credit, s_on_message, &k)) != 0) {
@@ -699,8 +736,10 @@ s_sink(const opts_t *o)
     while (!s_stop && s_now_ms() < end) {
         if (o->idle_ms > 0 && s_now_ms() - k.last_ms >= (uint64_t)o->idle_ms)
             break;
-        s_drive(c, 20);
+        s_drive(c, 5);
+        s_ack_due(&k, 0);
     }
+    s_ack_due(&k, 1);
     s_drive(c, 50); /* the last ACKs */
     long dropped = (long)ab_client_duplicates_dropped(c);
     ab_client_destroy(&c);
