@@ -51,6 +51,7 @@
 #include <unistd.h>
 
 #include "amtsbote.h"
+#include "loadgen.h"
 #include "wire.h"
 
 #define MAX_WINDOW 256
@@ -153,24 +154,6 @@ s_open_log(const char *path)
 
 /* ---- payloads: a stamp, then bytes generated from it -------------------------------------- */
 
-static uint64_t
-s_mix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15u);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-    return z ^ (z >> 31);
-}
-
-static uint64_t
-s_seed(const uint8_t *p, size_t n)
-{
-    uint64_t h = 1469598103934665603u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 1099511628211u;
-    return h;
-}
-
 /* Writes the payload of (who, stream, seq) into buf (cap >= size); returns its length. */
 static size_t
 s_payload(uint8_t *buf, size_t size, const char *who, long stream, long seq)
@@ -179,9 +162,9 @@ s_payload(uint8_t *buf, size_t size, const char *who, long stream, long seq)
     size_t head = (size_t)n;
     if (size < head)
         size = head;
-    uint64_t x = s_seed(buf, head);
+    uint64_t x = s_fnv(buf, head);
     for (size_t i = head; i < size; i++)
-        buf[i] = (uint8_t)(s_mix(&x) >> 56);
+        buf[i] = (uint8_t)(s_splitmix(&x) >> 56);
     return size;
 }
 
@@ -202,9 +185,9 @@ s_check(const uint8_t *p, size_t len, char *who, size_t who_cap, long *stream, l
     if (sscanf(stamp, "cl1 %200s %ld %ld", name, stream, seq) != 3)
         return "a stamp that does not parse";
     snprintf(who, who_cap, "%s", name);
-    uint64_t x = s_seed(p, head);
+    uint64_t x = s_fnv(p, head);
     for (size_t i = head; i < len; i++)
-        if (p[i] != (uint8_t)(s_mix(&x) >> 56))
+        if (p[i] != (uint8_t)(s_splitmix(&x) >> 56))
             return "the bytes after the stamp are not the ones generated from it";
     return NULL;
 }
@@ -319,7 +302,7 @@ s_on_request(ab_client_t *client, ab_request_t *req, void *arg)
         return;
     }
     h->req = req;
-    h->due = s_now_ms() + s_mix(&s->rnd) % (uint64_t)(s->o->hold_ms + 1);
+    h->due = s_now_ms() + s_splitmix(&s->rnd) % (uint64_t)(s->o->hold_ms + 1);
     h->next = s->held;
     s->held = h;
 }
@@ -707,7 +690,7 @@ s_on_message(ab_client_t *client, ab_message_t *m, void *arg)
         return;
     }
     e->m = m;
-    e->due = k->last_ms + s_mix(&k->rnd) % (uint64_t)(k->o->hold_ms + 1);
+    e->due = k->last_ms + s_splitmix(&k->rnd) % (uint64_t)(k->o->hold_ms + 1);
     e->next = k->kept;
     k->kept = e;
 }
