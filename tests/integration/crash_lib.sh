@@ -2,6 +2,7 @@
 # test_crash_deliveries.sh). Source it after lib.sh, with `work` set and BROKER the broker binary;
 # the script defines track(), which puts the processes alive now into `pids`.
 # Sets `uri` (a free loopback port, kept across restarts), `broker_pid` and `starts`.
+# CRASH_LOG_LEVEL (default warn) is the broker's --log-level, e.g. info to see each connection go.
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 uri=tcp://127.0.0.1:$port
@@ -11,7 +12,7 @@ broker_pid="" starts=0
 start_broker() {
   starts=$((starts + 1))
   local out=$work/broker-$starts.out
-  "$BROKER" --listen "$uri" --insecure-plain-identities --data "$work/data" --log-level warn \
+  "$BROKER" --listen "$uri" --insecure-plain-identities --data "$work/data" --log-level "${CRASH_LOG_LEVEL:-warn}" \
     >"$out" 2>>"$work/broker.log" &
   broker_pid=$!
   track
@@ -29,9 +30,9 @@ start_broker() {
   return 1
 }
 
-# keep_on_failure: a failed run leaves its logs beside the work directory
+# keep_on_failure: a failed run (any run with CRASH_KEEP=1) leaves its logs beside the work directory
 # shellcheck disable=SC2154 # failed: lib.sh
-keep_on_failure() { [ "$failed" = 0 ] || { cp -r "$work" "$work.kept" 2>/dev/null && echo "kept: $work.kept"; }; }
+keep_on_failure() { [ "$failed" = 0 ] && [ "${CRASH_KEEP:-0}" != 1 ] || { cp -r "$work" "$work.kept" 2>/dev/null && echo "kept: $work.kept"; }; }
 
 crash_broker() {
   kill -KILL "$broker_pid" 2>/dev/null

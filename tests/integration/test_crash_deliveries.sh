@@ -13,9 +13,9 @@
 #   - everything whose PUBLISH/SEND was answered as accepted was received: none lost;
 #   - everything received was sent (its stamp names a try of the source): none invented;
 #   - every payload intact (its stamp and the bytes generated from it);
-#   - in order per stream: the broker's first delivery (attempt 1) of each number comes after
-#     those of the lower numbers (a delivery lost with a killed recipient comes again only once
-#     the broker noticed its connection gone, possibly after newer ones: counted, not failed);
+#   - in order per stream: each number is first seen after the lower ones, but for a delivery
+#     lost with a killed recipient, which comes again only once the broker noticed the connection
+#     gone, possibly after newer ones (told apart by its attempt; counted, not failed);
 #   - duplicates (redeliveries after a kill) are counted; a message (SEND, deduplicated by id)
 #     is never stored twice, an event may be (a PUBLISH tried again after its answer was lost).
 #   test_crash_deliveries.sh BROKER_BIN CALLLOAD_BIN [ROUNDS [STREAMS]]
@@ -72,9 +72,11 @@ for r in $(seq "$ROUNDS"); do
   kill_wait "$sink_pid"
   sink_pid=""
   kills_sink=$((kills_sink + 1))
+  echo "# sink killed" >>"$work/received"
   if [ $((r % 3)) = 0 ]; then
     crash_broker
     kills_broker=$((kills_broker + 1))
+    echo "# broker killed" >>"$work/received"
     start_broker || { start_failures=$((start_failures + 1)); start_broker || break; }
   else
     rand_sleep 0 300
@@ -120,14 +122,29 @@ for kind in event mail; do
   # stored twice: one number under two broker sequences
   twice=$(awk -v k=$kind '$1 == k && $7 == "ok" { print $2, $3, $4, $5 }' "$work/received" | sort -u |
     awk '{ n[$1 " " $2 " " $3]++ } END { c = 0; for (x in n) if (n[x] > 1) c++; print c }')
-  # order: the broker's first deliveries (attempt 1) rise per stream. A delivery lost with a
-  # killed recipient comes again (attempt 2+) only when the broker has noticed the connection
-  # gone (a failed send, or heartbeat_timeout_ms), possibly after newer ones: counted, not failed.
-  ooo=$(awk -v k=$kind '$1 == k && $7 == "ok" { s = $2 " " $3; key = s " " $4; if (key in seen) next; seen[key] = 1;
-    if ((s in max) && $4 + 0 < max[s]) { if ($6 == 1) { bad++; if (bad <= 3) printf "%s %s after %s\n", s, $4, max[s] > "/dev/stderr" } else late++ }
-    if (!(s in max) || $4 + 0 > max[s]) max[s] = $4 + 0 } END { print bad + 0, late + 0 }' "$work/received" 2>"$work/ooo-$kind")
+  # order: the broker delivers a box in sequence order, and a stream's numbers were accepted in
+  # order. A delivery lost with a killed recipient comes again only once the broker noticed the
+  # connection gone (a failed send, or heartbeat_timeout_ms), possibly after newer ones; it
+  # carries attempt 2+, or attempt 1 again when the broker was killed meanwhile (the attempt
+  # of a delivery in flight is not kept across a crash). Such a late one is counted; a first
+  # sight behind a newer number otherwise (attempt 1, no broker kill since the newer one, or no
+  # recipient killed at all) is out of order.
+  ooo=$(awk -v k=$kind '/^# sink killed/ { kills++; next } /^# broker killed/ { bk++; next }
+    $1 == k && $7 == "ok" { s = $2 " " $3; key = s " " $4; if (key in seen) next; seen[key] = 1;
+    if ((s in max) && $4 + 0 < max[s]) {
+      if (kills > 0 && ($6 > 1 || bk > bk_at[s])) late++
+      else { bad++; if (bad <= 3) printf "%s %s (attempt %s) after %s\n", s, $4, $6, max[s] > "/dev/stderr" }
+    }
+    if (!(s in max) || $4 + 0 > max[s]) { max[s] = $4 + 0; bk_at[s] = bk } } END { print bad + 0, late + 0 }' "$work/received" 2>"$work/ooo-$kind")
   late=${ooo#* }
   ooo=${ooo% *}
+  # the broker's sequence numbers follow the order of acceptance: per stream they rise with the
+  # number (the first store of each, for an event stored twice)
+  seqorder=$(awk -v k=$kind '$1 == k && $7 == "ok" { key = $2 " " $3 " " $4; if (!(key in m) || $5 + 0 < m[key]) m[key] = $5 + 0 }
+    END { for (x in m) print x, m[x] }' "$work/received" | sort -k1,1 -k2,2n -k3,3n |
+    awk '{ s = $1 " " $2; if (s == last && $4 < prev) bad++; last = s; prev = $4 } END { print bad + 0 }')
+  [ "$seqorder" = 0 ] && ok "$kind: the broker's sequence numbers follow the order of acceptance per stream" ||
+    bad "$kind: $seqorder number(s) stored under a lower sequence than the number before them"
   dups=$((del - rcv))
   summary="$summary ${kind}s_accepted=$acc ${kind}s_received=$rcv ${kind}_deliveries=$del ${kind}_duplicates=$dups ${kind}s_stored_twice=$twice ${kind}_redelivered_after_newer=$late"
   [ "$acc" -gt 100 ] && ok "$kind: $acc accepted across the kills" || bad "$kind: only $acc accepted"
