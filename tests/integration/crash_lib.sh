@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/integration/crash_lib.sh - what the crash loops share (test_crash.sh, test_crash_calls.sh,
 # test_crash_deliveries.sh). Source it after lib.sh, with `work` set and BROKER the broker binary;
 # the script defines track(), which puts the processes alive now into `pids`.
@@ -11,6 +12,7 @@ broker_pid="" starts=0
 # start_broker: a broker on the same port and data directory; waits for its "ready" line.
 start_broker() {
   starts=$((starts + 1))
+  # shellcheck disable=SC2154 # work: the sourcing script
   local out=$work/broker-$starts.out
   "$BROKER" --listen "$uri" --insecure-plain-identities --data "$work/data" --log-level "${CRASH_LOG_LEVEL:-warn}" \
     >"$out" 2>>"$work/broker.log" &
