@@ -30,13 +30,9 @@ ITER=${3:-50}
 EV_ITER=${4:-15}
 work=$(mktemp -d /tmp/amtsbote-crash-XXXXXX)
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# shellcheck disable=SC2154 # failed: lib.sh
-keep_on_failure() { [ "$failed" = 0 ] || { cp -r "$work" "$work.kept" 2>/dev/null && echo "kept: $work.kept"; }; }
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-uri=tcp://127.0.0.1:$port
 rcpt=land.crash.empfang
-broker_pid="" send_pid="" recv_pid="" starts=0
+send_pid="" recv_pid=""
 # lib.sh stops what `pids` names at exit; only the processes alive now
 # shellcheck disable=SC2034
 track() {
@@ -44,35 +40,7 @@ track() {
   local p
   for p in "$send_pid" "$recv_pid" "$broker_pid"; do [ -n "$p" ] && pids+=("$p"); done
 }
-
-# start_broker: a broker on the same port and data directory; waits for its "ready" line.
-start_broker() {
-  starts=$((starts + 1))
-  local out=$work/broker-$starts.out
-  "$BROKER" --listen "$uri" --insecure-plain-identities --data "$work/data" --log-level warn \
-    >"$out" 2>>"$work/broker.log" &
-  broker_pid=$!
-  track
-  for _ in $(seq 300); do
-    grep -qx ready "$out" 2>/dev/null && return 0
-    if ! kill -0 "$broker_pid" 2>/dev/null; then
-      wait "$broker_pid"
-      echo "broker start $starts exited ($?) before it was ready"
-      tail -n 5 "$work/broker.log"
-      return 1
-    fi
-    sleep 0.05
-  done
-  echo "broker start $starts not ready within 15 s"
-  return 1
-}
-
-crash_broker() {
-  kill -KILL "$broker_pid" 2>/dev/null
-  wait "$broker_pid" 2>/dev/null
-  broker_pid=""
-  track
-}
+. "$(dirname "${BASH_SOURCE[0]}")/crash_lib.sh"
 
 start_broker || { bad "the first broker start"; finish; exit 1; }
 t0=$(date +%s)
@@ -234,11 +202,6 @@ for i in 0 1 2; do
     echo "note - subscriber s$i: $ev_twice event(s) stored twice (a PUBLISH retried after a crash; not deduplicated)"
 done
 
-# the broker's own account of trouble: a crash of its own is not a kill of ours
-if grep -qE 'level=(fatal|crit)|AddressSanitizer|runtime error' "$work/broker.log"; then
-  bad "the broker logged: $(grep -E 'level=(fatal|crit)|AddressSanitizer|runtime error' "$work/broker.log" | head -n 3)"
-else
-  ok "the broker logged nothing fatal ($(grep -c 'level=error' "$work/broker.log") error line(s))"
-fi
+broker_trouble
 keep_on_failure
 finish

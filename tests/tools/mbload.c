@@ -57,6 +57,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "loadgen.h"
 #include "wire.h"
 
 #define ID_LEN AB_MESSAGE_ID_LEN
@@ -175,24 +176,6 @@ s_write_all(int fd, const char *buf, size_t len)
         len -= (size_t)n;
     }
     return 0;
-}
-
-static uint64_t
-s_fnv(const uint8_t *p, size_t n)
-{
-    uint64_t h = 1469598103934665603u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 1099511628211u;
-    return h;
-}
-
-static uint64_t
-s_splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15u);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-    return z ^ (z >> 31);
 }
 
 /* The payload of message `id`: the id, then a stream seeded from it. */
