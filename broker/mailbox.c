@@ -68,7 +68,7 @@ struct s_entry {
     s_entry_t *prev, *next; /* in box's waiting queue, or in holder's in-flight list */
     s_attach_t *holder;     /* NULL: waiting */
     ab_heap_node_t exp;     /* .at: Unix ms when it expires */
-    ab_heap_node_t ack;     /* .at: Unix ms when it is delivered again */
+    ab_heap_node_t ack;     /* .at: monotonic ms (ab_now_ms) when it is delivered again */
     uint8_t kind;           /* BRK_MAIL_MESSAGE, BRK_MAIL_RECEIPT, S_EVENT */
     uint8_t state;          /* S_LIVE, S_NEW, S_GONE */
     uint8_t in_exp, in_ack;
@@ -1585,7 +1585,8 @@ s_deliver(brk_mailbox_t *self, s_attach_t *a, s_entry_t *e)
     uint64_t now = s_wall_ms();
     if (!e->delivered_ms)
         e->delivered_ms = now;
-    e->ack.at = now + self->cfg->ack_timeout_ms;
+    /* the monotonic clock: a step of the wall clock neither delays nor hastens a redelivery */
+    e->ack.at = ab_now_ms() + self->cfg->ack_timeout_ms;
     if (ab_heap_push(&self->ack, &e->ack) == 0)
         e->in_ack = 1;
     if (e->kind == S_EVENT) {
@@ -2225,7 +2226,7 @@ brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
     }
     ab_heap_node_t *n;
     int budget = self->store_failed ? 0 : 10000; /* redelivery and expiry wait for the store */
-    while ((n = ab_heap_top(&self->ack)) != NULL && n->at <= wall && budget-- > 0) {
+    while ((n = ab_heap_top(&self->ack)) != NULL && n->at <= mono && budget-- > 0) {
         s_entry_t *e = AB_CONTAINER_OF(n, s_entry_t, ack);
         s_return(self, e);
     }
@@ -2258,7 +2259,7 @@ brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
     if (self->store_failed)
         return self->next_probe > mono ? self->next_probe - mono : 0;
     if ((n = ab_heap_top(&self->ack)) != NULL)
-        next = n->at <= wall ? 0 : (n->at - wall < next ? n->at - wall : next);
+        next = n->at <= mono ? 0 : (n->at - mono < next ? n->at - mono : next);
     if ((n = ab_heap_top(&self->exp)) != NULL)
         next = n->at <= wall ? 0 : (n->at - wall < next ? n->at - wall : next);
     return next;
