@@ -38,24 +38,15 @@ step() { echo "$1" >"$clock"; } # step +2h | -2h | +2d: the broker's offset from
 
 # start NAME ARGS...: a broker under libfaketime; sets $uri
 start() {
-  local name=$1 line
+  local name=$1
   shift
   mkfifo "$work/$name.out"
   FAKETIME_TIMESTAMP_FILE=$clock FAKETIME_NO_CACHE=1 FAKETIME_DONT_FAKE_MONOTONIC=1 \
     LD_PRELOAD=$FAKETIME_LIB ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
     "$BROKER" "$@" --data "$work/$name.data" --log-level info >"$work/$name.out" 2>"$work/$name.log" &
   pids+=($!)
-  exec {fd}<"$work/$name.out"
-  uri=""
-  while IFS= read -r -t 15 line <&$fd; do
-    case "$line" in
-      "listening on "*) uri=${line#listening on } ;;
-      ready) break ;;
-    esac
-  done
-  cat <&$fd >/dev/null &
-  pids+=($!)
-  [ -n "$uri" ] || { echo "not ok - broker $name did not start: $(tail -n 5 "$work/$name.log")"; exit 1; }
+  await_broker "$work/$name.out" ||
+    { echo "not ok - broker $name did not start: $(tail -n 5 "$work/$name.log")"; exit 1; }
 }
 
 # ================= mailboxes and calls =================
@@ -115,31 +106,18 @@ pids+=("$recv_pid")
 sleep 0.5
 as $S send $RCPT 'ohne Quittung' >"$out" 2>"$err"
 rid=$(awk '/^accepted /{print $2}' "$out")
-got1=0
-for _ in $(seq 50); do
-  grep -q " $rid 1 " "$work/received" 2>/dev/null && { got1=1; break; }
-  sleep 0.1
-done
-[ "$got1" = 1 ] && ok "delivered (attempt 1)" || bad "no first delivery of $rid: $(cat "$work/recv.err")"
+wait_for "$work/received" " $rid 1 " 5 && ok "delivered (attempt 1)" || bad "no first delivery of $rid: $(cat "$work/recv.err")"
 t0=$(now_ms)
 step "-2h"
-got2=0
-for _ in $(seq 60); do
-  grep -q " $rid 2 " "$work/received" 2>/dev/null && { got2=1; break; }
-  sleep 0.1
-done
+wait_for "$work/received" " $rid 2 " 6
+got2=$?
 t1=$(now_ms)
-[ "$got2" = 1 ] &&
+[ "$got2" = 0 ] &&
   ok "after a 4 h backward step the unacknowledged delivery comes again ($((t1 - t0)) ms; ack_timeout_ms 1000)" ||
   bad "no redelivery within 6 s of the backward step (the acknowledgement timer must not follow the wall clock)"
 as $S send $RCPT 'nach dem Sprung' >"$out" 2>"$err"
 nid=$(awk '/^accepted /{print $2}' "$out")
-got=0
-for _ in $(seq 30); do
-  grep -q " $nid 1 " "$work/received" 2>/dev/null && { got=1; break; }
-  sleep 0.1
-done
-[ "$got" = 1 ] && ok "a new message is delivered at once after the backward step" || bad "$nid not delivered within 3 s"
+wait_for "$work/received" " $nid 1 " 3 && ok "a new message is delivered at once after the backward step" || bad "$nid not delivered within 3 s"
 as $S status "$id3" >"$out" 2>"$err"
 expect "nothing expires early after the backward step" 0 $? "$out" "state     waiting"
 # a call's deadline after the backward step: 1.5 s against a provider that takes 3 s

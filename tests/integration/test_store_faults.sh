@@ -24,31 +24,11 @@ ctl=$work/fault
 mkdir -p "$data"
 : >"$ctl"
 
-http_status() { # http_status PATH: the status code of GET PATH, and the body on the next lines
-  python3 - "$metrics" "$1" <<'PY'
-import sys, urllib.request, urllib.error
-try:
-    with urllib.request.urlopen("http://" + sys.argv[1] + sys.argv[2], timeout=5) as r:
-        print(r.status); sys.stdout.write(r.read().decode())
-except urllib.error.HTTPError as e:
-    print(e.code); sys.stdout.write(e.read().decode())
-except Exception as e:
-    print("000"); print(e)
-PY
-}
 # wait_ready WANT SECONDS: polls /readyz until its status is WANT; 0 when it was
 wait_ready() {
   for _ in $(seq $(($2 * 10))); do
     http_status /readyz >"$work/ready"
     [ "$(head -n 1 "$work/ready")" = "$1" ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-# wait_for FILE TEXT SECONDS
-wait_for() {
-  for _ in $(seq $(($3 * 10))); do
-    grep -q -- "$2" "$1" 2>/dev/null && return 0
     sleep 0.1
   done
   return 1
@@ -64,18 +44,8 @@ FAULTFS_DIR=$data FAULTFS_CONTROL=$ctl FAULTFS_LOG=$work/injected LD_PRELOAD=$FA
   >"$work/broker.out" 2>"$work/broker.log" &
 broker_pid=$!
 pids+=("$broker_pid")
-exec 3<"$work/broker.out"
-uri="" metrics=""
-while IFS= read -r -t 15 line <&3; do
-  case "$line" in
-    "listening on tcp://"*) uri=${line#listening on } ;;
-    "metrics on http://"*) metrics=${line#metrics on http://}; metrics=${metrics%/metrics} ;;
-    ready) break ;;
-  esac
-done
-[ -n "$uri" ] && [ -n "$metrics" ] || { echo "not ok - broker did not start"; cat "$work/broker.log"; exit 1; }
-cat <&3 >/dev/null &
-pids+=($!)
+await_broker "$work/broker.out" && [ -n "$metrics" ] ||
+  { echo "not ok - broker did not start"; cat "$work/broker.log"; exit 1; }
 http_status /readyz >"$work/ready0"
 expect "/readyz ready before any fault" 0 0 "$work/ready0" "200"
 
