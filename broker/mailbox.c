@@ -32,6 +32,7 @@
 #define MAX_ESUBS_PER_CONN 256
 #define RETENTION_EVERY_MS 1000
 #define PURGE_EVERY_MS 60000
+#define PROBE_EVERY_MS 1000 /* a failed store is tried again this often */
 
 enum { S_LIVE = 0, S_NEW, S_GONE };
 
@@ -67,7 +68,7 @@ struct s_entry {
     s_entry_t *prev, *next; /* in box's waiting queue, or in holder's in-flight list */
     s_attach_t *holder;     /* NULL: waiting */
     ab_heap_node_t exp;     /* .at: Unix ms when it expires */
-    ab_heap_node_t ack;     /* .at: Unix ms when it is delivered again */
+    ab_heap_node_t ack;     /* .at: monotonic ms (ab_now_ms) when it is delivered again */
     uint8_t kind;           /* BRK_MAIL_MESSAGE, BRK_MAIL_RECEIPT, S_EVENT */
     uint8_t state;          /* S_LIVE, S_NEW, S_GONE */
     uint8_t in_exp, in_ack;
@@ -156,6 +157,7 @@ struct s_box {
     s_box_t *next_acked;
     int dirty;
     s_box_t *next_dirty;
+    int reloaded; /* s_reload(): found in the store */
     UT_hash_handle hh;
 };
 
@@ -206,6 +208,8 @@ struct brk_mailbox {
     int disk_low;
     int store_failed;
     char store_err[512];
+    uint64_t next_probe; /* store_failed: when brk_store_recover() is tried next (monotonic) */
+    uint32_t probes;
     brk_ratelimit_t log_refused;
     brk_mailbox_stats_t st;
 };
@@ -1590,7 +1594,8 @@ s_deliver(brk_mailbox_t *self, s_attach_t *a, s_entry_t *e)
     uint64_t now = s_wall_ms();
     if (!e->delivered_ms)
         e->delivered_ms = now;
-    e->ack.at = now + self->cfg->ack_timeout_ms;
+    /* the monotonic clock: a step of the wall clock neither delays nor hastens a redelivery */
+    e->ack.at = ab_now_ms() + self->cfg->ack_timeout_ms;
     if (ab_heap_push(&self->ack, &e->ack) == 0)
         e->in_ack = 1;
     if (e->kind == S_EVENT) {
@@ -1965,6 +1970,128 @@ s_finish_ops(brk_mailbox_t *self, int rc, const char *err)
     self->nops = 0;
 }
 
+static int s_load_sub_row(void *arg, const brk_store_sub_t *s);
+static int s_load_mail_row(void *arg, const brk_store_mail_t *m);
+static int s_load_event_row(void *arg, const brk_store_event_t *row);
+
+/* A durable subscription found in the store again: its box (and its place in the trie) stays. */
+static int
+s_reload_sub_row(void *arg, const brk_store_sub_t *s)
+{
+    brk_mailbox_t *self = arg;
+    s_box_t *b = s_box_find(self, s->participant, s->name);
+    if (!b) {
+        int rc = s_load_sub_row(self, s);
+        if (rc)
+            return rc;
+        b = s_box_find(self, s->participant, s->name);
+    }
+    b->acked_upto = b->last_seq = s->acked_upto;
+    b->reloaded = 1;
+    return 0;
+}
+
+/* After the store was opened again: memory is made what is on disk. A turn whose commit reported
+ * failure may have reached the file (its WAL frames written, the fsync failed): its messages are
+ * then waiting after all and a retry of one gets ACCEPTED through the dedup index; acknowledged
+ * ones may be gone. Connections, their credit and ephemeral subscriptions stay; what was in
+ * flight is delivered again (the client library drops what it has acknowledged already). */
+static int
+s_reload(brk_mailbox_t *self, char *err, size_t errlen)
+{
+    s_box_t *b, *btmp;
+    HASH_ITER(hh, self->boxes, b, btmp)
+    {
+        for (s_attach_t *a = b->attached; a; a = a->next_in_box) {
+            a->head = a->tail = NULL;
+            a->inflight = 0;
+        }
+        s_entry_t *e, *etmp;
+        HASH_ITER(hh, b->byseq, e, etmp)
+        {
+            HASH_DELETE(hh, b->byseq, e);
+            s_blob_unref(self, &e->blob);
+            free(e);
+        }
+        b->head = b->tail = NULL;
+        b->messages = b->receipts = 0;
+        b->bytes = 0;
+        b->dirty = b->acked_dirty = 0;
+        b->reloaded = 0;
+    }
+    HASH_CLEAR(hd, self->waiting);
+    self->dirty = self->acked = NULL;
+    ab_heap_free(&self->exp);
+    ab_heap_free(&self->ack);
+    while (self->ev_head) {
+        s_event_t *ev = self->ev_head;
+        self->ev_head = ev->next;
+        s_blob_unref(self, &ev->blob);
+        free(ev);
+    }
+    self->ev_tail = NULL;
+    self->nevents = 0;
+    self->event_bytes = 0;
+    self->st.waiting = self->st.receipts_waiting = self->st.in_flight = 0;
+    self->st.waiting_bytes = 0;
+    /* sequence numbers of undone turns are not used again */
+    uint64_t max = brk_store_max_seq(self->store);
+    if (max > self->next_seq)
+        self->next_seq = max;
+    int rc = brk_store_sub_each(self->store, s_reload_sub_row, self, err, errlen);
+    if (rc)
+        return rc;
+    HASH_ITER(hh, self->boxes, b, btmp)
+    {
+        if (b->is_sub && !b->reloaded)
+            s_box_remove(self, b); /* its WITHDRAW reached the disk */
+    }
+    if ((rc = brk_store_mail_each(self->store, 0, s_load_mail_row, self, err, errlen)) != 0)
+        return rc;
+    uint64_t from = UINT64_MAX;
+    for (b = self->boxes; b; b = b->hh.next)
+        if (b->is_sub && b->acked_upto < from)
+            from = b->acked_upto;
+    if (from != UINT64_MAX &&
+        (rc = brk_store_event_each(self->store, from, 0, s_load_event_row, self, err, errlen)) != 0)
+        return rc;
+    return 0;
+}
+
+/* store_failed: tries to open the store again and, when it writes, reloads memory from it.
+ * Returns 0 when the store works again. */
+static int
+s_recover(brk_mailbox_t *self)
+{
+    self->next_probe = ab_now_ms() + PROBE_EVERY_MS;
+    self->probes++;
+    char err[512] = "";
+    int rc = brk_store_recover(self->store, err, sizeof err);
+    if (rc == 0 && (rc = s_reload(self, err, sizeof err)) != 0) {
+        /* memory could not be made what is on disk: the store is not used until a restart */
+        brk_log(BRK_LOG_ERROR, "event=store_reload_failed reason=\"%s\"", err);
+        snprintf(self->store_err, sizeof self->store_err,
+                 "the store was opened again but could not be read (%s): restart the broker", err);
+        self->next_probe = UINT64_MAX;
+        return rc;
+    }
+    if (rc != 0) {
+        /* the first failures, then one in 60 */
+        if (self->probes <= 3 || self->probes % 60 == 0)
+            brk_log(BRK_LOG_WARN, "event=store_probe_failed attempt=%u error=%s reason=\"%s\"",
+                    self->probes, ab_err_name(rc), err);
+        return rc;
+    }
+    brk_log(BRK_LOG_INFO,
+            "event=store_recovered attempts=%u messages=%zu receipts=%zu events=%zu "
+            "reason=\"opened again, quick_check ok, probe write and WAL checkpoint succeeded\"",
+            self->probes, self->st.waiting, self->st.receipts_waiting, self->nevents);
+    self->store_failed = 0;
+    self->store_err[0] = '\0';
+    self->pump_after = 0;
+    return 0;
+}
+
 void
 brk_mailbox_end_turn(brk_mailbox_t *self)
 {
@@ -1987,12 +2114,18 @@ brk_mailbox_end_turn(brk_mailbox_t *self)
                 self->store_full = 1;
                 snprintf(self->store_err, sizeof self->store_err, "%s", err);
             }
-            if (rc == AB_EIO) {
+            if (rc == AB_EIO && !self->store_failed) {
                 self->store_failed = 1;
+                self->next_probe = ab_now_ms() + PROBE_EVERY_MS;
+                self->probes = 0;
                 snprintf(self->store_err, sizeof self->store_err, "%s", err);
             }
         }
         s_finish_ops(self, rc, err);
+        /* nothing is delivered while the store cannot write: no acknowledgement could be
+         * recorded; brk_mailbox_tick() has the probe run */
+        if (self->store_failed && (ab_now_ms() < self->next_probe || s_recover(self) != 0))
+            return;
         if (ab_now_ms() < self->pump_after)
             return; /* the boxes stay dirty; brk_mailbox_tick() asks to be run again */
         /* deliveries of what is now on disk */
@@ -2083,6 +2216,7 @@ uint64_t
 brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
 {
     uint64_t wall = s_wall_ms();
+    uint64_t mono = ab_now_ms();
     /* silent connections: what they hold goes to others (a walk over all connections, so at
      * most every half heartbeat, not at every loop turn) */
     if (now >= self->next_sweep) {
@@ -2102,8 +2236,8 @@ brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
         }
     }
     ab_heap_node_t *n;
-    int budget = 10000;
-    while ((n = ab_heap_top(&self->ack)) != NULL && n->at <= wall && budget-- > 0) {
+    int budget = self->store_failed ? 0 : 10000; /* redelivery and expiry wait for the store */
+    while ((n = ab_heap_top(&self->ack)) != NULL && n->at <= mono && budget-- > 0) {
         s_entry_t *e = AB_CONTAINER_OF(n, s_entry_t, ack);
         s_return(self, e);
     }
@@ -2116,7 +2250,7 @@ brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
         }
         s_expire(self, e, wall);
     }
-    if (now >= self->next_retention) {
+    if (now >= self->next_retention && !self->store_failed) {
         self->next_retention = now + RETENTION_EVERY_MS;
         s_retention(self, wall);
     }
@@ -2131,11 +2265,12 @@ brk_mailbox_tick(brk_mailbox_t *self, uint64_t now)
             self->next_purge = now + 50;
     }
     uint64_t next = RETENTION_EVERY_MS;
-    uint64_t mono = ab_now_ms();
     if (self->dirty && self->pump_after > mono && self->pump_after - mono < next)
         next = self->pump_after - mono;
+    if (self->store_failed)
+        return self->next_probe > mono ? self->next_probe - mono : 0;
     if ((n = ab_heap_top(&self->ack)) != NULL)
-        next = n->at <= wall ? 0 : (n->at - wall < next ? n->at - wall : next);
+        next = n->at <= mono ? 0 : (n->at - mono < next ? n->at - mono : next);
     if ((n = ab_heap_top(&self->exp)) != NULL)
         next = n->at <= wall ? 0 : (n->at - wall < next ? n->at - wall : next);
     return next;

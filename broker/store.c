@@ -43,6 +43,7 @@ struct brk_store {
     char turn_err[4608];
     int failed; /* a write failed in a way that is not "disk full": no more writes */
     char failed_err[4608];
+    uint64_t cache_kib; /* brk_store_set_cache(), again after a reopen */
     brk_store_stats_t st;
     EVP_MD *md;
     EVP_MD_CTX *mdctx;
@@ -110,13 +111,48 @@ static const char *const s_migrations[] = {
 };
 #define S_LAYOUT ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 
+static void s_io_detail(brk_store_t *self, int sqlite_rc, char *out, size_t cap);
+
+/* SQLite's own report of the latest failed system call ("full_fsync(/data/amtsbote.db-wal) -
+ * Input/output error"): it names the file (the WAL or the database) and the system's error,
+ * which the result code does not. Only the loop thread uses SQLite. */
+static char s_oserr[400];
+
+static void
+s_sqlite_log(void *arg, int code, const char *msg)
+{
+    (void)arg;
+    int primary = code & 0xff;
+    if ((primary == SQLITE_IOERR || primary == SQLITE_FULL || primary == SQLITE_CANTOPEN) &&
+        strncmp(msg, "os_unix.c:", 10) == 0) {
+        /* "os_unix.c:LINE: (5) full_fsync(PATH) - Input/output error": "full_fsync(PATH):
+         * Input/output error" (the text after " - " is empty on some builds: the number says it) */
+        const char *p = strstr(msg, ": (");
+        const char *call = p ? strchr(p + 3, ' ') : NULL;
+        const char *end = call ? strstr(call, ") - ") : NULL;
+        int en = p ? atoi(p + 3) : 0;
+        if (call && end && en > 0)
+            snprintf(s_oserr, sizeof s_oserr, "%.*s): %s", (int)(end - call - 1), call + 1,
+                     strerror(en));
+        else
+            snprintf(s_oserr, sizeof s_oserr, "%s", msg);
+    } else if (primary == SQLITE_NOTICE) {
+        /* e.g. "recovered 12 frames from WAL file": what an open found after a failure */
+        brk_log(BRK_LOG_INFO, "event=sqlite_notice code=%d message=\"%s\"", code, msg);
+    }
+}
+
 static int
 s_exec(brk_store_t *self, const char *sql, char *err, size_t errlen)
 {
     char *msg = NULL;
-    if (sqlite3_exec(self->db, sql, NULL, NULL, &msg) == SQLITE_OK)
+    s_oserr[0] = '\0';
+    int rc = sqlite3_exec(self->db, sql, NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
         return 0;
-    snprintf(err, errlen, "%s: %s", self->path, msg ? msg : sqlite3_errmsg(self->db));
+    char detail[420];
+    s_io_detail(self, sqlite3_extended_errcode(self->db), detail, sizeof detail);
+    snprintf(err, errlen, "%s: %s%s", self->path, msg ? msg : sqlite3_errmsg(self->db), detail);
     sqlite3_free(msg);
     return AB_EIO;
 }
@@ -135,25 +171,18 @@ s_pragma_int(brk_store_t *self, const char *sql, int *out)
     return AB_EIO;
 }
 
-brk_store_t *
-brk_store_open(const char *dir, char *err, size_t errlen)
+/* Opens the connection to self->path with the store's settings. On failure self->db may still be
+ * set (closed by the caller). */
+static int
+s_connect(brk_store_t *self, char *err, size_t errlen)
 {
-    brk_store_t *self = calloc(1, sizeof *self);
-    if (self == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    if (dir)
-        snprintf(self->path, sizeof self->path, "%s/amtsbote.db", dir);
-    else
-        snprintf(self->path, sizeof self->path, ":memory:");
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     int orc = sqlite3_open_v2(self->path, &self->db, flags, NULL);
     if (orc != SQLITE_OK) {
         /* without a handle (out of memory) the code is all SQLite says */
         snprintf(err, errlen, "%s: %s", self->path,
                  self->db ? sqlite3_errmsg(self->db) : sqlite3_errstr(orc));
-        goto fail;
+        return AB_EIO;
     }
     sqlite3_extended_result_codes(self->db, 1);
     /* the loop must never wait on a lock: the data directory's lock keeps others out */
@@ -168,6 +197,30 @@ brk_store_open(const char *dir, char *err, size_t errlen)
                " PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=256;"
                " PRAGMA journal_size_limit=16777216; PRAGMA temp_store=MEMORY;",
                err, errlen) < 0)
+        return AB_EIO;
+    if (self->cache_kib) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA cache_size=-%llu;", (unsigned long long)self->cache_kib);
+        sqlite3_exec(self->db, sql, NULL, NULL, NULL);
+    }
+    return 0;
+}
+
+brk_store_t *
+brk_store_open(const char *dir, char *err, size_t errlen)
+{
+    brk_store_t *self = calloc(1, sizeof *self);
+    if (self == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (dir)
+        snprintf(self->path, sizeof self->path, "%s/amtsbote.db", dir);
+    else
+        snprintf(self->path, sizeof self->path, ":memory:");
+    /* before SQLite's first use in the process; refused (and harmless) after it */
+    sqlite3_config(SQLITE_CONFIG_LOG, s_sqlite_log, NULL);
+    if (s_connect(self, err, errlen) != 0)
         goto fail;
     int layout = 0;
     if (s_pragma_int(self, "PRAGMA user_version;", &layout) < 0) {
@@ -407,15 +460,53 @@ s_q(brk_store_t *self, int q)
     return self->q[q];
 }
 
+/* Which system call an I/O error of SQLite came from, and the system's error: " (fsync:
+ * Input/output error)", or "" when SQLite does not say. */
+static void
+s_io_detail(brk_store_t *self, int sqlite_rc, char *out, size_t cap)
+{
+    const char *call = NULL;
+    switch (sqlite_rc) {
+    case SQLITE_IOERR_WRITE:
+        call = "write";
+        break;
+    case SQLITE_IOERR_FSYNC:
+        call = "fsync";
+        break;
+    case SQLITE_IOERR_DIR_FSYNC:
+        call = "fsync of the directory";
+        break;
+    case SQLITE_IOERR_TRUNCATE:
+        call = "truncate";
+        break;
+    case SQLITE_IOERR_READ:
+    case SQLITE_IOERR_SHORT_READ:
+        call = "read";
+        break;
+    default:
+        break;
+    }
+    (void)self;
+    if (s_oserr[0])
+        snprintf(out, cap, " (%s)", s_oserr);
+    else if (call)
+        snprintf(out, cap, " (%s failed)", call);
+    else
+        out[0] = '\0';
+    s_oserr[0] = '\0';
+}
+
 /* Notes the first error of the turn; the commit rolls the turn back. */
 static int
 s_write_failed(brk_store_t *self, int sqlite_rc, const char *op)
 {
     if (self->turn_rc == 0) {
         int full = (sqlite_rc & 0xff) == SQLITE_FULL;
+        char detail[420];
+        s_io_detail(self, sqlite_rc, detail, sizeof detail);
         self->turn_rc = full ? AB_EUNAVAILABLE : AB_EIO;
-        snprintf(self->turn_err, sizeof self->turn_err, "%s: %s%s", self->path,
-                 sqlite3_errstr(sqlite_rc), full ? " (the disk is full)" : "");
+        snprintf(self->turn_err, sizeof self->turn_err, "%s: %s%s%s", self->path,
+                 sqlite3_errstr(sqlite_rc), detail, full ? " (the disk is full)" : "");
         brk_log(BRK_LOG_ERROR, "event=store_error op=%s reason=\"%s\"", op, self->turn_err);
     }
     return self->turn_rc;
@@ -425,12 +516,19 @@ s_write_failed(brk_store_t *self, int sqlite_rc, const char *op)
 static int
 s_begin(brk_store_t *self)
 {
-    if (self->failed)
+    if (self->failed) {
+        /* the turn's commit must fail too, so that its owner undoes it */
+        if (self->turn_rc == 0) {
+            self->turn_rc = AB_EIO;
+            snprintf(self->turn_err, sizeof self->turn_err, "%s", self->failed_err);
+        }
         return AB_EIO;
+    }
     if (self->turn_rc)
         return self->turn_rc;
     if (self->in_txn)
         return 0;
+    s_oserr[0] = '\0';
     int rc = sqlite3_exec(self->db, "BEGIN;", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         return s_write_failed(self, rc, "begin");
@@ -505,6 +603,70 @@ brk_store_commit(brk_store_t *self, char *err, size_t errlen)
     }
     self->turn_rc = 0;
     return rc;
+}
+
+int
+brk_store_recover(brk_store_t *self, char *err, size_t errlen)
+{
+    if (!self->failed)
+        return 0;
+    if (strcmp(self->path, ":memory:") == 0) {
+        snprintf(err, errlen, "%s (an in-memory store is not opened again)", self->failed_err);
+        return AB_EIO;
+    }
+    if (self->in_txn || self->turn_rc) {
+        char terr[4608];
+        brk_store_commit(self, terr, sizeof terr); /* rolled back: the store has failed */
+    }
+    /* the connection's page cache may hold what a failed write or fsync left behind: it goes,
+     * and the new connection reads the file again (and runs the WAL's recovery) */
+    for (int i = 0; i < Q_COUNT; i++) {
+        sqlite3_finalize(self->q[i]);
+        self->q[i] = NULL;
+    }
+    sqlite3_close_v2(self->db);
+    self->db = NULL;
+    if (s_connect(self, err, errlen) != 0)
+        return AB_EIO;
+    sqlite3_stmt *st = NULL;
+    int rc = AB_EIO;
+    if (sqlite3_prepare_v2(self->db, "PRAGMA quick_check;", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        const char *r = (const char *)sqlite3_column_text(st, 0);
+        if (r && strcmp(r, "ok") == 0) {
+            rc = 0;
+        } else {
+            snprintf(err, errlen, "%s: quick_check: %s", self->path, r ? r : "no answer");
+            rc = AB_EINTERNAL;
+        }
+    } else {
+        snprintf(err, errlen, "%s: quick_check: %s", self->path, sqlite3_errmsg(self->db));
+    }
+    sqlite3_finalize(st);
+    if (rc)
+        return rc;
+    /* can it write again? a transaction that changes a page, committed with an fsync */
+    char sql[96];
+    snprintf(sql, sizeof sql, "BEGIN IMMEDIATE; PRAGMA user_version = %d; COMMIT;", self->layout);
+    if (s_exec(self, sql, err, errlen) != 0) {
+        if (sqlite3_get_autocommit(self->db) == 0)
+            sqlite3_exec(self->db, "ROLLBACK;", NULL, NULL, NULL);
+        return AB_EIO;
+    }
+    /* what was read back from the WAL may have come from the kernel's cache of a file whose
+     * fsync failed: every frame is copied into the database file under an fsync that succeeds
+     * and the WAL emptied, so nothing the broker now trusts depends on such a page */
+    int nlog = 0, nckpt = 0;
+    int src = sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &nlog, &nckpt);
+    if (src != SQLITE_OK) {
+        char detail[420];
+        s_io_detail(self, sqlite3_extended_errcode(self->db), detail, sizeof detail);
+        snprintf(err, errlen, "%s: checkpoint: %s%s", self->path, sqlite3_errmsg(self->db), detail);
+        return AB_EIO;
+    }
+    self->failed = 0;
+    self->failed_err[0] = '\0';
+    return 0;
 }
 
 void
@@ -742,6 +904,7 @@ void
 brk_store_set_cache(brk_store_t *self, uint64_t bytes)
 {
     char sql[64];
+    self->cache_kib = bytes / 1024;
     snprintf(sql, sizeof sql, "PRAGMA cache_size=-%llu;", (unsigned long long)(bytes / 1024));
     sqlite3_exec(self->db, sql, NULL, NULL, NULL);
 }

@@ -59,8 +59,9 @@ int brk_store_schema_each(brk_store_t *self, const char *name, uint32_t version,
  * at the end of the turn commits it (one fsync for everything that arrived in the turn). A
  * write error is remembered and the commit rolls the whole turn back: the caller then answers
  * the turn's senders UNAVAILABLE instead of accepting. A full disk (SQLITE_FULL) fails only that
- * turn; any other write or commit error fails the store for good (nothing is written again until
- * a restart), because after a failed fsync the file's state is unknown. */
+ * turn; any other write or commit error fails the store (nothing is written, every turn's commit
+ * fails) until brk_store_recover() succeeds, because after a failed fsync the file's state is
+ * unknown. */
 
 typedef struct brk_store_stats {
     uint64_t commits;
@@ -80,6 +81,15 @@ int brk_store_writable(const brk_store_t *self, char *err, size_t errlen);
  * error (AB_EUNAVAILABLE: disk full; AB_EIO: the store failed for good) with the reason in err,
  * after rolling the turn back. */
 int brk_store_commit(brk_store_t *self, char *err, size_t errlen);
+
+/* After the store failed: drops the connection (and its page cache), opens the file again (the
+ * WAL's recovery runs), checks it (PRAGMA quick_check), commits a probe write and checkpoints the
+ * WAL into the database file with TRUNCATE, so that what is read from now on has passed an fsync
+ * that succeeded. Returns 0 when the store writes again (also when it had not failed): what is on
+ * disk may then differ from what the caller believed (a commit that reported failure may have
+ * reached the file), so the caller reads its state again. AB_EIO: still failing; AB_EINTERNAL:
+ * quick_check found damage; the reason in err either way. */
+int brk_store_recover(brk_store_t *self, char *err, size_t errlen);
 
 void brk_store_stats(const brk_store_t *self, brk_store_stats_t *out);
 

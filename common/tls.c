@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* BSI TR-02102-2: ECDHE with AES-GCM for TLS 1.2; TLS 1.3's own suites are all AEAD. */
 #define TLS12_SUITES                                                                               \
@@ -67,6 +68,44 @@ s_passphrase(char *buf, int size, int rwflag, void *userdata)
     return (int)n;
 }
 
+/* Which certificate the verification of the peer's chain failed at, for s_reason(): written by
+ * s_verify_cb() inside SSL_do_handshake() on this thread and read right after it, so that the
+ * log names the certificate (its CN and validity), not only the error. */
+static __thread char s_bad_cert[200];
+
+static void
+s_asn1_time(const ASN1_TIME *t, char *out, size_t cap)
+{
+    struct tm tm;
+    if (t && ASN1_TIME_to_tm(t, &tm) == 1)
+        strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    else
+        snprintf(out, cap, "?");
+}
+
+static int
+s_verify_cb(int ok, X509_STORE_CTX *x)
+{
+    X509 *c = X509_STORE_CTX_get_current_cert(x);
+    if (ok || s_bad_cert[0] || !c)
+        return ok;
+    char cn[80] = "", from[32], to[32];
+    X509_NAME_get_text_by_NID(X509_get_subject_name(c), NID_commonName, cn, sizeof cn);
+    for (char *p = cn; *p; p++) /* the peer wrote it: printable ASCII only, no quotes */
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e || *p == '"' || *p == '\\')
+            *p = '?';
+    s_asn1_time(X509_get0_notBefore(c), from, sizeof from);
+    s_asn1_time(X509_get0_notAfter(c), to, sizeof to);
+    int depth = X509_STORE_CTX_get_error_depth(x);
+    if (depth == 0)
+        snprintf(s_bad_cert, sizeof s_bad_cert, "the peer's certificate CN=%s, valid %s to %s", cn,
+                 from, to);
+    else
+        snprintf(s_bad_cert, sizeof s_bad_cert, "CA certificate CN=%s at depth %d, valid %s to %s",
+                 cn, depth, from, to);
+    return ok;
+}
+
 SSL_CTX *
 ab_tls_ctx_new(int server, const ab_tls_config_t *cfg, char *err, size_t errlen)
 {
@@ -112,7 +151,8 @@ ab_tls_ctx_new(int server, const ab_tls_config_t *cfg, char *err, size_t errlen)
         goto fail;
     /* the peer must present a certificate for its role: clientAuth or serverAuth */
     SSL_CTX_set_purpose(ctx, server ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+                       s_verify_cb);
     if (server) {
         /* an idle session gives its record buffers (~2 x 17 KiB) back until bytes move again:
          * the broker holds thousands of sessions that are mostly quiet */
@@ -255,7 +295,12 @@ s_reason(ab_tls_session_t *self, char why[AB_WHY_LEN])
     long v = SSL_get_verify_result(self->ssl);
     char e[512];
     if (v != X509_V_OK) {
-        snprintf(why, AB_WHY_LEN, "certificate refused: %s", X509_verify_cert_error_string(v));
+        if (s_bad_cert[0])
+            snprintf(why, AB_WHY_LEN, "certificate refused: %s (%s)",
+                     X509_verify_cert_error_string(v), s_bad_cert);
+        else
+            snprintf(why, AB_WHY_LEN, "certificate refused: %s", X509_verify_cert_error_string(v));
+        s_bad_cert[0] = '\0';
         ERR_clear_error(); /* see ab_tls_session_handshake() */
     } else
         snprintf(why, AB_WHY_LEN, "handshake failed: %s", ab_tls_errors(e, sizeof e));
@@ -272,6 +317,7 @@ ab_tls_session_handshake(ab_tls_session_t *self, char why[AB_WHY_LEN])
      * there would end this one. So each call starts with an empty queue.
      */
     ERR_clear_error();
+    s_bad_cert[0] = '\0';
     int rc = SSL_do_handshake(self->ssl);
     if (rc == 1) {
         self->done = 1;

@@ -11,7 +11,7 @@ AMTSBOTE_PACKAGES=(
   libyaml-dev uthash-dev libssl-dev
   libcmocka-dev stunnel4 openssl python3-zmq
   protobuf-compiler libprotobuf-dev libprotoc-dev libjansson-dev libsqlite3-dev clang
-  libhttp-parser-dev
+  libhttp-parser-dev faketime
 )
 
 ab_missing_packages() {

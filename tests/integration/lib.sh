@@ -31,3 +31,43 @@ finish() {
   echo "$passed passed, $failed failed"
   [ "$failed" = 0 ]
 }
+# await_broker FIFO: reads the start lines a broker writes to FIFO (its stdout) and sets `uri`
+# (its first listener) and `metrics` (HOST:PORT, when it serves metrics); then keeps draining the
+# FIFO so the broker never blocks on it. Fails when there was no "ready" within 15 s.
+await_broker() {
+  local line up=0 fd
+  exec {fd}<"$1"
+  uri="" metrics=""
+  while IFS= read -r -t 15 line <&$fd; do
+    case "$line" in
+      "listening on "*) [ -z "$uri" ] && uri=${line#listening on } ;;
+      "metrics on http://"*) metrics=${line#metrics on http://}; metrics=${metrics%/metrics} ;;
+      ready) up=1; break ;;
+    esac
+  done
+  cat <&$fd >/dev/null &
+  pids+=($!)
+  [ "$up" = 1 ] && [ -n "$uri" ]
+}
+# http_status PATH: GET http://$metrics/PATH; prints the status code, then the body
+http_status() {
+  python3 - "$metrics" "$1" <<'PY'
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen("http://" + sys.argv[1] + sys.argv[2], timeout=5) as r:
+        print(r.status); sys.stdout.write(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); sys.stdout.write(e.read().decode())
+except Exception as e:
+    print("000"); print(e)
+PY
+}
+# wait_for FILE TEXT SECONDS: 0 as soon as FILE contains TEXT (grep -e), 1 after SECONDS
+wait_for() {
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    grep -q -e "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}

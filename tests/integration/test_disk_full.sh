@@ -39,38 +39,14 @@ cleanup_mounted() {
 }
 trap cleanup_mounted EXIT
 
-http_status() { # http_status PATH: the status code of GET PATH, and the body on the next lines
-  python3 - "$metrics" "$1" <<'PY'
-import sys, urllib.request, urllib.error
-try:
-    with urllib.request.urlopen("http://" + sys.argv[1] + sys.argv[2], timeout=5) as r:
-        print(r.status); sys.stdout.write(r.read().decode())
-except urllib.error.HTTPError as e:
-    print(e.code); sys.stdout.write(e.read().decode())
-except Exception as e:
-    print("000"); print(e)
-PY
-}
-
 mkfifo "$work/broker.out"
 "$BROKER" --listen 'tcp://127.0.0.1:*' --insecure-plain-identities --data "$mnt/data" \
   --metrics 127.0.0.1:0 --log-level warn --min-free-bytes "$MIN_FREE" \
   >"$work/broker.out" 2>"$work/broker.log" &
 broker_pid=$!
 pids+=("$broker_pid")
-exec 3<"$work/broker.out"
-uri="" metrics=""
-while IFS= read -r -t 15 line <&3; do
-  case "$line" in
-    "listening on tcp://"*) uri=${line#listening on } ;;
-    "metrics on http://"*) metrics=${line#metrics on http://}; metrics=${metrics%/metrics} ;;
-    ready) break ;;
-  esac
-done
-[ -n "$uri" ] && [ -n "$metrics" ] || { echo "not ok - broker did not start"; cat "$work/broker.log"; exit 1; }
-# keep reading its stdout so that it never blocks on a full pipe
-cat <&3 >/dev/null &
-pids+=($!)
+await_broker "$work/broker.out" && [ -n "$metrics" ] ||
+  { echo "not ok - broker did not start"; cat "$work/broker.log"; exit 1; }
 
 http_status /readyz >"$work/ready0"
 expect "/readyz ready before the disk fills" 0 0 "$work/ready0" "200"
