@@ -199,7 +199,7 @@ typedef struct {
 typedef struct {
     double t;
     int phase; /* 0 idle, 1 load, 2 end */
-    long rss, fds, threads;
+    long rss, fds, threads, anon, file;
 } sample_t;
 
 struct soak {
@@ -361,8 +361,9 @@ s_fd_count(pid_t pid)
     return n;
 }
 
+/* The number in line `name` ("Threads", "RssAnon") of /proc/PID/status; -1 when not there. */
 static long
-s_threads(pid_t pid)
+s_status(pid_t pid, const char *name)
 {
     char path[64], line[256];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
@@ -370,9 +371,12 @@ s_threads(pid_t pid)
     long n = -1;
     if (!f)
         return -1;
+    size_t len = strlen(name);
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "Threads: %ld", &n) == 1)
+        if (strncmp(line, name, len) == 0 && line[len] == ':') {
+            n = strtol(line + len + 1, NULL, 10);
             break;
+        }
     fclose(f);
     return n;
 }
@@ -388,7 +392,9 @@ s_sample(soak_t *s, int phase)
                   .phase = phase,
                   .rss = bu_rss_kib(s->broker_pid),
                   .fds = s_fd_count(s->broker_pid),
-                  .threads = s_threads(s->broker_pid)};
+                  .threads = s_status(s->broker_pid, "Threads"),
+                  .anon = s_status(s->broker_pid, "RssAnon"),
+                  .file = s_status(s->broker_pid, "RssFile")};
     if (x.rss < 0 || x.fds < 0)
         return -1;
     if (s_grow((void **)&s->samples, &s->capsamples, s->nsamples, sizeof x) == 0)
@@ -397,12 +403,12 @@ s_sample(soak_t *s, int phase)
         long calls = 0;
         for (int i = 0; i < N_INTENTS; i++)
             calls += s->calls_sent[i];
-        fprintf(s->csv, "%.1f,%s,%ld,%ld,%ld,%ld,%ld,%ld,%zu,%zu\n", x.t,
+        fprintf(s->csv, "%.1f,%s,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%zu,%zu\n", x.t,
                 phase == 0   ? "idle"
                 : phase == 1 ? "load"
                              : "end",
-                x.rss, x.fds, x.threads, s_connected(s), s->connects, calls, s->mail.n - 1,
-                s->ev.n - 1);
+                x.rss, x.anon, x.file, x.fds, x.threads, s_connected(s), s->connects, calls,
+                s->mail.n - 1, s->ev.n - 1);
         fflush(s->csv);
     }
     return 0;
@@ -1210,6 +1216,25 @@ s_parse(int argc, char **argv, soak_t *s)
     return 0;
 }
 
+/* Frees what the run kept (nothing of it is needed after the summary). */
+static void
+s_free(soak_t *s)
+{
+    receipt_t *r, *tmp;
+    HASH_ITER(hh, s->receipts, r, tmp)
+    {
+        HASH_DEL(s->receipts, r);
+        free(r);
+    }
+    for (int i = 0; i < s->nw; i++)
+        free(s->w[i].es.got);
+    free(s->mail.v);
+    free(s->ev.v);
+    free(s->samples);
+    free(s->tmpl);
+    free(s->buf);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1235,7 +1260,10 @@ main(int argc, char **argv)
             fprintf(stderr, "%s: %s: %s\n", PROG, s.csv_path, strerror(errno));
             return 1;
         }
-        fprintf(s.csv, "t_s,phase,rss_kib,fds,threads,clients,connects,calls,mail,events\n");
+        fprintf(
+            s.csv,
+            "t_s,phase,rss_kib,rss_anon_kib,rss_file_kib,fds,threads,clients,connects,calls,mail,"
+            "events\n");
     }
     s.mail.n = s.ev.n = 1; /* sequences start at 1: 0 is no sequence */
     for (int r = 0; r < N_ROLES; r++)
@@ -1298,5 +1326,7 @@ main(int argc, char **argv)
         return 1;
     }
     s.rng = seed;
-    return s_summary(&s, load_s, t_start, t_end, idle_fds0, idle_fds1, idle_rss0, idle_rss1);
+    rc = s_summary(&s, load_s, t_start, t_end, idle_fds0, idle_fds1, idle_rss0, idle_rss1);
+    s_free(&s);
+    return rc;
 }
