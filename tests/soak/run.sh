@@ -136,7 +136,9 @@ rc=$?
 extra_fail=""
 if curl -sf --max-time 10 "$metrics" >"$work/metrics.txt"; then
     metric() { awk -v n="$1" '$1 == n { print $2 }' "$work/metrics.txt"; }
-    for m in amtsbote_tls_sessions amtsbote_calls_in_flight amtsbote_providers amtsbote_participants_online; do
+    # (amtsbote_participants_online is not checked: the broker never sets it, it always says 0)
+    for m in amtsbote_tls_sessions amtsbote_calls_in_flight amtsbote_providers amtsbote_mailbox_messages \
+        amtsbote_mailbox_receipts; do
         v=$(metric $m)
         echo "soak: broker at the end: $m ${v:-?}" >>"$work/summary.txt"
         [ "${v:-x}" = 0 ] || extra_fail+="${extra_fail:+; }$m is ${v:-missing} with every client gone"
