@@ -6,7 +6,8 @@
 # sends numbered messages (as many streams, one SEND in flight each, the same message id for
 # every try) to a recipient; a sink, that recipient, holds a durable subscription to the topic
 # and its mailbox, logs every event and message it takes (payload checked) and only then
-# acknowledges it, after a random 0-30 ms (a kill finds some processed but not acknowledged). ROUNDS times (default 12) after a random 200-700 ms the sink is killed with
+# acknowledges it, after a random 0-30 ms (a kill finds some processed but not acknowledged).
+# ROUNDS times (default 12; 20 in CTest) after a random 50-700 ms the sink is killed with
 # SIGKILL and started again, and every 3rd time the broker too (restarted on the same port and
 # data directory). Then the source stops, and a last sink drains what waits. Asserted, for events
 # and messages alike:
@@ -15,7 +16,8 @@
 #   - every payload intact (its stamp and the bytes generated from it);
 #   - in order per stream: each number is first seen after the lower ones, but for a delivery
 #     lost with a killed recipient, which comes again only once the broker noticed the connection
-#     gone, possibly after newer ones (told apart by its attempt; counted, not failed);
+#     gone, possibly after newer ones (told apart by its attempt; counted, not failed); and the
+#     broker's sequence numbers follow the order of acceptance;
 #   - duplicates (redeliveries after a kill) are counted; a message (SEND, deduplicated by id)
 #     is never stored twice, an event may be (a PUBLISH tried again after its answer was lost).
 #   test_crash_deliveries.sh BROKER_BIN CALLLOAD_BIN [ROUNDS [STREAMS]]
@@ -68,7 +70,7 @@ track
 t0=$(date +%s)
 kills_sink=0 kills_broker=0 start_failures=0
 for r in $(seq "$ROUNDS"); do
-  rand_sleep 200 700
+  rand_sleep 50 700
   kill_wait "$sink_pid"
   sink_pid=""
   kills_sink=$((kills_sink + 1))
