@@ -2020,6 +2020,8 @@ s_reload(brk_mailbox_t *self, char *err, size_t errlen)
         b->reloaded = 0;
     }
     HASH_CLEAR(hd, self->waiting);
+    for (s_conn_t *c = self->conns; c; c = c->hh.next)
+        c->pending = 0; /* nothing is in flight to it any more */
     self->dirty = self->acked = NULL;
     ab_heap_free(&self->exp);
     ab_heap_free(&self->ack);
