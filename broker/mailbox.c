@@ -1988,6 +1988,8 @@ s_reload_sub_row(void *arg, const brk_store_sub_t *s)
 static int
 s_reload(brk_mailbox_t *self, char *err, size_t errlen)
 {
+    HASH_CLEAR(hd,
+               self->waiting); /* the index's own tables (it lives in the entries freed below) */
     s_box_t *b, *btmp;
     HASH_ITER(hh, self->boxes, b, btmp)
     {
@@ -2008,7 +2010,6 @@ s_reload(brk_mailbox_t *self, char *err, size_t errlen)
         b->dirty = b->acked_dirty = 0;
         b->reloaded = 0;
     }
-    HASH_CLEAR(hd, self->waiting);
     self->dirty = self->acked = NULL;
     ab_heap_free(&self->exp);
     ab_heap_free(&self->ack);

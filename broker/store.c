@@ -436,8 +436,9 @@ s_q(brk_store_t *self, int q)
     return self->q[q];
 }
 
-/* Which system call an I/O error of SQLite came from, and the system's error: " (fsync:
- * Input/output error)", or "" when SQLite does not say. */
+/* What an I/O error of SQLite came from: SQLite's report of the failed system call, naming the
+ * file and the system's error (" (full_fsync(DATA/amtsbote.db-wal): Input/output error)"), else
+ * the kind of call (" (write failed)"), else "". */
 static void
 s_io_detail(brk_store_t *self, int sqlite_rc, char *out, size_t cap)
 {

@@ -67,8 +67,10 @@ id3=$(awk '/^accepted /{print $2}' "$out")
 
 # a provider that takes 3 s, and a call with a 6 s deadline in flight across the forward step
 mkfifo "$work/serve.out"
-as land.zeit.amt serve zeit.v1.Uhr --exec 'sleep 3; cat' >"$work/serve.out" 2>"$work/serve.err" &
-pids+=($!)
+"$CLI" --broker "$uri" --as land.zeit.amt serve zeit.v1.Uhr --exec 'sleep 3; cat' \
+  >"$work/serve.out" 2>"$work/serve.err" &
+serve_pid=$!
+pids+=("$serve_pid")
 read -r -t 10 ready <"$work/serve.out"
 case "$ready" in "ready: "*) ok "provider ready" ;; *) bad "provider: '$ready' $(cat "$work/serve.err")" ;; esac
 t0=$(now_ms)
@@ -135,6 +137,10 @@ grep -q "event=consumer_gone participant=$RCPT.*missed heartbeats" "$work/mail.l
   bad "the consumer was dropped for missed heartbeats: $(grep -m 1 consumer_gone "$work/mail.log")" ||
   ok "no consumer dropped for missed heartbeats across both steps"
 kill "$recv_pid" 2>/dev/null
+# the provider: SIGTERM, and SIGKILL should it still run after 5 s
+kill "$serve_pid" 2>/dev/null
+for _ in $(seq 50); do kill -0 "$serve_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$serve_pid" 2>/dev/null && { echo "# amtsbote serve still ran 5 s after SIGTERM: killed"; kill -9 "$serve_pid"; }
 
 # ================= certificates against the broker's clock =================
 step "+0"
