@@ -7,7 +7,11 @@
 # invented, stored twice or damaged: the consumer checks every payload, and --export (with the
 # broker stopped) verifies the SHA-256 of every stored record.
 #
-#   test_store_faults.sh BROKER_BIN MBLOAD_BIN LIBFAULTFS
+#   test_store_faults.sh BROKER_BIN MBLOAD_BIN LIBFAULTFS [FIRST]
+#
+# FIRST is the first episode's fault: fsync (default; the WAL's frames are written, their fsync
+# fails, so the failed turn may be found in the file at the recovery) or write (nothing of the
+# failing turn reaches the file).
 #
 # Two senders: one to a recipient that consumes (with acknowledgements, so the failed turns
 # undo ACKs too and the recovery finds deliveries in flight) and one to a recipient that stays
@@ -17,6 +21,9 @@ set -uo pipefail
 BROKER=$1
 MBLOAD=$2
 FAULTFS=$3
+FIRST=${4:-fsync}
+case "$FIRST" in fsync) want_err="fsync.*Input/output error" ;; write) want_err="write failed" ;;
+  *) echo "not ok - FIRST must be fsync or write, not '$FIRST'"; exit 2 ;; esac
 work=$(mktemp -d /tmp/faults-store-XXXXXX)
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 data=$work/data
@@ -74,14 +81,14 @@ recv_pid=$!
 pids+=("$recv_pid")
 sleep 0.5
 
-# ---- episode 1: fsync fails with EIO ----
-echo "fsync" >"$ctl"
+# ---- episode 1: fsync (or write) fails with EIO ----
+echo "$FIRST" >"$ctl"
 send b land.fault.empfang 400
 send d land.fault.offline 100
 if wait_for "$work/b.err" "first UNAVAILABLE" 20; then
-  ok "SEND answered UNAVAILABLE while fsync fails ($(grep -o 'first UNAVAILABLE.*' "$work/b.err" | head -c 300))"
+  ok "SEND answered UNAVAILABLE while $FIRST fails ($(grep -o 'first UNAVAILABLE.*' "$work/b.err" | head -c 300))"
 else
-  bad "no UNAVAILABLE within 20 s while fsync fails: $(tail -n 3 "$work/b.err")"
+  bad "no UNAVAILABLE within 20 s while $FIRST fails: $(tail -n 3 "$work/b.err")"
 fi
 acc1=$(($(lines "$work/b.accepted") + $(lines "$work/d.accepted")))
 wait_ready 503 5
@@ -89,12 +96,12 @@ http_status /readyz >"$work/ready1"
 if [ "$(head -n 1 "$work/ready1")" = 503 ] && grep -q "amtsbote.db" "$work/ready1"; then
   ok "/readyz not ready, naming the store: $(sed -n 2,4p "$work/ready1" | tr '\n' ' ' | head -c 300)"
 else
-  bad "/readyz while fsync fails: $(tr '\n' ' ' <"$work/ready1")"
+  bad "/readyz while $FIRST fails: $(tr '\n' ' ' <"$work/ready1")"
 fi
-if grep "store_commit_failed" "$work/broker.log" | grep -q "$data/amtsbote.db.*fsync.*Input/output error"; then
+if grep "store_commit_failed" "$work/broker.log" | grep -q "$data/amtsbote.db.*$want_err"; then
   ok "the log names the store file and the error: $(grep -m 1 store_commit_failed "$work/broker.log" | head -c 300)"
 else
-  bad "no store_commit_failed naming $data/amtsbote.db and the fsync error: $(grep -m 3 store_ "$work/broker.log")"
+  bad "no store_commit_failed naming $data/amtsbote.db and the $FIRST error: $(grep -m 3 store_ "$work/broker.log")"
 fi
 # the probe keeps failing while the fault lasts; then writes fail too
 wait_for "$work/broker.log" "store_probe_failed" 5 &&
