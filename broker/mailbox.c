@@ -2065,6 +2065,14 @@ s_recover(brk_mailbox_t *self)
         self->next_probe = UINT64_MAX;
         return rc;
     }
+    if (rc == AB_EINTERNAL) {
+        /* quick_check found damage: trying again would not mend it (and reads the whole file) */
+        brk_log(BRK_LOG_ERROR, "event=store_damaged reason=\"%s\"", err);
+        snprintf(self->store_err, sizeof self->store_err,
+                 "the store is damaged (%s): restore it from a backup and restart the broker", err);
+        self->next_probe = UINT64_MAX;
+        return rc;
+    }
     if (rc != 0) {
         /* the first failures, then one in 60 */
         if (self->probes <= 3 || self->probes % 60 == 0)
