@@ -76,7 +76,7 @@ wait "$a_pid" && wait "$c_pid" &&
 
 # the consumer takes and acknowledges everything for land.fault.empfang from now on
 "$MBLOAD" recv --broker "$uri" --as land.fault.empfang --credit 20 --ack --size 1024 \
-  --count 900 --seconds 120 --received-log "$work/received" >"$work/recv.out" 2>"$work/recv.err" &
+  --count 900 --idle-ms 60000 --seconds 120 --received-log "$work/received" >"$work/recv.out" 2>"$work/recv.err" &
 recv_pid=$!
 pids+=("$recv_pid")
 sleep 0.5
