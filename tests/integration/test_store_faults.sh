@@ -103,6 +103,9 @@ if grep "store_commit_failed" "$work/broker.log" | grep -q "$data/amtsbote.db.*$
 else
   bad "no store_commit_failed naming $data/amtsbote.db and the $FIRST error: $(grep -m 3 store_ "$work/broker.log")"
 fi
+http_status /metrics >"$work/metrics1"
+grep -q "^amtsbote_store_failed 1" "$work/metrics1" && ok "/metrics: amtsbote_store_failed 1" ||
+  bad "/metrics while the store fails: $(grep amtsbote_store_failed "$work/metrics1")"
 # the probe keeps failing while the fault lasts; then writes fail too
 wait_for "$work/broker.log" "store_probe_failed" 5 &&
   ok "the store is probed while it fails: $(grep -m 1 store_probe_failed "$work/broker.log" | head -c 300)" ||
@@ -180,6 +183,13 @@ twice=$(awk '$6 == "new" || $6 == "dup" { print $3, $5 }' "$work/received" | sor
   awk '{ n[$1]++ } END { c = 0; for (k in n) if (n[k] > 1) c++; print c }')
 [ "$twice" = 0 ] && ok "no message stored twice (one sequence number per id)" ||
   bad "$twice message(s) stored twice"
+
+http_status /metrics >"$work/metrics2"
+grep -q "^amtsbote_store_failed 0" "$work/metrics2" && ok "/metrics: amtsbote_store_failed 0 after the recovery" ||
+  bad "/metrics after the recovery: $(grep amtsbote_store_failed "$work/metrics2")"
+# a SEND refused in a turn whose WAL frames reached the file is found there at the recovery; its
+# retry is answered from the dedup index (as is any resend after a time-out)
+echo "# $(grep -o '^amtsbote_messages_duplicate_total [0-9]*' "$work/metrics2") (retries answered from the dedup index)"
 
 # ---- the store itself: stop the broker, export, compare ----
 kill -TERM "$broker_pid"
