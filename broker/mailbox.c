@@ -1999,6 +1999,8 @@ s_reload_sub_row(void *arg, const brk_store_sub_t *s)
 static int
 s_reload(brk_mailbox_t *self, char *err, size_t errlen)
 {
+    HASH_CLEAR(hd,
+               self->waiting); /* the index's own tables (it lives in the entries freed below) */
     s_box_t *b, *btmp;
     HASH_ITER(hh, self->boxes, b, btmp)
     {
@@ -2019,7 +2021,6 @@ s_reload(brk_mailbox_t *self, char *err, size_t errlen)
         b->dirty = b->acked_dirty = 0;
         b->reloaded = 0;
     }
-    HASH_CLEAR(hd, self->waiting);
     for (s_conn_t *c = self->conns; c; c = c->hh.next)
         c->pending = 0; /* nothing is in flight to it any more */
     self->dirty = self->acked = NULL;
@@ -2074,6 +2075,14 @@ s_recover(brk_mailbox_t *self)
         brk_log(BRK_LOG_ERROR, "event=store_reload_failed reason=\"%s\"", err);
         snprintf(self->store_err, sizeof self->store_err,
                  "the store was opened again but could not be read (%s): restart the broker", err);
+        self->next_probe = UINT64_MAX;
+        return rc;
+    }
+    if (rc == AB_EINTERNAL) {
+        /* quick_check found damage: trying again would not mend it (and reads the whole file) */
+        brk_log(BRK_LOG_ERROR, "event=store_damaged reason=\"%s\"", err);
+        snprintf(self->store_err, sizeof self->store_err,
+                 "the store is damaged (%s): restore it from a backup and restart the broker", err);
         self->next_probe = UINT64_MAX;
         return rc;
     }

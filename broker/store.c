@@ -460,8 +460,9 @@ s_q(brk_store_t *self, int q)
     return self->q[q];
 }
 
-/* Which system call an I/O error of SQLite came from, and the system's error: " (fsync:
- * Input/output error)", or "" when SQLite does not say. */
+/* What an I/O error of SQLite came from: SQLite's report of the failed system call, naming the
+ * file and the system's error (" (full_fsync(DATA/amtsbote.db-wal): Input/output error)"), else
+ * the kind of call (" (write failed)"), else "". */
 static void
 s_io_detail(brk_store_t *self, int sqlite_rc, char *out, size_t cap)
 {
@@ -628,6 +629,17 @@ brk_store_recover(brk_store_t *self, char *err, size_t errlen)
     self->db = NULL;
     if (s_connect(self, err, errlen) != 0)
         return AB_EIO;
+    /* can it write again? a transaction that changes a page, committed with an fsync (first:
+     * it is cheap, and the checks below read the whole file) */
+    char sql[96];
+    snprintf(sql, sizeof sql, "BEGIN IMMEDIATE; PRAGMA user_version = %d; COMMIT;", self->layout);
+    if (s_exec(self, sql, err, errlen) != 0) {
+        if (sqlite3_get_autocommit(self->db) == 0)
+            sqlite3_exec(self->db, "ROLLBACK;", NULL, NULL, NULL);
+        return AB_EIO;
+    }
+    /* is what the file holds sound? (reads every page once: on a large store the loop waits
+     * for it, once per recovery) */
     sqlite3_stmt *st = NULL;
     int rc = AB_EIO;
     if (sqlite3_prepare_v2(self->db, "PRAGMA quick_check;", -1, &st, NULL) == SQLITE_OK &&
@@ -645,14 +657,6 @@ brk_store_recover(brk_store_t *self, char *err, size_t errlen)
     sqlite3_finalize(st);
     if (rc)
         return rc;
-    /* can it write again? a transaction that changes a page, committed with an fsync */
-    char sql[96];
-    snprintf(sql, sizeof sql, "BEGIN IMMEDIATE; PRAGMA user_version = %d; COMMIT;", self->layout);
-    if (s_exec(self, sql, err, errlen) != 0) {
-        if (sqlite3_get_autocommit(self->db) == 0)
-            sqlite3_exec(self->db, "ROLLBACK;", NULL, NULL, NULL);
-        return AB_EIO;
-    }
     /* what was read back from the WAL may have come from the kernel's cache of a file whose
      * fsync failed: every frame is copied into the database file under an fsync that succeeds
      * and the WAL emptied, so nothing the broker now trusts depends on such a page */

@@ -83,12 +83,12 @@ int brk_store_writable(const brk_store_t *self, char *err, size_t errlen);
 int brk_store_commit(brk_store_t *self, char *err, size_t errlen);
 
 /* After the store failed: drops the connection (and its page cache), opens the file again (the
- * WAL's recovery runs), checks it (PRAGMA quick_check), commits a probe write and checkpoints the
- * WAL into the database file with TRUNCATE, so that what is read from now on has passed an fsync
- * that succeeded. Returns 0 when the store writes again (also when it had not failed): what is on
- * disk may then differ from what the caller believed (a commit that reported failure may have
- * reached the file), so the caller reads its state again. AB_EIO: still failing; AB_EINTERNAL:
- * quick_check found damage; the reason in err either way. */
+ * WAL's recovery runs), commits a probe write, checks the file (PRAGMA quick_check) and
+ * checkpoints the WAL into the database file with TRUNCATE, so that what is read from now on has
+ * passed an fsync that succeeded. Returns 0 when the store writes again (also when it had not
+ * failed): what is on disk may then differ from what the caller believed (a commit that reported
+ * failure may have reached the file), so the caller reads its state again. AB_EIO: still failing;
+ * AB_EINTERNAL: quick_check found damage; the reason in err either way. */
 int brk_store_recover(brk_store_t *self, char *err, size_t errlen);
 
 void brk_store_stats(const brk_store_t *self, brk_store_stats_t *out);
