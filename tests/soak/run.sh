@@ -128,7 +128,12 @@ echo "run.sh: broker pid $broker_pid on $uri, metrics $metrics, data in $work/da
 "$soak_bin" --broker "$uri" --pki "$pki" --broker-pid "$broker_pid" --seconds "$seconds" \
     --csv "$work/soak.csv" "${extra[@]}" >"$work/summary.txt"
 rc=$?
-[ -s "$work/summary.txt" ] || echo "soak: FAILED: soak_client ended with status $rc and no summary" >"$work/summary.txt"
+if [ ! -s "$work/summary.txt" ]; then
+    echo "soak: FAILED: soak_client ended with status $rc and no summary" >"$work/summary.txt"
+elif [ $rc != 0 ] && [ $rc != 1 ]; then
+    # e.g. LeakSanitizer's status after a leak in the client library (its report is above)
+    echo "soak: FAILED: soak_client ended with status $rc after its summary" >>"$work/summary.txt"
+fi
 [ $rc = 0 ] || [ $rc = 1 ] || rc=1
 
 # ---- the broker, idle again: what it still holds, then a clean stop --------------------------
