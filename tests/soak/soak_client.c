@@ -181,6 +181,7 @@ typedef struct {
     size_t n, cap;
     long codes[N_CODES]; /* the broker's answers */
     long stray;          /* deliveries that are none of this run's */
+    long refusals_told;  /* on stderr */
 } ledger_t;
 
 /* What a ledger adds up to. */
@@ -479,7 +480,7 @@ s_on_accepted(ab_client_t *c, int status, const char *id_hex, const char *errtex
     r->acc = status == 0 ? 1 : status == AB_ETIMEDOUT ? 3 : 2;
     r->acc_ns = bu_now_ns();
     l->codes[s_code_idx(status)]++;
-    if (status != 0)
+    if (status != 0 && ++l->refusals_told <= 10) /* the summary counts them all */
         fprintf(stderr, "%s: %s %llu: %s: %s\n", PROG, w->role == R_SENDER ? "SEND" : "PUBLISH",
                 (unsigned long long)op->seq, ab_err_name(status), errtext ? errtext : "");
     free(op);
