@@ -234,6 +234,11 @@ s_metrics_source(void *arg, brk_metrics_t *m, brk_metrics_stats_t *out)
         brk_tls_gateway_stats(b->tls, &out->tls);
         out->have_tls = 1;
     }
+    if (b->limits) {
+        brk_quota_stats_t q;
+        brk_quota_stats(b->limits, &q);
+        brk_metrics_gauge_set(m, BRK_M_PARTICIPANTS_ONLINE, NULL, (double)q.online);
+    }
     if (b->mailbox) {
         brk_mailbox_stats(b->mailbox, &out->mailbox);
         out->have_mailbox = 1;

@@ -109,7 +109,7 @@ static const family_def_t s_defs[BRK_M__COUNT] = {
                                   NULL,
                                   0},
     [BRK_M_PARTICIPANTS_ONLINE] = {"amtsbote_participants_online",
-                                   "Participants with at least one open connection.",
+                                   "Participants with at least one open TLS session.",
                                    K_GAUGE,
                                    0,
                                    {NULL, NULL},

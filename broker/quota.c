@@ -225,7 +225,8 @@ brk_quota_conn_open(brk_quota_t *self, const char *participant, char *why, size_
                  participant, (unsigned long long)p->conns);
         return AB_ERATE_LIMITED;
     }
-    p->conns++;
+    if (p->conns++ == 0)
+        self->st.online++;
     return 0;
 }
 
@@ -236,7 +237,8 @@ brk_quota_conn_close(brk_quota_t *self, const char *participant)
     HASH_FIND_STR(self->parts, participant, p);
     if (!p || !p->conns)
         return;
-    p->conns--;
+    if (--p->conns == 0)
+        self->st.online--;
     s_maybe_drop(self, p);
 }
 

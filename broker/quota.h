@@ -50,6 +50,7 @@ typedef struct brk_quota_stats {
     uint64_t calls_limited; /* calls refused at the participant's calls in flight */
     uint64_t conns_limited; /* sessions refused at the participant's connections */
     size_t participants;    /* with state now */
+    size_t online;          /* participants with at least one TLS session */
 } brk_quota_stats_t;
 
 void brk_quota_stats(const brk_quota_t *self, brk_quota_stats_t *out);

@@ -124,7 +124,17 @@ done
 cat <&3 >/dev/null &
 echo "run.sh: broker pid $broker_pid on $uri, metrics $metrics, data in $work/data; load for $seconds s"
 
+# http_get URL: the response to GET (status line, headers, body), through bash's /dev/tcp
+http_get() {
+    local hp=${1#http://}
+    hp=${hp%%/*}
+    timeout 10 bash -c 'exec 5<>"/dev/tcp/$1/$2" && printf "GET /%s HTTP/1.0\r\n\r\n" "$3" >&5 &&
+        cat <&5' _ "${hp%:*}" "${hp##*:}" "${1#http://"$hp"/}"
+}
 # ---- the load --------------------------------------------------------------------------------
+# one look at /metrics while the clients are connected (participants online)
+(sleep $((seconds < 20 ? seconds / 2 : 10)); http_get "$metrics" >"$work/metrics-load.txt" 2>/dev/null) &
+probe_pid=$!
 "$soak_bin" --broker "$uri" --pki "$pki" --broker-pid "$broker_pid" --seconds "$seconds" \
     --csv "$work/soak.csv" "${extra[@]}" >"$work/summary.txt"
 rc=$?
@@ -137,19 +147,16 @@ fi
 [ $rc = 0 ] || [ $rc = 1 ] || rc=1
 
 # ---- the broker, idle again: what it still holds, then a clean stop --------------------------
-# http_get URL: the response to GET (status line, headers, body), through bash's /dev/tcp
-http_get() {
-    local hp=${1#http://}
-    hp=${hp%%/*}
-    timeout 10 bash -c 'exec 5<>"/dev/tcp/$1/$2" && printf "GET /%s HTTP/1.0\r\n\r\n" "$3" >&5 &&
-        cat <&5' _ "${hp%:*}" "${hp##*:}" "${1#http://"$hp"/}"
-}
 extra_fail=""
 if http_get "$metrics" >"$work/metrics.txt" && head -n 1 "$work/metrics.txt" | grep -q '^HTTP/1\.[01] 200'; then
     metric() { awk -v n="$1" '$1 == n { print $2 }' "$work/metrics.txt"; }
-    # (amtsbote_participants_online is not checked: the broker never sets it, it always says 0)
+    wait "$probe_pid" 2>/dev/null
+    online=$(awk '$1 == "amtsbote_participants_online" { print $2 }' "$work/metrics-load.txt" 2>/dev/null)
+    echo "soak: broker under load: amtsbote_participants_online ${online:-?}" >>"$work/summary.txt"
+    [ "${online:-0}" -ge 1 ] 2>/dev/null ||
+        extra_fail+="${extra_fail:+; }amtsbote_participants_online was ${online:-missing} under load"
     for m in amtsbote_tls_sessions amtsbote_calls_in_flight amtsbote_providers amtsbote_mailbox_messages \
-        amtsbote_mailbox_receipts; do
+        amtsbote_mailbox_receipts amtsbote_participants_online; do
         v=$(metric $m)
         echo "soak: broker at the end: $m ${v:-?}" >>"$work/summary.txt"
         [ "${v:-x}" = 0 ] || extra_fail+="${extra_fail:+; }$m is ${v:-missing} with every client gone"

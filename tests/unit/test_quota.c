@@ -113,6 +113,15 @@ test_calls_and_sessions(void **state)
     brk_quota_stats(q, &st);
     assert_int_equal(st.calls_limited, 1);
     assert_int_equal(st.conns_limited, 1);
+    assert_int_equal(st.online, 1);
+    assert_int_equal(brk_quota_conn_open(q, "bund.bva", why, sizeof why), 0);
+    brk_quota_stats(q, &st);
+    assert_int_equal(st.online, 2);
+    brk_quota_conn_close(q, "bund.bva");
+    brk_quota_conn_close(q, "bund.bmi");
+    brk_quota_conn_close(q, "bund.bmi");
+    brk_quota_stats(q, &st);
+    assert_int_equal(st.online, 0);
     brk_quota_destroy(&q);
 }
 
