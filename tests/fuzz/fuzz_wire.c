@@ -10,8 +10,8 @@
  *     protobuf-c reads and packs, the codec reads and packs to the same bytes (the input
  *     itself the codec may refuse for a NUL in a string, a tag over 32 bits or a varint over
  *     64, all of which protobuf-c cuts short);
- *   - a decoded header re-encodes with ab_wire_encode(), decodes again, and encodes to the same
- *     bytes (round trip);
+ *   - a decoded header re-encodes with ab_wire_encode() (unless its canonical encoding is over
+ *     the limit), decodes again, and encodes to the same bytes (round trip);
  *   - ab_wire_check_service() and ab_wire_check_participant() accept only names of their
  *     syntax and otherwise give a valid UTF-8 reason naming the service or participant;
  *   - ab_utf8_sanitize() always gives valid UTF-8 without control characters.
@@ -215,6 +215,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* round trip */
     static uint8_t out[S_OUT_BYTES], out2[S_OUT_BYTES];
     int n = ab_wire_encode(h, out, sizeof out);
+    if (n == AB_ETOO_LARGE) {
+        /* a frame near the limit can grow: a negative enum sent in 5 bytes is written in 10 */
+        size_t canonical = amtsbote__v1__header__get_packed_size(h);
+        CHECK(canonical > AB_MAX_HEADER_BYTES,
+              "a decoded header of %zu bytes (%zu canonical) does not encode", size, canonical);
+        return 0;
+    }
     CHECK(n > 0, "a decoded header of %zu bytes does not encode (%d)", size, n);
     ab_header_t *h2 = NULL;
     rc = ab_wire_decode(s_dec2, out, (size_t)n, &h2, why);
