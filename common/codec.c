@@ -20,11 +20,13 @@ typedef struct {
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
+/* A varint of at most `max` bytes: 10 for a value; protobuf-c reads a tag or a length prefix
+ * in at most 5 and refuses a longer one, however it is padded. */
 static int
-s_varint(s_in_t *in, uint64_t *out)
+s_varint_max(s_in_t *in, uint64_t *out, int max)
 {
     uint64_t v = 0;
-    for (int shift = 0; shift < 70; shift += 7) {
+    for (int shift = 0; shift < 7 * max; shift += 7) {
         if (in->p >= in->end)
             return -1;
         uint8_t b = *in->p++;
@@ -39,12 +41,25 @@ s_varint(s_in_t *in, uint64_t *out)
     return -1;
 }
 
+static int
+s_varint(s_in_t *in, uint64_t *out)
+{
+    return s_varint_max(in, out, 10);
+}
+
+/* A field's key (number and wire type). */
+static int
+s_key(s_in_t *in, uint64_t *key)
+{
+    return s_varint_max(in, key, 5) != 0 || *key > UINT32_MAX ? -1 : 0;
+}
+
 /* Reads a length-delimited field's bounds. */
 static int
 s_len(s_in_t *in, s_in_t *sub)
 {
     uint64_t n;
-    if (s_varint(in, &n) != 0 || n > (uint64_t)(in->end - in->p))
+    if (s_varint_max(in, &n, 5) != 0 || n > (uint64_t)(in->end - in->p))
         return -1;
     sub->p = in->p;
     sub->end = in->p + n;
@@ -105,7 +120,7 @@ s_error(s_in_t *in, ab_codec_alloc_fn *alloc, void *arena, Amtsbote__V1__Error *
 {
     while (in->p < in->end) {
         uint64_t key, v;
-        if (s_varint(in, &key) != 0 || key > UINT32_MAX)
+        if (s_key(in, &key) != 0)
             return -1;
         int wt = (int)(key & 7);
         uint64_t field = key >> 3;
@@ -132,7 +147,7 @@ s_two_strings(s_in_t *in, ab_codec_alloc_fn *alloc, void *arena, char **a, char 
 {
     while (in->p < in->end) {
         uint64_t key;
-        if (s_varint(in, &key) != 0 || key > UINT32_MAX)
+        if (s_key(in, &key) != 0)
             return -1;
         int wt = (int)(key & 7);
         uint64_t field = key >> 3;
@@ -165,7 +180,7 @@ ab_codec_unpack(const uint8_t *data, size_t len, ab_codec_alloc_fn *alloc, void 
     s_in_t in = {data, data + len};
     while (in.p < in.end) {
         uint64_t key, v;
-        if (s_varint(&in, &key) != 0 || key > UINT32_MAX)
+        if (s_key(&in, &key) != 0)
             return -1;
         int wt = (int)(key & 7);
         uint64_t field = key >> 3;

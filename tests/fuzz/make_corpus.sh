@@ -215,7 +215,9 @@ hdr service-not-utf8 <<<'version: 1 kind: KIND_CALL service: "a.B/\xc3\x28"' 2>/
 # the largest header: 8192 bytes of map entries (the arena's worst case)
 { printf 'version: 1 kind: KIND_CALL '; for i in $(seq 1 1000); do printf 'headers {} '; done
   printf 'headers { key: "k" value: "%s" }\n' "$(head -c 2179 /dev/zero | tr '\0' v)"; } | hdr largest
-printf '\x08\x01\x10\x02\xaa\x01\x00' >"$W/unknown-field"
+printf '\x08\x01\x10\x02\x9a\x06\x00' >"$W/unknown-field"   # field 99, empty
+# (edge-enum-grows-over-limit, 8192 bytes with a 5-byte negative enum that re-encodes in 10,
+# was written by hand once and is left alone here)
 
 # ---- policies: the example and the test fixtures ----
 Y=$corpus/fuzz_policy

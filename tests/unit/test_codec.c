@@ -285,6 +285,43 @@ test_unknown_fields_skipped_and_nul_refused(void **state)
     assert_int_equal(ab_codec_unpack(longv, sizeof longv, s_alloc, NULL, &h), -1);
 }
 
+/* Found by fuzz_wire: a tag or a length prefix padded with 0x80 bytes to 6 bytes was read
+ * here, but protobuf-c reads either in at most 5 bytes and refuses the frame. */
+static void
+test_padded_tag_and_length_refused(void **state)
+{
+    (void)state;
+    /* version=1 as a 6-byte tag; an unknown field 99 as a 6-byte tag */
+    const uint8_t tag[] = {0x88, 0x80, 0x80, 0x80, 0x80, 0x00, 0x01};
+    const uint8_t unknown_tag[] = {0x08, 0x01, 0x98, 0x86, 0x80, 0x80, 0x80, 0x00, 0x05};
+    /* service "a" with a 6-byte length */
+    const uint8_t len[] = {0x2a, 0x81, 0x80, 0x80, 0x80, 0x80, 0x00, 'a'};
+    /* the same padded to 5 bytes: both read them */
+    const uint8_t tag5[] = {0x88, 0x80, 0x80, 0x80, 0x00, 0x01};
+    const uint8_t len5[] = {0x2a, 0x81, 0x80, 0x80, 0x80, 0x00, 'a'};
+    const struct {
+        const uint8_t *b;
+        size_t n;
+        int ok;
+    } cases[] = {{tag, sizeof tag, 0},
+                 {unknown_tag, sizeof unknown_tag, 0},
+                 {len, sizeof len, 0},
+                 {tag5, sizeof tag5, 1},
+                 {len5, sizeof len5, 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        used = 0;
+        ab_header_t *mine = NULL;
+        int rc = ab_codec_unpack(cases[i].b, cases[i].n, s_alloc, NULL, &mine);
+        ab_header_t *theirs = amtsbote__v1__header__unpack(NULL, cases[i].n, cases[i].b);
+        assert_int_equal(rc == 0, cases[i].ok);
+        assert_int_equal(theirs != NULL, cases[i].ok);
+        if (theirs) {
+            assert_same(theirs, mine);
+            amtsbote__v1__header__free_unpacked(theirs, NULL);
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -292,6 +329,7 @@ main(void)
         cmocka_unit_test(test_same_bytes_as_protobuf_c),
         cmocka_unit_test(test_never_more_lenient),
         cmocka_unit_test(test_unknown_fields_skipped_and_nul_refused),
+        cmocka_unit_test(test_padded_tag_and_length_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
