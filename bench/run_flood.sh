@@ -19,6 +19,8 @@
 #   --quick   1 repetition of 2 s (default 3 of 3 s)
 #   --reps N  N repetitions (of 3 s, or 2 s with --quick before it)
 #   AMTSBOTE_BUILD_DIR   build tree (default: <repo>/build)
+#   AMTSBOTE_BROKER      the broker binary (default: the build tree's amtsbote-broker), to compare
+#                        two builds of the broker
 #   FLOOD_ARGS           more bench_flood options for every run (e.g. "--victim-rate 500")
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
         shift
         ;;
     -h | --help)
-        sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+        sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
         exit 0
         ;;
     *)
@@ -44,8 +46,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-for bin in amtsbote-broker bench/bench_flood; do
-    [ -x "$build/$bin" ] || { echo "run_flood.sh: $build/$bin missing (cmake --build $build --target ${bin#bench/})" >&2; exit 1; }
+broker_bin=${AMTSBOTE_BROKER:-$build/amtsbote-broker}
+for bin in "$broker_bin" "$build/bench/bench_flood"; do
+    [ -x "$bin" ] || { echo "run_flood.sh: $bin missing (cmake --build $build --target $(basename "$bin"))" >&2; exit 1; }
 done
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/amtsbote-flood.XXXXXX")
@@ -93,7 +96,7 @@ run() {
     rm -rf "$tmp/data"
     rm -f "$tmp/broker.out"
     mkfifo "$tmp/broker.out"
-    "$build/amtsbote-broker" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" \
+    "$broker_bin" --listen 'tls://127.0.0.1:*' --tls-cert "$pki/broker.crt" \
         --tls-key "$pki/broker.key" --tls-ca "$pki/ca/chain.pem" --tls-crl "$pki/ca/crl.pem" \
         --data "$tmp/data" --policy "$tmp/$cfg.yaml" --log-level warn \
         >"$tmp/broker.out" 2>"$tmp/broker.log" &
@@ -162,7 +165,7 @@ out=$root/bench/results/flood-$(date -u +%Y-%m-%d-%H%M%S).md
     echo
     echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)."
     echo "Load average before: $load0; after: $load1."
-    echo "Source: $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown), build $build."
+    echo "Source: $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown), build $build, broker $broker_bin."
     echo
     echo "Mutual TLS on 127.0.0.1, one broker per run. Victim bund.victim: 4 calls of 100 B in flight (closed loop)$( [ -n "${FLOOD_ARGS:-}" ] && echo " (bench_flood options: ${FLOOD_ARGS})"); flooder bund.flood: 500 calls in flight, each re-issued when it ends; both call the same echo provider. $reps repetition(s) of $secs s per phase; the order of the configurations and of the phases alternates."
     echo
