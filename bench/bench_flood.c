@@ -121,25 +121,12 @@ struct caller {
 
 /* ---- the callers' common part ------------------------------------------------------------ */
 
-/* Makes `c` the participant `who` with its certificate from the --pki directory. Returns 0 or an
- * AB_E* code. */
-static int
-s_identity(ab_client_t *c, const opts_t *o, const char *who)
-{
-    char cert[512], key[512], ca[512];
-    snprintf(cert, sizeof cert, "%s/%s.crt", o->pki, who);
-    snprintf(key, sizeof key, "%s/%s.key", o->pki, who);
-    snprintf(ca, sizeof ca, "%s/ca/chain.pem", o->pki);
-    ab_tls_options_t t = {.cert = cert, .key = key, .ca = ca};
-    return ab_client_set_tls(c, &t);
-}
-
 /* A connected client for `who`, or NULL after saying why on stderr. */
 static ab_client_t *
 s_connect(const opts_t *o, const char *who)
 {
     ab_client_t *c = ab_client_new();
-    int rc = c ? s_identity(c, o, who) : AB_ENOMEM;
+    int rc = c ? bench_ab_pki_identity(c, o->pki, who) : AB_ENOMEM;
     if (rc == 0)
         rc = ab_client_connect(c, o->uri, 10000);
     if (rc != 0) {
@@ -205,26 +192,17 @@ s_check_echo(const caller_t *k, const slot_t *s, const unsigned char *reply, siz
 
 /* ---- the provider ------------------------------------------------------------------------ */
 
-static void
-s_echo(ab_client_t *client, ab_request_t *req, void *arg)
-{
-    (void)client, (void)arg;
-    size_t len = 0;
-    const void *data = ab_request_payload(req, &len);
-    ab_reply(&req, data, len);
-}
-
 /* bu_child_fn: offers the echo service and serves it until `ctl` closes. */
 static int
 s_provider_child(void *arg, int ready_fd, int ctl)
 {
     const opts_t *o = arg;
     ab_client_t *c = ab_client_new();
-    int rc = c ? s_identity(c, o, PROVIDER_ID) : AB_ENOMEM;
+    int rc = c ? bench_ab_pki_identity(c, o->pki, PROVIDER_ID) : AB_ENOMEM;
     if (rc == 0)
         rc = ab_client_connect(c, o->uri, 10000);
     if (rc == 0)
-        rc = ab_offer(c, SERVICE, s_echo, NULL);
+        rc = ab_offer(c, SERVICE, bench_ab_echo, NULL);
     return bench_ab_serve(c, rc, ready_fd, ctl, PROG);
 }
 
@@ -730,23 +708,6 @@ s_phase(const opts_t *o, shared_t *sh, int rep, int flood, const int *keep_fds, 
     return r;
 }
 
-static int
-s_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* The median of v[0..n) (sorts it); 0 for none. */
-static double
-s_median(double *v, int n)
-{
-    if (n == 0)
-        return 0;
-    qsort(v, (size_t)n, sizeof *v, s_cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 int
 main(int argc, char **argv)
 {
@@ -810,9 +771,9 @@ main(int argc, char **argv)
     printf("summary reps=%d measured=%d failed=%d seconds=%.1f victim_errors=%ld p50_a_us=%.1f "
            "p99_a_us=%.1f p50_b_us=%.1f p99_b_us=%.1f p99_ratio=%.2f p50_ratio=%.2f "
            "flood_ok_per_s=%.0f flood_limited_per_s=%.0f\n",
-           o.reps, n, failed, o.seconds, verrors, s_median(p50a, n), s_median(p99a, n),
-           s_median(p50b, n), s_median(p99b, n), s_median(ratio, n), s_median(ratio50, n),
-           s_median(fok, n), s_median(flim, n));
+           o.reps, n, failed, o.seconds, verrors, bu_median(p50a, n), bu_median(p99a, n),
+           bu_median(p50b, n), bu_median(p99b, n), bu_median(ratio, n), bu_median(ratio50, n),
+           bu_median(fok, n), bu_median(flim, n));
     if (failed)
         fprintf(stderr, PROG ": %d repetition(s) failed (see above)\n", failed);
     return failed == 0 && verrors == 0 && n > 0 ? 0 : 1;

@@ -126,7 +126,8 @@ run() {
 }
 
 field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
-median() { grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+# the lower middle for an even count, as bench_flood's own medians
+median() { grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 raw=$tmp/raw.txt
