@@ -159,6 +159,8 @@ read -r l50a l99a l50b l99b lratio lratio50 lok llim lerr <<<"$(summary limits)"
 read -r n50a n99a n50b n99b nratio nratio50 nok nlim nerr <<<"$(summary nolimits)"
 verdict=$(awk -v r="$lratio" 'BEGIN {print (r <= 2.0) ? "met" : "NOT met"}')
 
+victim="4 calls of 100 B in flight (closed loop)"
+[ -n "${FLOOD_ARGS:-}" ] && victim="calls of 100 B as \`bench_flood ${FLOOD_ARGS}\` says (closed loop of 4 without those options)"
 mkdir -p "$root/bench/results"
 out=$root/bench/results/flood-$(date -u +%Y-%m-%d-%H%M%S).md
 {
@@ -168,7 +170,7 @@ out=$root/bench/results/flood-$(date -u +%Y-%m-%d-%H%M%S).md
     echo "Load average before: $load0; after: $load1."
     echo "Source: $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown), build $build, broker $broker_bin."
     echo
-    echo "Mutual TLS on 127.0.0.1, one broker per run. Victim bund.victim: 4 calls of 100 B in flight (closed loop)$( [ -n "${FLOOD_ARGS:-}" ] && echo " (bench_flood options: ${FLOOD_ARGS})"); flooder bund.flood: 500 calls in flight, each re-issued when it ends; both call the same echo provider. $reps repetition(s) of $secs s per phase; the order of the configurations and of the phases alternates."
+    echo "Mutual TLS on 127.0.0.1, one broker per run. Victim bund.victim: $victim; flooder bund.flood: 500 calls in flight, each re-issued when it ends; both call the same echo provider. $reps repetition(s) of $secs s per phase; the order of the configurations and of the phases alternates."
     echo
     echo "- **limits**: the policy's \`limits:\` give the group of bund.flood \`{rate: 2000, burst: 2000, calls_in_flight: 100}\`."
     echo "- **nolimits**: the same policy without \`limits:\` (broker defaults: no rate, 10,000 calls in flight per participant)."
