@@ -137,6 +137,16 @@ s_connect(const opts_t *o, const char *who)
     return c;
 }
 
+/* Disconnects `k` and frees what s_caller_init() allocated. */
+static void
+s_caller_free(caller_t *k)
+{
+    ab_client_destroy(&k->c);
+    free(k->slots);
+    free(k->free_slots);
+    free(k->req);
+}
+
 /* Sets up `k` with `n` slots; returns 0, or -1 when out of memory. */
 static int
 s_caller_init(caller_t *k, const opts_t *o, shared_t *sh, uint32_t magic, int n)
@@ -147,6 +157,7 @@ s_caller_init(caller_t *k, const opts_t *o, shared_t *sh, uint32_t magic, int n)
     k->req = malloc(o->size);
     if (!k->slots || !k->free_slots || !k->req) {
         fprintf(stderr, PROG ": out of memory\n");
+        s_caller_free(k);
         return -1;
     }
     bu_fill_pattern(k->req, o->size);
@@ -343,7 +354,7 @@ s_victim_child(void *arg, int ready_fd, int ctl)
     }
     if (rc != 0) {
         (void)!write(ready_fd, "F", 1);
-        ab_client_destroy(&k.c);
+        s_caller_free(&k);
         return 1;
     }
     a->sh->v_errors = 0;
@@ -357,7 +368,7 @@ s_victim_child(void *arg, int ready_fd, int ctl)
     a->sh->v_t0 = t0;
     a->sh->v_t1 = bu_now_ns();
     a->sh->v_calls = k.completed;
-    ab_client_destroy(&k.c);
+    s_caller_free(&k);
     return rc == 0 ? 0 : 1;
 }
 
@@ -406,6 +417,13 @@ s_flood_done(ab_client_t *client, int status, const void *reply, size_t len, con
         s_slot_release(k, s);
 }
 
+/* How many of the flooder's calls have ended, whichever way. */
+static long
+s_flood_ended(shared_t *sh)
+{
+    return s_load(&sh->f_ok) + s_load(&sh->f_limited) + s_load(&sh->f_other);
+}
+
 /* bu_child_fn: connects, says ready, floods until `ctl` closes, waits briefly for its calls still
  * in flight and exits. */
 static int
@@ -421,6 +439,7 @@ s_flood_child(void *arg, int ready_fd, int ctl)
     k.c = s_connect(o, FLOOD_ID);
     if (!k.c) {
         (void)!write(ready_fd, "F", 1);
+        s_caller_free(&k);
         return 1;
     }
     (void)!write(ready_fd, "R", 1);
@@ -438,7 +457,7 @@ s_flood_child(void *arg, int ready_fd, int ctl)
     uint64_t stop_by = 0;
     int status = 0;
     for (;;) {
-        long before = s_load(&a->sh->f_ok) + s_load(&a->sh->f_limited) + s_load(&a->sh->f_other);
+        long before = s_flood_ended(a->sh);
         int rc = ab_client_process(k.c);
         if (rc < 0) {
             fprintf(stderr, PROG ": flooder: ab_client_process: %s: %s\n", ab_err_name(rc),
@@ -450,21 +469,23 @@ s_flood_child(void *arg, int ready_fd, int ctl)
             break;
         if (stop_by && bu_now_ns() > stop_by)
             break; /* what is still in flight no longer matters: the victim has its numbers */
-        if (rc > 0 ||
-            s_load(&a->sh->f_ok) + s_load(&a->sh->f_limited) + s_load(&a->sh->f_other) != before)
+        int busy = rc > 0 || s_flood_ended(a->sh) != before;
+        if (busy && k.stopping)
             continue;
-        int t = ab_client_next_timeout(k.c);
+        /* Busy, only a look at the control pipe (a flood may never leave the client idle);
+         * idle, a wait for the client or the pipe; stopping, for the client alone. */
+        struct pollfd p[2] = {{ctl, POLLIN, 0}, {ab_client_fd(k.c), POLLIN, 0}};
+        int t = busy ? 0 : ab_client_next_timeout(k.c);
         if (t < 0 || t > POLL_CAP_MS)
             t = POLL_CAP_MS;
-        struct pollfd p[2] = {{ab_client_fd(k.c), POLLIN, 0}, {ctl, POLLIN, 0}};
-        if (poll(p, k.stopping ? 1 : 2, t) < 0 && errno != EINTR)
+        if (poll(k.stopping ? p + 1 : p, busy || k.stopping ? 1 : 2, t) < 0 && errno != EINTR)
             break;
-        if (!k.stopping && (p[1].revents || bu_stopped())) {
+        if (!k.stopping && (p[0].revents || bu_stopped())) {
             k.stopping = 1;
             stop_by = bu_now_ns() + (uint64_t)FLOOD_DRAIN_MS * 1000000u;
         }
     }
-    ab_client_destroy(&k.c);
+    s_caller_free(&k);
     return status;
 }
 
