@@ -39,3 +39,23 @@ bench_ab_serve(ab_client_t *c, int rc, int ready_fd, int ctl, const char *prog)
     ab_client_destroy(&c);
     return rc < 0 ? 1 : 0;
 }
+
+int
+bench_ab_pki_identity(ab_client_t *c, const char *pki, const char *who)
+{
+    char cert[512], key[512], ca[512];
+    snprintf(cert, sizeof cert, "%s/%s.crt", pki, who);
+    snprintf(key, sizeof key, "%s/%s.key", pki, who);
+    snprintf(ca, sizeof ca, "%s/ca/chain.pem", pki);
+    ab_tls_options_t t = {.cert = cert, .key = key, .ca = ca};
+    return ab_client_set_tls(c, &t);
+}
+
+void
+bench_ab_echo(ab_client_t *client, ab_request_t *req, void *arg)
+{
+    (void)client, (void)arg;
+    size_t len = 0;
+    const void *data = ab_request_payload(req, &len);
+    ab_reply(&req, data, len);
+}

@@ -1,7 +1,8 @@
 /*
- * bench_ab.h - the part of an Amtsbote provider child that bench_calls and bench_idle share:
- * after the offer, say so on the ready pipe and serve until the parent closes the control pipe.
- * Needs libamtsbote (bench_util stays libc-only).
+ * bench_ab.h - the Amtsbote client parts the load generators share (bench_calls, bench_idle,
+ * bench_flood): a participant's certificate from a certs/pki.sh directory, the echo handler, and
+ * the provider child's life: after the offer, say so on the ready pipe and serve until the
+ * parent closes the control pipe. Needs libamtsbote (bench_util stays libc-only).
  */
 #ifndef BENCH_AB_H
 #define BENCH_AB_H
@@ -16,5 +17,13 @@
  * failure (said on stderr).
  */
 int bench_ab_serve(ab_client_t *c, int rc, int ready_fd, int ctl, const char *prog);
+
+/* Makes `c` the participant `who` for a tls:// broker: `pki`/WHO.crt and .key, verified against
+ * `pki`/ca/chain.pem (a certs/pki.sh directory). Returns 0 or the AB_E* code of
+ * ab_client_set_tls(). */
+int bench_ab_pki_identity(ab_client_t *c, const char *pki, const char *who);
+
+/* An ab_handler_t that answers every call with its own payload; `arg` is unused. */
+void bench_ab_echo(ab_client_t *client, ab_request_t *req, void *arg);
 
 #endif

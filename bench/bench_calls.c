@@ -177,15 +177,12 @@ s_in_flight(const bench_t *b)
 static void
 s_echo(ab_client_t *client, ab_request_t *req, void *arg)
 {
-    (void)client;
     const opts_t *o = arg;
     if (o->reply) {
         ab_reply(&req, o->reply, o->reply_len);
         return;
     }
-    size_t len = 0;
-    const void *data = ab_request_payload(req, &len);
-    ab_reply(&req, data, len);
+    bench_ab_echo(client, req, NULL);
 }
 
 /*
@@ -201,12 +198,7 @@ s_ab_identity(ab_client_t *c, const opts_t *o, const char *who)
         fprintf(stderr, "bench_calls: a tls:// broker needs --pki DIR\n");
         return AB_EINVAL;
     }
-    char cert[512], key[512], ca[512];
-    snprintf(cert, sizeof cert, "%s/%s.crt", o->pki, who);
-    snprintf(key, sizeof key, "%s/%s.key", o->pki, who);
-    snprintf(ca, sizeof ca, "%s/ca/chain.pem", o->pki);
-    ab_tls_options_t t = {.cert = cert, .key = key, .ca = ca};
-    return ab_client_set_tls(c, &t);
+    return bench_ab_pki_identity(c, o->pki, who);
 }
 
 /* The provider child: offers the echo service and serves it until `ctl` closes. */

@@ -1037,16 +1037,6 @@ s_cpu_now(pid_t child, pid_t server)
 
 /* ---- the echo child ---------------------------------------------------------------------- */
 
-static void
-s_ab_echo(ab_client_t *client, ab_request_t *req, void *arg)
-{
-    (void)client;
-    (void)arg;
-    size_t len = 0;
-    const void *data = ab_request_payload(req, &len);
-    ab_reply(&req, data, len);
-}
-
 /* The Amtsbote provider: offers the echo service until `ctl` closes. */
 static int
 s_ab_provider(const opts_t *o, int ready_fd, int ctl)
@@ -1060,7 +1050,7 @@ s_ab_provider(const opts_t *o, int ready_fd, int ctl)
     if (rc == 0)
         rc = ab_client_connect(c, o->url, 5000);
     if (rc == 0)
-        rc = ab_offer(c, SERVICE, s_ab_echo, NULL);
+        rc = ab_offer(c, SERVICE, bench_ab_echo, NULL);
     if (rc != 0)
         fprintf(stderr, "bench_idle: provider certificate %s\n", cert);
     return bench_ab_serve(c, rc, ready_fd, ctl, "bench_idle");

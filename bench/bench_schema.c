@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "schema.h"
 
 #define MAX_PAYLOADS 16
@@ -74,21 +75,6 @@ s_read_file(const char *path, uint8_t **out, size_t *len)
     *out = buf;
     *len = n;
     return 0;
-}
-
-static int
-s_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Median of v[0..n) (sorts v); the lower middle for an even n. */
-static double
-s_median(double *v, long n)
-{
-    qsort(v, (size_t)n, sizeof *v, s_cmp_double);
-    return v[(n - 1) / 2];
 }
 
 /* Nanoseconds per ab_schema_validate() of `p`, one value per round into `ns`. */
@@ -252,7 +238,7 @@ main(int argc, char **argv)
                 status = 1;
                 break;
             }
-            v_med = s_median(ns, repeat);
+            v_med = bu_median(ns, repeat);
             v_min = ns[0];
         }
         if (do_unpack) {
@@ -261,7 +247,7 @@ main(int argc, char **argv)
                 status = 1;
                 break;
             }
-            u_med = s_median(ns, repeat);
+            u_med = bu_median(ns, repeat);
             u_min = ns[0];
         }
         printf("micro type=%s size=%zu iterations=%ld repeat=%ld validate_ns=%.1f "

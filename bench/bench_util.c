@@ -126,6 +126,22 @@ bu_pct_us(const uint64_t *v, long n, double p)
     return (double)v[k] / 1000.0;
 }
 
+static int
+s_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double
+bu_median(double *v, long n)
+{
+    if (n <= 0)
+        return 0;
+    qsort(v, (size_t)n, sizeof *v, s_cmp_double);
+    return v[(n - 1) / 2];
+}
+
 double
 bu_rate(double count, double seconds)
 {

@@ -1,9 +1,10 @@
 /*
- * bench_util.h - what the load generators in bench/ (bench_calls, bench_flow, bench_idle,
- * bench_nats, bench_mqtt, bench_amqp) share: the monotonic clock, CPU time of this process and of
- * others (from /proc), nearest-rank percentiles of a latency array, the payload pattern and the
- * stamps in it, strict option parsing, the signals every run reacts to, helper children that say
- * when they are ready, and the fields every peer-comparison result line starts with.
+ * bench_util.h - what the load generators in bench/ (bench_calls, bench_flood, bench_flow,
+ * bench_idle, bench_nats, bench_mqtt, bench_amqp, bench_schema) share: the monotonic clock, CPU
+ * time of this process and of others (from /proc), nearest-rank percentiles of a latency array,
+ * the median of a few values, the payload pattern and the stamps in it, strict option parsing,
+ * the signals every run reacts to, helper children that say when they are ready, and the fields
+ * every peer-comparison result line starts with.
  *
  * This module allocates nothing. Its only state is what its signal handlers need, which can reach
  * nothing else: the flag SIGTERM and SIGINT set and the text SIGALRM prints. It needs only libc and
@@ -50,6 +51,10 @@ void bu_sort_u64(uint64_t *v, long n);
 /* The nearest-rank percentile `p` (0.5 for p50, 1 for the largest) of the sorted nanoseconds
  * v[0..n), in microseconds; 0 when n is 0. */
 double bu_pct_us(const uint64_t *v, long n, double p);
+
+/* The median of v[0..n) (sorts v in ascending order): the lower of the two middle values for an
+ * even n; 0 for none. */
+double bu_median(double *v, long n);
 
 /* `count` per second of `seconds`; 0 when `seconds` is not positive. */
 double bu_rate(double count, double seconds);

@@ -252,6 +252,13 @@ s_metrics_source(void *arg, brk_metrics_t *m, brk_metrics_stats_t *out)
     }
 }
 
+/* brk_proto_pause_fn: a participant over its rate is not read for a while. */
+static void
+s_pause_participant(void *arg, const char *participant, unsigned ms)
+{
+    brk_tls_gateway_pause(arg, participant, ms);
+}
+
 static int
 s_read_router(void *sock, void *arg)
 {
@@ -651,6 +658,8 @@ main(int argc, char **argv)
     b.svc = brk_services_new(&b.cfg, &b.io);
     if (b.proto)
         brk_proto_set_limits(b.proto, b.limits);
+    if (b.proto && b.tls)
+        brk_proto_on_rate_limited(b.proto, s_pause_participant, b.tls);
     b.mio.send = brk_proto_send;
     b.mio.send_raw = brk_proto_send_raw;
     b.mio.ctx = b.proto;

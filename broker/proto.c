@@ -41,12 +41,37 @@ struct brk_proto {
     brk_ratelimit_t refused_log;
     brk_proto_stats_t st;
     brk_quota_t *limits; /* borrowed; NULL: no rate */
+    brk_proto_pause_fn *pause;
+    void *pause_arg;
+    char paused[AB_MAX_NAME + 1]; /* the participant paused last, at paused_ms */
+    uint64_t paused_ms;
 };
 
 void
 brk_proto_set_limits(brk_proto_t *self, brk_quota_t *limits)
 {
     self->limits = limits;
+}
+
+void
+brk_proto_on_rate_limited(brk_proto_t *self, brk_proto_pause_fn *fn, void *arg)
+{
+    self->pause = fn;
+    self->pause_arg = arg;
+}
+
+/* `participant` was refused for its rate: pause its sessions, unless they were paused just now
+ * (the requests already read and relayed before the pause are refused one after the other). */
+static void
+s_pause(brk_proto_t *self, const char *participant, uint64_t now_ms)
+{
+    if (!self->pause)
+        return;
+    if (now_ms - self->paused_ms < BRK_RATE_PAUSE_MS / 2 && strcmp(self->paused, participant) == 0)
+        return;
+    snprintf(self->paused, sizeof self->paused, "%s", participant);
+    self->paused_ms = now_ms;
+    self->pause(self->pause_arg, participant, BRK_RATE_PAUSE_MS);
 }
 
 brk_proto_t *
@@ -424,11 +449,14 @@ brk_proto_recv(brk_proto_t *self, brk_envelope_t *env)
         goto consumed;
     }
     if (self->limits && s_is_request(env->hdr->kind)) {
-        rc = brk_quota_request(self->limits, env->participant, ab_now_ms(), why, sizeof why);
+        uint64_t now_ms = ab_now_ms();
+        rc = brk_quota_request(self->limits, env->participant, now_ms, why, sizeof why);
         if (rc != 0) {
             s_refuse(self, &env->from, env->participant, env->hdr,
                      rc == AB_ERATE_LIMITED ? rc : AB_EUNAVAILABLE, "%s",
                      rc == AB_ERATE_LIMITED ? why : "the broker is out of memory");
+            if (rc == AB_ERATE_LIMITED)
+                s_pause(self, env->participant, now_ms);
             goto consumed;
         }
     }

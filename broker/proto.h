@@ -98,4 +98,16 @@ void brk_proto_stats(const brk_proto_t *self, brk_proto_stats_t *out);
  * participant's rate in `limits` (borrowed; NULL: no rate) and refused with RATE_LIMITED. */
 void brk_proto_set_limits(brk_proto_t *self, brk_quota_t *limits);
 
+/*
+ * A participant over its rate is not read for a while instead of having each further request
+ * answered: after a request was refused for the rate, `fn` (the TLS gateway's
+ * brk_tls_gateway_pause) is told to stop reading that participant's sessions for
+ * BRK_RATE_PAUSE_MS, so that its requests wait in TCP (the sender's writes block) instead of
+ * costing the broker a decryption, a decode and an answer each. At most once per half a pause
+ * per participant. NULL: nothing is paused (plain listeners have nothing to pause).
+ */
+#define BRK_RATE_PAUSE_MS 100
+typedef void brk_proto_pause_fn(void *arg, const char *participant, unsigned ms);
+void brk_proto_on_rate_limited(brk_proto_t *self, brk_proto_pause_fn *fn, void *arg);
+
 #endif

@@ -49,11 +49,13 @@ struct s_sess {
     uv_tcp_t client;
     uv_tcp_t relay;
     uv_timer_t timer;
+    uv_timer_t pause_timer; /* ends a pause for the participant's rate */
     uv_connect_t connect_req;
     ab_tls_session_t *tls;
     ab_relay_t pipe; /* writes and flow control between client and relay */
     int relay_init, relay_up, handshake_done, closing, open;
-    int counted; /* in the participant's sessions (limits) */
+    int counted;     /* in the participant's sessions (limits) */
+    int rate_paused; /* not read until pause_timer fires (brk_tls_gateway_pause) */
     uint32_t addr;
     char addr_str[16];
     char peer[64];
@@ -132,6 +134,7 @@ s_close(s_sess_t *s, const char *why)
                 s->participant, s->peer, why);
     uv_close((uv_handle_t *)&s->client, s_on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, s_on_handle_closed);
+    uv_close((uv_handle_t *)&s->pause_timer, s_on_handle_closed);
     if (s->relay_init)
         uv_close((uv_handle_t *)&s->relay, s_on_handle_closed);
 }
@@ -331,6 +334,9 @@ s_on_client_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         }
     }
     s_flush_tls(s); /* TLS 1.3 may answer post-handshake messages */
+    /* the relay's flow control may have started reading again during a pause */
+    if (s->rate_paused && !s->pipe.tls_paused)
+        uv_read_stop((uv_stream_t *)&s->client);
 }
 
 static void
@@ -355,8 +361,9 @@ s_on_connection(uv_stream_t *server, int status)
     s->gw = gw;
     uv_tcp_init(gw->loop, &s->client);
     uv_timer_init(gw->loop, &s->timer);
-    s->client.data = s->timer.data = s;
-    s->open = 2;
+    uv_timer_init(gw->loop, &s->pause_timer);
+    s->client.data = s->timer.data = s->pause_timer.data = s;
+    s->open = 3;
     s->next = gw->sessions;
     if (s->next)
         s->next->prev = s;
@@ -549,6 +556,29 @@ void
 brk_tls_gateway_set_limits(brk_tls_gateway_t *self, brk_quota_t *limits)
 {
     self->limits = limits;
+}
+
+static void
+s_on_pause_end(uv_timer_t *t)
+{
+    s_sess_t *s = t->data;
+    s->rate_paused = 0;
+    if (!s->closing && !s->pipe.tls_paused)
+        uv_read_start((uv_stream_t *)&s->client, s_alloc, s_on_client_read);
+}
+
+void
+brk_tls_gateway_pause(brk_tls_gateway_t *self, const char *participant, unsigned ms)
+{
+    for (s_sess_t *s = self->sessions; s; s = s->next) {
+        if (!s->handshake_done || s->closing || s->rate_paused ||
+            strcmp(s->participant, participant) != 0)
+            continue;
+        s->rate_paused = 1;
+        if (!s->pipe.tls_paused)
+            uv_read_stop((uv_stream_t *)&s->client);
+        uv_timer_start(&s->pause_timer, s_on_pause_end, ms, 0);
+    }
 }
 
 void

@@ -66,6 +66,10 @@ void brk_tls_gateway_on_refused(brk_tls_gateway_t *self,
 struct brk_quota;
 void brk_tls_gateway_set_limits(brk_tls_gateway_t *self, struct brk_quota *limits);
 
+/* Stops reading every session of `participant` for `ms` milliseconds (it is over its rate: its
+ * further requests wait in TCP). A session already paused keeps its pause. Cannot fail. */
+void brk_tls_gateway_pause(brk_tls_gateway_t *self, const char *participant, unsigned ms);
+
 /* Closes every session and listener; the gateway is freed once libuv has closed them all. */
 void brk_tls_gateway_destroy(brk_tls_gateway_t **self_p);
 

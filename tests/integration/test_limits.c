@@ -1,11 +1,11 @@
 /*
  * Integration tests: what one participant may use of the broker, through the real
  * amtsbote-broker process over mutual TLS. Each test starts its own broker with the limit it
- * checks: requests per second (token bucket, RATE_LIMITED), the same set per group by the
- * policy and changed by a reload, calls in flight per participant, TLS sessions per
- * participant, bytes delivered and not acknowledged per connection (credit in bytes), and a
- * payload far over max_payload cut off before the broker allocates it. Each time the others
- * keep working.
+ * checks: requests per second (token bucket, RATE_LIMITED, and the participant not read for a
+ * while after a refusal), the same set per group by the policy and changed by a reload, calls in
+ * flight per participant, TLS sessions per participant, bytes delivered and not acknowledged per
+ * connection (credit in bytes), and a payload far over max_payload cut off before the broker
+ * allocates it. Each time the others keep working.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -95,6 +95,10 @@ test_rate(void **state)
     assert_true(ok <= 5 + (int)(20 * ms / 1000) + 1);
     assert_non_null(strstr(text, "bund.flood"));
     assert_non_null(strstr(text, "20 requests per second"));
+    /* after a refusal the broker does not read the participant for 100 ms (BRK_RATE_PAUSE_MS;
+     * at least half of it passes whatever the machine does): its next request waits in TCP
+     * instead of being refused at once, so each refusal but the last costs the sender time */
+    assert_true(ms >= (long long)(limited - 1) * 50);
 
     /* another participant has a bucket of its own */
     s_calls(calm, 5, &ok, &limited, &other, NULL, 0);
