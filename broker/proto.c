@@ -43,8 +43,6 @@ struct brk_proto {
     brk_quota_t *limits; /* borrowed; NULL: no rate */
     brk_proto_pause_fn *pause;
     void *pause_arg;
-    char paused[AB_MAX_NAME + 1]; /* the participant paused last, at paused_ms */
-    uint64_t paused_ms;
 };
 
 void
@@ -65,13 +63,9 @@ brk_proto_on_rate_limited(brk_proto_t *self, brk_proto_pause_fn *fn, void *arg)
 static void
 s_pause(brk_proto_t *self, const char *participant, uint64_t now_ms)
 {
-    if (!self->pause)
-        return;
-    if (now_ms - self->paused_ms < BRK_RATE_PAUSE_MS / 2 && strcmp(self->paused, participant) == 0)
-        return;
-    snprintf(self->paused, sizeof self->paused, "%s", participant);
-    self->paused_ms = now_ms;
-    self->pause(self->pause_arg, participant, BRK_RATE_PAUSE_MS);
+    if (self->pause &&
+        brk_quota_pause_due(self->limits, participant, now_ms, BRK_RATE_PAUSE_MS / 2))
+        self->pause(self->pause_arg, participant, BRK_RATE_PAUSE_MS);
 }
 
 brk_proto_t *

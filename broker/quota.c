@@ -25,6 +25,7 @@ typedef struct {
     uint64_t tokens; /* thousandths */
     uint64_t refilled_ms;
     uint64_t calls, conns;
+    uint64_t paused_ms; /* the last pause of its sessions for the rate; 0: none */
     UT_hash_handle hh;
 } s_part_t;
 
@@ -180,6 +181,17 @@ brk_quota_request(brk_quota_t *self, const char *participant, uint64_t now_ms, c
              "send again",
              participant, (unsigned long long)p->rate, (unsigned long long)p->burst);
     return AB_ERATE_LIMITED;
+}
+
+int
+brk_quota_pause_due(brk_quota_t *self, const char *participant, uint64_t now_ms, uint64_t every_ms)
+{
+    s_part_t *p = NULL;
+    HASH_FIND_STR(self->parts, participant, p);
+    if (!p || (p->paused_ms && now_ms - p->paused_ms < every_ms))
+        return 0;
+    p->paused_ms = now_ms;
+    return 1;
 }
 
 int

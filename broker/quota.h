@@ -35,6 +35,11 @@ void brk_quota_set_policy(brk_quota_t *self, ab_policy_t *policy);
 int brk_quota_request(brk_quota_t *self, const char *participant, uint64_t now_ms, char *why,
                       size_t cap);
 
+/* After a refusal for the rate: 1 when `participant`'s sessions were not paused within the last
+ * `every_ms` (and notes `now_ms` as its pause), else 0. */
+int brk_quota_pause_due(brk_quota_t *self, const char *participant, uint64_t now_ms,
+                        uint64_t every_ms);
+
 /* A call of `participant` starts: 0, or AB_ERATE_LIMITED (its calls in flight are at the
  * limit) with the reason in `why`, or AB_ENOMEM. Each 0 needs one brk_quota_call_end(). */
 int brk_quota_call_begin(brk_quota_t *self, const char *participant, char *why, size_t cap);

@@ -67,6 +67,12 @@ test_bucket(void **state)
     brk_quota_stats_t st;
     brk_quota_stats(q, &st);
     assert_true(st.rate_limited > 0);
+    /* a pause of its sessions at most once per 50 ms, per participant */
+    assert_int_equal(brk_quota_pause_due(q, "bund.bmi", t, 50), 1);
+    assert_int_equal(brk_quota_pause_due(q, "bund.bmi", t + 49, 50), 0);
+    assert_int_equal(brk_quota_pause_due(q, "bund.bva", t + 49, 50), 1);
+    assert_int_equal(brk_quota_pause_due(q, "bund.bmi", t + 50, 50), 1);
+    assert_int_equal(brk_quota_pause_due(q, "nobody", t, 50), 0);
     brk_quota_destroy(&q);
     assert_null(q);
     brk_quota_destroy(&q); /* safe twice */
