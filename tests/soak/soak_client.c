@@ -758,9 +758,12 @@ s_step(worker_t *w, uint64_t now)
 {
     soak_t *s = w->s;
     int issuer = w->role == R_CALLER || w->role == R_SENDER || w->role == R_PUBLISHER;
+    /* at the end a sender comes back to take the receipts still on their way: the recipient may
+     * acknowledge its last messages after every sender has left */
+    int collect = w->role == R_SENDER && s->phase >= 3;
     switch (w->state) {
     case W_IDLE:
-        if (now < w->until || (issuer && s->phase >= 2))
+        if (!collect && (now < w->until || (issuer && s->phase >= 2)))
             return;
         if (s_connect(w) != 0) {
             w->until = now + 1000000000ull;
@@ -771,6 +774,8 @@ s_step(worker_t *w, uint64_t now)
             now + (uint64_t)s_between(s, s_life_ms[w->role][0], s_life_ms[w->role][1]) * 1000000u;
         return;
     case W_ACTIVE:
+        if (collect)
+            return;
         if ((s->phase == 1 && now >= w->until) || (issuer && s->phase >= 2)) {
             s_leave(w, now);
             return;
