@@ -14,7 +14,8 @@
 /* Tokens are counted in thousandths of a request: a rate of R requests per second adds R of
  * them per millisecond, so the bucket needs no fractions. */
 #define MILLI 1000u
-/* Idle participants are dropped at most this often, once there are this many. */
+/* Idle participants are dropped at most this often, once there are this many (below it the
+ * table is small enough to keep). */
 #define SWEEP_MS 10000u
 #define SWEEP_MIN 1024u
 
@@ -143,12 +144,14 @@ s_sweep(brk_quota_t *self, uint64_t now_ms)
     }
 }
 
-/* Forgets a participant that holds nothing now, unless its bucket must still fill up. */
+/* A participant that holds nothing now keeps its state (its next call finds it without an
+ * allocation) until the table is large and a sweep drops what is idle. */
 static void
 s_maybe_drop(brk_quota_t *self, s_part_t *p)
 {
-    if (!p->calls && !p->conns && !p->rate)
-        s_part_free(self, p);
+    (void)p;
+    if (HASH_COUNT(self->parts) >= SWEEP_MIN)
+        s_sweep(self, ab_now_ms());
 }
 
 int

@@ -5,8 +5,9 @@
  * Each participant has the broker's defaults (rate_limit, rate_burst,
  * max_calls_per_participant, max_connections_per_participant) unless the policy's `limits:`
  * section sets its own (per participant or group). State is kept per participant, created on
- * first use and dropped again once it is idle (nothing in flight, no session, bucket full), so
- * the table holds the active participants only. Used on the loop thread only; does no I/O and
+ * first use and kept while it is used; once the table holds over a thousand participants, those
+ * idle (nothing in flight, no session, bucket full) are dropped every 10 s, so that a call does
+ * not allocate while the table stays bounded. Used on the loop thread only; does no I/O and
  * never logs: the caller answers, counts and logs with the reason it gets.
  */
 #ifndef BRK_QUOTA_H

@@ -109,6 +109,14 @@ test_calls_and_sessions(void **state)
     assert_int_equal(brk_quota_call_begin(q, "bund.bmi", why, sizeof why), 0);
     /* an end without a begin changes nothing */
     brk_quota_call_end(q, "nobody");
+    /* calls one after the other keep the participant's state: no allocation per call */
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(brk_quota_call_begin(q, "kommune.eins", why, sizeof why), 0);
+        brk_quota_call_end(q, "kommune.eins");
+    }
+    brk_quota_stats_t before;
+    brk_quota_stats(q, &before);
+    assert_int_equal(before.participants, 3); /* bund.bmi, bund.bva, kommune.eins */
     for (int i = 0; i < 2; i++)
         assert_int_equal(brk_quota_conn_open(q, "bund.bmi", why, sizeof why), 0);
     assert_int_equal(brk_quota_conn_open(q, "bund.bmi", why, sizeof why), AB_ERATE_LIMITED);
