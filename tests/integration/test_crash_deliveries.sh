@@ -97,9 +97,10 @@ wait "$sink_pid"
 sink_pid=""
 track
 # the last sink takes what waits, until nothing new comes for 6 s: what was in flight to the sink
-# stopped before it (received by its library, never processed) comes again only once the broker
-# has noticed that connection gone, heartbeat_timeout_ms (3 s) plus up to half a heartbeat for
-# its sweep after the last sign of life; a 3 s idle raced that and lost a few of them
+# killed in the last round (a SIGKILL sends no detach, unlike a clean close) comes again only once
+# the broker has noticed that connection gone, heartbeat_timeout_ms (3 s) plus up to half a
+# heartbeat for its sweep after its last sign of life, and that can be after the sinks started
+# since went quiet; a 3 s idle raced it
 start_sink 6000 || { keep_on_failure; finish; exit 1; }
 wait "$sink_pid"
 sink_rc=$?
