@@ -681,21 +681,40 @@ brk_store_stats(const brk_store_t *self, brk_store_stats_t *out)
 }
 
 /* SHA-256 over a record's header then payload, with the store's digest context (made once:
- * creating one per record cost more than hashing a kilobyte). */
-static void
+ * creating one per record cost more than hashing a kilobyte). 0, or -1 when OpenSSL could not
+ * allocate: never a made-up digest, which would store a record as damaged or call a sound one
+ * damaged and dead-letter it. */
+static int
 s_sha256_2(brk_store_t *self, const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
            uint8_t out[32])
 {
     unsigned int n = 32;
-    if (!self->md) {
+    if (!self->md)
         self->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (!self->mdctx)
         self->mdctx = EVP_MD_CTX_new();
-    }
     if (!self->md || !self->mdctx || EVP_DigestInit_ex(self->mdctx, self->md, NULL) != 1 ||
         EVP_DigestUpdate(self->mdctx, a, alen) != 1 ||
         EVP_DigestUpdate(self->mdctx, b, blen) != 1 ||
-        EVP_DigestFinal_ex(self->mdctx, out, &n) != 1)
-        memset(out, 0, 32);
+        EVP_DigestFinal_ex(self->mdctx, out, &n) != 1 || n != 32) {
+        ERR_clear_error(); /* out of memory is the one way it fails */
+        return -1;
+    }
+    return 0;
+}
+
+/* A record's checksum could not be computed for a write: the turn fails (its owner undoes it and
+ * answers UNAVAILABLE); the file is sound, so the store is not stopped. */
+static int
+s_digest_failed(brk_store_t *self, const char *op)
+{
+    if (self->turn_rc == 0) {
+        self->turn_rc = AB_EUNAVAILABLE;
+        snprintf(self->turn_err, sizeof self->turn_err,
+                 "%s: out of memory computing a record's SHA-256", self->path);
+        brk_log(BRK_LOG_ERROR, "event=store_error op=%s reason=\"%s\"", op, self->turn_err);
+    }
+    return self->turn_rc;
 }
 
 static const uint8_t s_nothing[1];
@@ -762,8 +781,9 @@ brk_store_mail_put(brk_store_t *self, const brk_store_mail_t *m)
     if (rc)
         return rc;
     uint8_t sum[32];
-    s_sha256_2(self, m->header, m->header_len, m->payload ? m->payload : s_nothing, m->payload_len,
-               sum);
+    if (s_sha256_2(self, m->header, m->header_len, m->payload ? m->payload : s_nothing,
+                   m->payload_len, sum) != 0)
+        return s_digest_failed(self, "mail_put");
     sqlite3_stmt *st = s_q(self, Q_MAIL_PUT);
     if (st) {
         sqlite3_bind_int64(st, 1, (sqlite3_int64)m->seq);
@@ -842,8 +862,12 @@ s_mail_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_mail_t *m, 
     m->payload_len = (size_t)sqlite3_column_bytes(st, 6);
     const void *sum = sqlite3_column_blob(st, 11);
     uint8_t want[32];
-    s_sha256_2(self, m->header ? m->header : s_nothing, m->header_len,
-               m->payload ? m->payload : s_nothing, m->payload_len, want);
+    if (s_sha256_2(self, m->header ? m->header : s_nothing, m->header_len,
+                   m->payload ? m->payload : s_nothing, m->payload_len, want) != 0) {
+        snprintf(err, errlen, "%s: out of memory checking mail record %llu", self->path,
+                 (unsigned long long)m->seq);
+        return AB_EIO;
+    }
     if (sqlite3_column_bytes(st, 11) != 32 || memcmp(sum, want, 32) != 0 ||
         m->message_id_len != 16) {
         snprintf(err, errlen,
@@ -1145,8 +1169,9 @@ brk_store_event_put(brk_store_t *self, const brk_store_event_t *e)
     if (rc)
         return rc;
     uint8_t sum[32];
-    s_sha256_2(self, e->header, e->header_len, e->payload ? e->payload : s_nothing, e->payload_len,
-               sum);
+    if (s_sha256_2(self, e->header, e->header_len, e->payload ? e->payload : s_nothing,
+                   e->payload_len, sum) != 0)
+        return s_digest_failed(self, "event_put");
     sqlite3_stmt *st = s_q(self, Q_EVENT_PUT);
     if (st) {
         sqlite3_bind_int64(st, 1, (sqlite3_int64)e->seq);
@@ -1185,8 +1210,12 @@ s_event_row(brk_store_t *self, sqlite3_stmt *st, int blobs, brk_store_event_t *e
     e->header_len = (size_t)sqlite3_column_bytes(st, 4);
     e->payload = sqlite3_column_blob(st, 5);
     uint8_t want[32];
-    s_sha256_2(self, e->header ? e->header : s_nothing, e->header_len,
-               e->payload ? e->payload : s_nothing, e->payload_len, want);
+    if (s_sha256_2(self, e->header ? e->header : s_nothing, e->header_len,
+                   e->payload ? e->payload : s_nothing, e->payload_len, want) != 0) {
+        snprintf(err, errlen, "%s: out of memory checking event record %llu", self->path,
+                 (unsigned long long)e->seq);
+        return AB_EIO;
+    }
     if (sqlite3_column_bytes(st, 7) != 32 || memcmp(sqlite3_column_blob(st, 7), want, 32) != 0) {
         snprintf(err, errlen,
                  "%s: event record %llu (topic %s) is damaged: its SHA-256 does not "
