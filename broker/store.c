@@ -224,8 +224,11 @@ brk_store_open(const char *dir, char *err, size_t errlen)
         goto fail;
     int layout = 0;
     if (s_pragma_int(self, "PRAGMA user_version;", &layout) < 0) {
-        snprintf(err, errlen, "%s: not a database Amtsbote can read: %s", self->path,
-                 sqlite3_errmsg(self->db));
+        if (sqlite3_errcode(self->db) == SQLITE_NOMEM) /* the file is not at fault */
+            snprintf(err, errlen, "%s: cannot read its layout version: out of memory", self->path);
+        else
+            snprintf(err, errlen, "%s: not a database Amtsbote can read: %s", self->path,
+                     sqlite3_errmsg(self->db));
         goto fail;
     }
     if (layout > S_LAYOUT) {
@@ -541,8 +544,10 @@ s_begin(brk_store_t *self)
 static int
 s_step_write(brk_store_t *self, sqlite3_stmt *st, const char *op)
 {
-    if (!st)
-        return s_write_failed(self, SQLITE_ERROR, op);
+    if (!st) { /* the statement's preparation failed: its reason, e.g. out of memory */
+        int why = sqlite3_errcode(self->db);
+        return s_write_failed(self, why != SQLITE_OK ? why : SQLITE_ERROR, op);
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)

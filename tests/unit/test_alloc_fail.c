@@ -473,6 +473,13 @@ s_mail_seen(void *arg, const brk_store_mail_t *m)
     return m->payload_len == 1024 && m->payload[1023] == (uint8_t) * (uint64_t *)arg ? 0 : -2;
 }
 
+/* An error that puts a shortage of memory on the file or on a statement. */
+static int
+s_blames_file(const char *err)
+{
+    return strstr(err, "damaged") || strstr(err, "not a database") || strstr(err, "logic error");
+}
+
 static int
 op_store_mail(void *arg)
 {
@@ -480,7 +487,7 @@ op_store_mail(void *arg)
     char err[512] = "";
     brk_store_t *st = brk_store_open(a->dir, err, sizeof err);
     if (!st)
-        return s_has_text(err) && !strstr(err, "damaged") ? -1 : -2;
+        return s_has_text(err) && !s_blames_file(err) ? -1 : -2;
     uint64_t seq = ++a->seq;
     uint8_t payload[1024], id[16] = {0}, hdr[8] = {8, 7, 0, 0, 0, 0, 0, 0};
     memset(payload, 'p', sizeof payload);
@@ -500,7 +507,7 @@ op_store_mail(void *arg)
     brk_store_mail_put(st, &m);
     if (brk_store_commit(st, err, sizeof err) != 0) {
         brk_store_close(&st);
-        return s_has_text(err) && !strstr(err, "damaged") ? -1 : -2;
+        return s_has_text(err) && !s_blames_file(err) ? -1 : -2;
     }
     int rc = brk_store_mail_get(st, seq, s_mail_seen, &seq, err, sizeof err);
     brk_store_close(&st);
