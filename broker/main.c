@@ -90,6 +90,9 @@ s_on_tick(uv_timer_t *t)
     uint64_t mwait = brk_mailbox_tick(b->mailbox, uv_now(b->loop));
     if (mwait < wait)
         wait = mwait;
+    uint64_t pwait = brk_proto_probe(b->proto, uv_now(b->loop)); /* flushed below */
+    if (pwait < wait)
+        wait = pwait;
     /* the turn's messages are on disk before their ACCEPTED and deliveries go out */
     brk_store_stats_t before, after;
     brk_store_stats(b->store, &before);
@@ -117,6 +120,18 @@ s_on_peer_gone(void *arg, const brk_peer_t *peer)
     s_broker_t *b = arg;
     brk_services_peer_gone(b->svc, peer);
     brk_mailbox_peer_gone(b->mailbox, peer);
+}
+
+/* A TLS session ended: its connection is probed from the next tick on (brk_proto_probe). */
+static void
+s_on_session_end(void *arg, const char *address)
+{
+    s_broker_t *b = arg;
+    if (!b->proto || b->stopping > 1)
+        return;
+    brk_proto_session_end(b->proto, address, uv_now(b->loop));
+    if (!uv_is_active((uv_handle_t *)&b->tick) || uv_timer_get_due_in(&b->tick) > 20)
+        uv_timer_start(&b->tick, s_on_tick, 20, 0);
 }
 
 static const uint8_t *
@@ -488,6 +503,7 @@ s_open_tls(s_broker_t *b)
         return -1;
     }
     brk_tls_gateway_on_refused(b->tls, s_on_tls_refused, b);
+    brk_tls_gateway_on_session_end(b->tls, s_on_session_end, b);
     brk_tls_gateway_set_limits(b->tls, b->limits);
     for (size_t i = 0; i < b->cfg.nlisten; i++) {
         const char *uri = b->cfg.listen[i];
@@ -684,6 +700,7 @@ main(int argc, char **argv)
         goto out;
     brk_proto_set_zsock(b.proto, b.zs);
     brk_proto_on_gone(b.proto, s_on_peer_gone, &b);
+    brk_proto_track_sessions(b.proto, b.tls != NULL);
 
     uv_timer_init(b.loop, &b.tick);
     uv_timer_init(b.loop, &b.grace);

@@ -8,6 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+/* uthash exits the process when it cannot allocate, unless told not to: then the element is
+ * not added and its hh.tbl is NULL, which the one HASH_ADD here checks. */
+#define HASH_NONFATAL_OOM 1
+#include <uthash.h>
 
 #include "log.h"
 
@@ -26,6 +30,23 @@ typedef struct {
     zmq_msg_t payload; /* moved from the received message: no bytes copied */
 } s_out_t;
 
+/* A TLS gateway session's address and the routing id its connection had (from its HELLO). */
+typedef struct {
+    char addr[48];
+    brk_peer_t peer;
+    UT_hash_handle hh;
+} s_session_t;
+
+/* A connection whose TLS session ended: probed until a send to it fails (then it is gone). */
+typedef struct {
+    brk_peer_t peer;
+    uint64_t until, next;
+} s_probe_t;
+
+#define PROBE_EVERY_MS 20
+#define PROBE_FOR_MS 5000
+#define PROBES_MAX 1024
+
 struct brk_proto {
     void *router;
     const brk_config_t *cfg;
@@ -43,6 +64,10 @@ struct brk_proto {
     brk_quota_t *limits; /* borrowed; NULL: no rate */
     brk_proto_pause_fn *pause;
     void *pause_arg;
+    int track_sessions;
+    s_session_t *sessions; /* by address */
+    s_probe_t probes[PROBES_MAX];
+    size_t nprobes;
 };
 
 void
@@ -99,6 +124,12 @@ brk_proto_destroy(brk_proto_t **self_p)
         if (self->out[i].has_payload)
             zmq_msg_close(&self->out[i].payload);
     ab_wire_decoder_destroy(&self->dec);
+    s_session_t *x, *tmp;
+    HASH_ITER(hh, self->sessions, x, tmp)
+    {
+        HASH_DEL(self->sessions, x);
+        free(x);
+    }
     free(self->out);
     free(self->buf);
     free(self);
@@ -159,6 +190,95 @@ brk_proto_hold(brk_proto_t *self, int hold)
     self->holding = hold;
 }
 
+static int
+s_same_peer(const brk_peer_t *a, const brk_peer_t *b)
+{
+    return a->len == b->len && memcmp(a->id, b->id, a->len) == 0;
+}
+
+static void
+s_probe_forget(brk_proto_t *self, const brk_peer_t *peer)
+{
+    for (size_t i = 0; i < self->nprobes;)
+        if (s_same_peer(&self->probes[i].peer, peer))
+            self->probes[i] = self->probes[--self->nprobes];
+        else
+            i++;
+}
+
+void
+brk_proto_track_sessions(brk_proto_t *self, int on)
+{
+    self->track_sessions = on;
+}
+
+/* A HELLO on a tracked listener: its connection's address names its TLS session. */
+static void
+s_session_seen(brk_proto_t *self, brk_envelope_t *env)
+{
+    const char *addr = zmq_msg_gets(&env->header_msg, "Peer-Address");
+    /* the gateway's relays come from 127.1.0.1 and up; plain clients are not tracked */
+    if (!addr || strncmp(addr, "127.", 4) != 0 || strncmp(addr, "127.0.", 6) == 0 ||
+        strlen(addr) >= sizeof((s_session_t *)0)->addr)
+        return;
+    s_session_t *x = NULL;
+    HASH_FIND_STR(self->sessions, addr, x);
+    if (!x) {
+        if ((x = calloc(1, sizeof *x)) == NULL)
+            return; /* the session is then noticed gone by heartbeats only */
+        snprintf(x->addr, sizeof x->addr, "%s", addr);
+        HASH_ADD_STR(self->sessions, addr, x);
+        if (x->hh.tbl == NULL) {
+            free(x);
+            return;
+        }
+    }
+    x->peer = env->from;
+}
+
+void
+brk_proto_session_end(brk_proto_t *self, const char *address, uint64_t now)
+{
+    s_session_t *x = NULL;
+    HASH_FIND_STR(self->sessions, address, x);
+    if (!x)
+        return;
+    HASH_DEL(self->sessions, x);
+    if (self->nprobes < PROBES_MAX) {
+        s_probe_forget(self, &x->peer);
+        self->probes[self->nprobes++] =
+            (s_probe_t){.peer = x->peer, .until = now + PROBE_FOR_MS, .next = now};
+    }
+    free(x);
+}
+
+uint64_t
+brk_proto_probe(brk_proto_t *self, uint64_t now)
+{
+    uint64_t wait = UINT64_MAX;
+    for (size_t i = 0; i < self->nprobes;) {
+        s_probe_t *p = &self->probes[i];
+        if (now >= p->until) { /* still reachable: a connection libzmq keeps, or a new one */
+            self->probes[i] = self->probes[--self->nprobes];
+            continue;
+        }
+        if (now >= p->next) {
+            /* a HEARTBEAT (clients ignore it): with ROUTER_MANDATORY the send fails once
+             * libzmq has handed over everything the connection carried, and the flush then
+             * reports the peer gone */
+            ab_header_t hdr = AMTSBOTE__V1__HEADER__INIT;
+            hdr.version = AB_PROTOCOL_VERSION;
+            hdr.kind = AMTSBOTE__V1__KIND__KIND_HEARTBEAT;
+            brk_proto_send(self, &p->peer, &hdr, NULL);
+            p->next = now + PROBE_EVERY_MS;
+        }
+        if (p->next - now < wait)
+            wait = p->next - now;
+        i++;
+    }
+    return wait;
+}
+
 void
 brk_proto_flush_upto(brk_proto_t *self, size_t upto)
 {
@@ -188,6 +308,8 @@ brk_proto_flush_upto(brk_proto_t *self, size_t upto)
         for (size_t i = 0; i < self->nout; i++)
             self->out[i].off -= first;
         brk_zsock_kick(self->zs);
+        for (size_t i = 0; gone && i < ngone; i++)
+            s_probe_forget(self, &gone[i]);
         for (size_t i = 0; gone && self->gone && i < ngone; i++)
             self->gone(self->gone_arg, &gone[i]);
         free(gone);
@@ -211,6 +333,8 @@ brk_proto_flush_upto(brk_proto_t *self, size_t upto)
         self->used = 0;
         brk_zsock_kick(self->zs);
         /* the callback may queue error replies: the loop sends them too */
+        for (size_t i = 0; gone && i < ngone; i++)
+            s_probe_forget(self, &gone[i]);
         for (size_t i = 0; gone && self->gone && i < ngone; i++)
             self->gone(self->gone_arg, &gone[i]);
         free(gone);
@@ -419,6 +543,8 @@ brk_proto_recv(brk_proto_t *self, brk_envelope_t *env)
         s_refuse(self, &env->from, env->participant, NULL, rc, "%s", why);
         goto consumed;
     }
+    if (self->track_sessions && env->hdr->kind == AMTSBOTE__V1__KIND__KIND_HELLO)
+        s_session_seen(self, env);
     if (frames > 2) {
         s_refuse(self, &env->from, env->participant, env->hdr, AB_EMALFORMED,
                  "expected a header frame and at most one payload frame, got %d frames", frames);

@@ -94,6 +94,21 @@ int brk_proto_send_bytes(void *ctx, const brk_peer_t *to, const ab_header_t *hdr
 
 void brk_proto_stats(const brk_proto_t *self, brk_proto_stats_t *out);
 
+/*
+ * A TLS session's end, told at once instead of after the heartbeat timeout. With tracking on,
+ * proto keeps for each HELLO the connection's address (the TLS gateway gives each session its
+ * own 127.x address). brk_proto_session_end() (from the gateway, when a session closes) marks
+ * that connection; brk_proto_probe() then queues a HEARTBEAT to it every 20 ms, for at most 5 s,
+ * until a send fails, which reports it to the brk_proto_on_gone() callback like any connection
+ * found gone. Not declared gone at once: what the connection carried before it closed (a
+ * provider's last REPLY) may still be on its way through libzmq, and a failed send means it has
+ * all been handed over. brk_proto_probe() returns the ms until it wants to run again
+ * (UINT64_MAX: nothing to probe); the caller flushes after it.
+ */
+void brk_proto_track_sessions(brk_proto_t *self, int on);
+void brk_proto_session_end(brk_proto_t *self, const char *address, uint64_t now);
+uint64_t brk_proto_probe(brk_proto_t *self, uint64_t now);
+
 /* Requests (CALL, SEND, PUBLISH, SUBSCRIBE, OFFER, WITHDRAW) are counted against their
  * participant's rate in `limits` (borrowed; NULL: no rate) and refused with RATE_LIMITED. */
 void brk_proto_set_limits(brk_proto_t *self, brk_quota_t *limits);

@@ -35,6 +35,8 @@ struct brk_tls_gateway {
     int destroying;
     void (*on_refused)(void *arg, const char *category);
     void *on_refused_arg;
+    void (*on_end)(void *arg, const char *address);
+    void *on_end_arg;
     int open_handles;
     brk_ratelimit_t refused_log;
     brk_quota_t *limits;    /* borrowed; NULL: no bound per participant */
@@ -125,6 +127,8 @@ s_close(s_sess_t *s, const char *why)
         s->counted = 0;
     }
     if (s->addr) {
+        if (s->handshake_done && s->gw->on_end)
+            s->gw->on_end(s->gw->on_end_arg, s->addr_str);
         brk_zap_unmap_address(s->gw->zap, s->addr_str);
         s_addr_release(s->gw, s->addr);
         s->addr = 0;
@@ -550,6 +554,14 @@ brk_tls_gateway_on_refused(brk_tls_gateway_t *self, void (*fn)(void *arg, const 
 {
     self->on_refused = fn;
     self->on_refused_arg = arg;
+}
+
+void
+brk_tls_gateway_on_session_end(brk_tls_gateway_t *self, void (*fn)(void *arg, const char *address),
+                               void *arg)
+{
+    self->on_end = fn;
+    self->on_end_arg = arg;
 }
 
 void

@@ -58,6 +58,11 @@ void brk_tls_gateway_stats(const brk_tls_gateway_t *self, brk_tls_stats_t *out);
 /* Calls fn for every refused handshake with its category: "handshake" (certificate or protocol),
  * "identity" (no valid participant address), "timeout", "capacity", "participant-capacity",
  * "client-left". */
+/* Called when a session that completed its handshake ends, with the 127.x address its relay
+ * connection to the internal listener came from (brk_proto_session_end). */
+void brk_tls_gateway_on_session_end(brk_tls_gateway_t *self,
+                                    void (*fn)(void *arg, const char *address), void *arg);
+
 void brk_tls_gateway_on_refused(brk_tls_gateway_t *self,
                                 void (*fn)(void *arg, const char *category), void *arg);
 

@@ -258,54 +258,177 @@ test_deadline(void **state)
     assert_true(h_broker_log_has(&B, "event=late_reply"));
 }
 
-static void
-test_provider_killed(void **state)
+/* The provider is the CLI in its own process over mutual TLS, running a command that never
+ * finishes; returns its pid once it is ready (its stdout in *out). */
+static pid_t
+s_doomed_provider(const char *uri, int *out)
 {
-    (void)state;
-    /* the provider is the CLI in its own process, running a command that never finishes */
     const char *pki = h_pki_cert("kommune.doomed");
     assert_non_null(pki);
     char cert[512], key[512], ca[512];
     snprintf(cert, sizeof cert, "%s/kommune.doomed.crt", pki);
     snprintf(key, sizeof key, "%s/kommune.doomed.key", pki);
     snprintf(ca, sizeof ca, "%s/ca/chain.pem", pki);
-    const char *argv[] = {H_CLI_BIN,     "--broker", B.tls,      "--cert", cert,
+    const char *argv[] = {H_CLI_BIN,     "--broker", uri,        "--cert", cert,
                           "--key",       key,        "--ca",     ca,       "serve",
-                          "x.v1.Doomed", "--exec",   "sleep 30", NULL};
-    int out = -1;
-    pid_t pid = h_spawn(argv, &out, NULL);
+                          "x.v1.Doomed", "--exec",   "sleep 60", NULL};
+    pid_t pid = h_spawn(argv, out, NULL);
     assert_true(pid > 0);
-    assert_int_equal(h_wait_line(out, "ready", 10000), 0);
-    ab_client_t *c = h_client(B.tls, "bund.bmi");
+    assert_int_equal(h_wait_line(*out, "ready", 10000), 0);
+    return pid;
+}
+
+/* Makes `n` calls (deadline `deadline_ms`) that reach the doomed provider, kills it without a
+ * word, and runs the client until all are answered or `wait_ms` passed; each must have ended
+ * PROVIDER_GONE, and the service must be gone. Returns the ms from the kill to the last answer. */
+static long long
+s_calls_to_killed_provider(ab_client_t *c, pid_t pid, int out, int n, int deadline_ms, int wait_ms)
+{
     caller_t k;
     memset(&k, 0, sizeof k);
-    call_ctx_t ctx[5];
-    for (int i = 0; i < 5; i++) {
+    call_ctx_t ctx[8];
+    assert_true(n <= 8);
+    for (int i = 0; i < n; i++) {
         ctx[i].caller = &k;
         ctx[i].call = i;
-        assert_int_equal(ab_call_async(c, "x.v1.Doomed/Run", "a", 1, 20000, s_on_reply, &ctx[i]),
-                         0);
+        assert_int_equal(
+            ab_call_async(c, "x.v1.Doomed/Run", "a", 1, deadline_ms, s_on_reply, &ctx[i]), 0);
     }
-    /* let the calls reach the provider, then kill it without a word */
+    /* let the calls reach the provider, then kill it */
     long long until = h_now_ms() + 300;
     while (h_now_ms() < until)
         ab_client_run(c, 20);
     kill(pid, SIGKILL);
     h_wait_pid(pid, 5000);
     close(out);
-    long long deadline = h_now_ms() + 15000;
-    while (k.done < 5 && h_now_ms() < deadline)
+    long long killed = h_now_ms();
+    while (k.done < n && h_now_ms() < killed + wait_ms)
         ab_client_run(c, 20);
-    /* all five answered, with errors; the deadline (20 s) was not what ended them */
-    assert_int_equal(k.done, 5);
-    for (int i = 0; i < 5; i++)
+    long long took = h_now_ms() - killed;
+    /* all answered, with errors; the deadline was not what ended them */
+    assert_int_equal(k.done, n);
+    for (int i = 0; i < n; i++)
         assert_int_equal(k.status[i], AB_EPROVIDER_GONE);
     void *reply = NULL;
     size_t len = 0;
     assert_int_equal(ab_call(c, "x.v1.Doomed/Run", "a", 1, 2000, &reply, &len),
                      AB_EUNKNOWN_SERVICE);
+    return took;
+}
+
+static void
+test_provider_killed(void **state)
+{
+    (void)state;
+    int out = -1;
+    pid_t pid = s_doomed_provider(B.tls, &out);
+    ab_client_t *c = h_client(B.tls, "bund.bmi");
+    s_calls_to_killed_provider(c, pid, out, 5, 20000, 15000);
     ab_client_destroy(&c);
     assert_true(h_broker_log_has(&B, "event=provider_gone participant=kommune.doomed"));
+}
+
+/* Over mutual TLS the broker learns at once that a provider's session ended (the TLS gateway
+ * tells it), not after the heartbeat timeout: a broker with a 20 s heartbeat timeout fails the
+ * calls a killed provider held with PROVIDER_GONE long before that (and before their 30 s
+ * deadline), and sends later calls nowhere. */
+static void
+test_provider_killed_tls_session_end(void **state)
+{
+    (void)state;
+    h_broker_t b2;
+    const char *extra[] = {"--heartbeat-ms", "5000", "--heartbeat-timeout-ms", "20000", NULL};
+    assert_int_equal(h_broker_start(&b2, 0, extra), 0);
+    int out = -1;
+    pid_t pid = s_doomed_provider(b2.tls, &out);
+    ab_client_t *c = h_client(b2.tls, "bund.bmi");
+    assert_non_null(c);
+    /* the heartbeat timeout would take 20 s: waiting 10 s can only be answered by the notice */
+    long long took = s_calls_to_killed_provider(c, pid, out, 3, 30000, 10000);
+    print_message("calls answered %lld ms after the provider was killed\n", took);
+    ab_client_destroy(&c);
+    assert_true(h_broker_log_has(&b2, "event=provider_gone participant=kommune.doomed"));
+    assert_int_equal(h_broker_stop(&b2, SIGTERM, 10000), 0);
+}
+
+/* The same for a recipient: a message delivered over mutual TLS to a recipient that is killed
+ * before it acknowledges goes to the recipient's next connection at once, not after the
+ * heartbeat timeout (20 s) or the acknowledgement timeout (30 s). */
+typedef struct {
+    int fd;
+    int got;
+    uint32_t attempt;
+} s_sink_t;
+
+static void
+s_sink_msg(ab_client_t *client, ab_message_t *m, void *arg)
+{
+    (void)client;
+    s_sink_t *k = arg;
+    k->got++;
+    k->attempt = ab_message_attempt(m);
+    if (k->fd >= 0) { /* the doomed one: holds it unacknowledged and says so */
+        ssize_t w = write(k->fd, "x", 1);
+        (void)w;
+        ab_message_free(&m);
+        return;
+    }
+    ab_ack(&m);
+}
+
+static void
+test_recipient_killed_tls_session_end(void **state)
+{
+    (void)state;
+    h_broker_t b2;
+    const char *extra[] = {
+        "--heartbeat-ms", "5000", "--heartbeat-timeout-ms", "20000", "--ack-timeout-ms",
+        "30000",          NULL};
+    assert_int_equal(h_broker_start(&b2, 0, extra), 0);
+    assert_non_null(h_pki_cert("kommune.09162000.empfang"));
+    assert_non_null(h_pki_cert("bund.quelle"));
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) { /* the recipient that will be killed: takes the message, never acks */
+        close(fds[0]);
+        ab_client_t *c = h_client(b2.tls, "kommune.09162000.empfang");
+        s_sink_t k = {.fd = fds[1]};
+        if (!c || ab_inbox(c, 10, s_sink_msg, &k) != 0)
+            _exit(2);
+        ssize_t w = write(fds[1], "r", 1);
+        (void)w;
+        for (int i = 0; i < 3000; i++)
+            ab_client_run(c, 20);
+        _exit(0);
+    }
+    close(fds[1]);
+    char ch = 0;
+    assert_int_equal(read(fds[0], &ch, 1), 1); /* attached */
+    assert_int_equal(ch, 'r');
+    ab_client_t *a = h_client(b2.tls, "bund.quelle");
+    assert_non_null(a);
+    char id[33];
+    assert_int_equal(ab_send(a, "kommune.09162000.empfang", "Antrag", 6, NULL, id, 5000), 0);
+    assert_int_equal(read(fds[0], &ch, 1), 1); /* delivered, not acknowledged */
+    assert_int_equal(ch, 'x');
+    kill(pid, SIGKILL);
+    h_wait_pid(pid, 5000);
+    close(fds[0]);
+    long long killed = h_now_ms();
+    ab_client_t *r = h_client(b2.tls, "kommune.09162000.empfang");
+    assert_non_null(r);
+    s_sink_t k = {.fd = -1};
+    assert_int_equal(ab_inbox(r, 10, s_sink_msg, &k), 0);
+    while (k.got == 0 && h_now_ms() < killed + 10000)
+        ab_client_run(r, 20);
+    print_message("delivered again %lld ms after the recipient was killed\n", h_now_ms() - killed);
+    assert_int_equal(k.got, 1);
+    assert_int_equal(k.attempt, 2);
+    ab_client_destroy(&r);
+    ab_client_destroy(&a);
+    assert_int_equal(h_broker_stop(&b2, SIGTERM, 10000), 0);
 }
 
 /* One raw DEALER speaking PLAIN, to send what the client library never would. */
@@ -535,6 +658,8 @@ main(void)
         cmocka_unit_test(test_slow_handler_answers_are_not_held_back),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_provider_killed),
+        cmocka_unit_test(test_provider_killed_tls_session_end),
+        cmocka_unit_test(test_recipient_killed_tls_session_end),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_identity_checked),
         cmocka_unit_test(test_flood_of_bad_input_is_answered_but_not_all_logged),
