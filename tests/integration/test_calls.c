@@ -351,6 +351,58 @@ test_provider_killed_tls_session_end(void **state)
     assert_int_equal(h_broker_stop(&b2, SIGTERM, 10000), 0);
 }
 
+/* The other side of noticing a session's end at once: a provider that answers and closes its
+ * connection right away must not lose its answer to it (the REPLY may still be inside libzmq when
+ * the gateway sees the close). Ten providers in turn, each answering one call and closing. */
+static void
+s_answer_once(ab_client_t *client, ab_request_t *req, void *arg)
+{
+    (void)client;
+    *(int *)arg = ab_reply(&req, "erledigt", 8) == 0 ? 1 : 2;
+}
+
+static void
+test_provider_answers_and_closes_tls(void **state)
+{
+    (void)state;
+    assert_non_null(h_pki_cert("kommune.kurz"));
+    ab_client_t *c = h_client(B.tls, "bund.bmi");
+    assert_non_null(c);
+    for (int round = 0; round < 10; round++) {
+        int fds[2];
+        assert_int_equal(pipe(fds), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(fds[0]);
+            ab_client_t *p = h_client(B.tls, "kommune.kurz");
+            int answered = 0;
+            if (!p || ab_offer(p, "x.v1.Kurz", s_answer_once, &answered) != 0)
+                _exit(2);
+            ssize_t w = write(fds[1], "r", 1);
+            (void)w;
+            for (int i = 0; i < 500 && !answered; i++)
+                ab_client_run(p, 20);
+            ab_client_destroy(&p); /* at once after the answer: the answer goes first */
+            _exit(answered == 1 ? 0 : 3);
+        }
+        close(fds[1]);
+        char ch = 0;
+        assert_int_equal(read(fds[0], &ch, 1), 1);
+        close(fds[0]);
+        void *reply = NULL;
+        size_t len = 0;
+        int rc = ab_call(c, "x.v1.Kurz/Tun", "a", 1, 5000, &reply, &len);
+        if (rc != 0)
+            fail_msg("round %d: %s (%s)", round, ab_err_name(rc), ab_client_last_error(c));
+        assert_int_equal(len, 8);
+        assert_memory_equal(reply, "erledigt", 8);
+        ab_free(reply);
+        assert_int_equal(h_wait_pid(pid, 5000), 0);
+    }
+    ab_client_destroy(&c);
+}
+
 /* The same for a recipient: a message delivered over mutual TLS to a recipient that is killed
  * before it acknowledges goes to the recipient's next connection at once, not after the
  * heartbeat timeout (20 s) or the acknowledgement timeout (30 s). */
@@ -660,6 +712,7 @@ main(void)
         cmocka_unit_test(test_provider_killed),
         cmocka_unit_test(test_provider_killed_tls_session_end),
         cmocka_unit_test(test_recipient_killed_tls_session_end),
+        cmocka_unit_test(test_provider_answers_and_closes_tls),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_identity_checked),
         cmocka_unit_test(test_flood_of_bad_input_is_answered_but_not_all_logged),
