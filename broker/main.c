@@ -130,8 +130,9 @@ s_on_session_end(void *arg, const char *address)
     if (!b->proto || b->stopping > 1)
         return;
     brk_proto_session_end(b->proto, address, uv_now(b->loop));
-    if (!uv_is_active((uv_handle_t *)&b->tick) || uv_timer_get_due_in(&b->tick) > 20)
-        uv_timer_start(&b->tick, s_on_tick, 20, 0);
+    if (!uv_is_active((uv_handle_t *)&b->tick) ||
+        uv_timer_get_due_in(&b->tick) > BRK_PROBE_EVERY_MS)
+        uv_timer_start(&b->tick, s_on_tick, BRK_PROBE_EVERY_MS, 0);
 }
 
 static const uint8_t *

@@ -43,7 +43,6 @@ typedef struct {
     uint64_t until, next;
 } s_probe_t;
 
-#define PROBE_EVERY_MS 20
 #define PROBE_FOR_MS 5000
 #define PROBES_MAX 1024
 
@@ -270,7 +269,7 @@ brk_proto_probe(brk_proto_t *self, uint64_t now)
             hdr.version = AB_PROTOCOL_VERSION;
             hdr.kind = AMTSBOTE__V1__KIND__KIND_HEARTBEAT;
             brk_proto_send(self, &p->peer, &hdr, NULL);
-            p->next = now + PROBE_EVERY_MS;
+            p->next = now + BRK_PROBE_EVERY_MS;
         }
         if (p->next - now < wait)
             wait = p->next - now;

@@ -105,6 +105,7 @@ void brk_proto_stats(const brk_proto_t *self, brk_proto_stats_t *out);
  * all been handed over. brk_proto_probe() returns the ms until it wants to run again
  * (UINT64_MAX: nothing to probe); the caller flushes after it.
  */
+#define BRK_PROBE_EVERY_MS 20
 void brk_proto_track_sessions(brk_proto_t *self, int on);
 void brk_proto_session_end(brk_proto_t *self, const char *address, uint64_t now);
 uint64_t brk_proto_probe(brk_proto_t *self, uint64_t now);
