@@ -4,6 +4,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,16 +24,23 @@ struct brk_gate {
     char audit_error[512];
     brk_metrics_t *metrics;
     brk_services_gate_t svc;
-    /* the audit log's write and fsync run on libuv's thread pool, one job at a time, while
-     * the loop goes on deciding; the answers queued before a job began go out when it ends */
+    /* the audit log's hashing, write and fsync run on the gate's own writer thread, one job at
+     * a time, while the loop goes on deciding; the answers queued before a job began go out
+     * when it ends. With audit_background the thread has SCHED_IDLE: it uses only CPU time
+     * that nothing else wants, so that the records cost the calls as little as possible */
     uv_loop_t *loop;
-    uv_work_t work;
+    uv_async_t *done; /* the writer finished a job; freed in its close callback */
+    pthread_t writer;
+    int writer_started;
     ab_audit_job_t job;
-    int job_running, job_drained;
-    size_t mark; /* answers queued when the running job began */
+    int job_running; /* loop side: a job was handed over and its end not yet taken */
+    size_t mark;     /* answers queued when the running job began */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int job_done; /* under mu: the thread pool has finished the job */
+    int job_queued; /* under mu: a job waits for the writer */
+    int job_done;   /* under mu: the writer has finished the job */
+    int quit;       /* under mu: the writer ends after the job in hand */
+    int backlogged; /* audit_background: answers held while too much waits */
     brk_gate_release_fn *release;
     brk_gate_queued_fn *queued;
     void *hold_arg;
@@ -287,40 +295,86 @@ s_audit_failed(brk_gate_t *self)
             self->audit_error);
 }
 
-static void
-s_work(uv_work_t *w)
+/* The writer thread: runs the jobs the loop hands over (s_begin), tells the loop when one is done.
+ */
+static void *
+s_writer(void *arg)
 {
-    brk_gate_t *g = w->data;
-    ab_audit_flush_run(&g->job);
+    brk_gate_t *g = arg;
+    if (g->cfg->audit_background) {
+        /* its answers do not wait for it: it must not take the CPU from those who do. Allowed
+         * without privileges; if refused, it runs at the normal priority */
+        struct sched_param sp = {0};
+        (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+    }
     pthread_mutex_lock(&g->mu);
-    g->job_done = 1;
-    pthread_cond_signal(&g->cv);
+    for (;;) {
+        while (!g->job_queued && !g->quit)
+            pthread_cond_wait(&g->cv, &g->mu);
+        if (!g->job_queued)
+            break; /* quit, nothing in hand */
+        g->job_queued = 0;
+        pthread_mutex_unlock(&g->mu);
+        ab_audit_flush_run(&g->job);
+        pthread_mutex_lock(&g->mu);
+        g->job_done = 1;
+        pthread_cond_broadcast(&g->cv);
+        uv_async_send(g->done);
+    }
     pthread_mutex_unlock(&g->mu);
+    return NULL;
 }
 
 static int s_begin(brk_gate_t *self, size_t queued);
 
+/* Waits for the writer to finish the running job and takes its result (loop thread). */
 static void
-s_after_work(uv_work_t *w, int status)
+s_end_job(brk_gate_t *g)
 {
-    (void)status;
-    brk_gate_t *g = w->data;
-    if (g->job_drained) { /* brk_gate_drain() has taken the result already */
-        g->job_drained = 0;
-        return;
-    }
+    pthread_mutex_lock(&g->mu);
+    while (!g->job_done)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
     g->job_running = 0;
     if (ab_audit_flush_end(g->audit, &g->job) != 0)
         s_audit_failed(g);
+}
+
+/* Too much waits for the writer in the background: answers are held until it catches up. */
+static int
+s_backlog(const brk_gate_t *g)
+{
+    return ab_audit_pending_bytes(g->audit) >= BRK_AUDIT_BACKLOG_MAX;
+}
+
+static void
+s_on_done(uv_async_t *h)
+{
+    brk_gate_t *g = h->data;
+    if (!g->job_running)
+        return; /* brk_gate_drain() has taken the result already */
+    pthread_mutex_lock(&g->mu);
+    int done = g->job_done;
+    pthread_mutex_unlock(&g->mu);
+    if (!done)
+        return;
+    s_end_job(g);
     size_t mark = g->mark;
-    /* the decisions made meanwhile go next; the answers up to the mark may leave now (in the
-     * background the next write waits for its interval: brk_gate_wait_ms) */
-    int next = g->queued && !g->cfg->audit_background ? s_begin(g, g->queued(g->hold_arg)) : 0;
+    /* the decisions made meanwhile go next; the answers up to the mark may leave now. In the
+     * background the next write waits for its interval (brk_gate_wait_ms), unless too much
+     * waits already: then it starts now, and the answers are held again while it runs */
+    int next = 0;
+    if (!g->cfg->audit_background)
+        next = g->queued ? s_begin(g, g->queued(g->hold_arg)) : 0;
+    else if (s_backlog(g))
+        (void)s_begin(g, 0);
+    g->backlogged = 0;
     if (g->release)
         g->release(g->hold_arg, next ? mark : SIZE_MAX);
 }
 
-/* Starts a job for what is queued; 1 when one runs now, 0 when there was nothing to write. */
+/* Hands what is queued to the writer; 1 when a job runs now, 0 when there was nothing to
+ * write (or no writer: then it was written here). */
 static int
 s_begin(brk_gate_t *self, size_t queued)
 {
@@ -333,16 +387,18 @@ s_begin(brk_gate_t *self, size_t queued)
         return 0;
     }
     self->mark = queued;
-    self->job_done = 0;
     self->last_begin_ms = uv_now(self->loop);
-    self->work.data = self;
-    if (uv_queue_work(self->loop, &self->work, s_work, s_after_work) != 0) {
-        /* no thread pool: write it here */
+    if (!self->writer_started) { /* no thread: write it here */
         ab_audit_flush_run(&self->job);
         if (ab_audit_flush_end(self->audit, &self->job) != 0)
             s_audit_failed(self);
         return 0;
     }
+    pthread_mutex_lock(&self->mu);
+    self->job_done = 0;
+    self->job_queued = 1;
+    pthread_cond_broadcast(&self->cv);
+    pthread_mutex_unlock(&self->mu);
     self->job_running = 1;
     return 1;
 }
@@ -355,6 +411,23 @@ brk_gate_set_hold(brk_gate_t *self, uv_loop_t *loop, brk_gate_queued_fn *queued,
     self->queued = queued;
     self->release = release;
     self->hold_arg = arg;
+    if (self->audit == NULL || self->writer_started)
+        return;
+    if ((self->done = calloc(1, sizeof *self->done)) == NULL ||
+        uv_async_init(loop, self->done, s_on_done) != 0) {
+        free(self->done);
+        self->done = NULL;
+    } else {
+        self->done->data = self;
+        self->writer_started = pthread_create(&self->writer, NULL, s_writer, self) == 0;
+        if (!self->writer_started) {
+            uv_close((uv_handle_t *)self->done, (uv_close_cb)free);
+            self->done = NULL;
+        }
+    }
+    if (!self->writer_started)
+        brk_log(BRK_LOG_WARN, "event=audit_writer_missing effect=\"the audit log is written "
+                              "on the loop: slower\"");
 }
 
 int
@@ -362,15 +435,18 @@ brk_gate_flush(brk_gate_t *self, size_t queued)
 {
     if (self->audit == NULL)
         return 1;
-    if (self->job_running)
-        return 0;
-    if (self->loop == NULL) { /* not asynchronous: write and sync here */
+    if (self->job_running) /* in the background the answers go unless too much waits */
+        return self->cfg->audit_background && !(self->backlogged = s_backlog(self));
+    if (self->loop == NULL || !self->writer_started) { /* not asynchronous: write here */
         if (ab_audit_pending(self->audit) > 0 && ab_audit_flush(self->audit) != 0)
             s_audit_failed(self);
         return 1;
     }
-    if (self->cfg->audit_background && brk_gate_wait_ms(self) > 0)
-        return 1; /* answers go now; the records at the next interval */
+    if (self->cfg->audit_background) {
+        if (brk_gate_wait_ms(self) == 0) /* the interval is over: the next write starts */
+            (void)s_begin(self, queued);
+        return 1; /* answers go now; their records with the next write */
+    }
     return s_begin(self, queued) ? 0 : 1;
 }
 
@@ -389,19 +465,32 @@ brk_gate_drain(brk_gate_t *self)
 {
     if (self->audit == NULL)
         return;
-    if (self->job_running) {
-        pthread_mutex_lock(&self->mu);
-        while (!self->job_done)
-            pthread_cond_wait(&self->cv, &self->mu);
-        pthread_mutex_unlock(&self->mu);
-        self->job_running = 0;
-        self->job_drained = 1; /* its completion callback still comes: it only returns */
-        if (ab_audit_flush_end(self->audit, &self->job) != 0)
-            s_audit_failed(self);
-    }
+    if (self->job_running)
+        s_end_job(self); /* its completion callback still comes: it only returns */
+    self->backlogged = 0;
     if (!self->audit_failed && ab_audit_pending(self->audit) > 0 &&
         ab_audit_flush(self->audit) != 0)
         s_audit_failed(self);
+}
+
+void
+brk_gate_close(brk_gate_t *self)
+{
+    if (self == NULL)
+        return;
+    brk_gate_drain(self);
+    if (self->writer_started) {
+        pthread_mutex_lock(&self->mu);
+        self->quit = 1;
+        pthread_cond_broadcast(&self->cv);
+        pthread_mutex_unlock(&self->mu);
+        pthread_join(self->writer, NULL);
+        self->writer_started = 0;
+    }
+    if (self->done) {
+        uv_close((uv_handle_t *)self->done, (uv_close_cb)free);
+        self->done = NULL;
+    }
 }
 
 int
@@ -429,8 +518,8 @@ brk_gate_destroy(brk_gate_t **self_p)
     if (self_p == NULL || *self_p == NULL)
         return;
     brk_gate_t *g = *self_p;
+    brk_gate_close(g);
     if (g->audit) {
-        brk_gate_drain(g);
         if (!g->audit_failed && ab_audit_flush(g->audit) != 0)
             brk_log(BRK_LOG_ERROR, "event=audit_failed reason=\"%s\"", ab_audit_error(g->audit));
         ab_audit_close(&g->audit);

@@ -4,9 +4,10 @@
  *
  * Owns the loaded policy (swapped whole on SIGHUP, kept when the new file has an error), the
  * open audit log (one record per decision, flushed with one fsync per loop turn before the
- * turn's answers go out) and the metrics registry with its HTTP endpoint. When the audit log
- * cannot be written, the gate refuses every further decision with UNAVAILABLE and /readyz says
- * why: nothing is decided that is not recorded.
+ * turn's answers go out) and the metrics registry with its HTTP endpoint. The audit log is hashed
+ * and written by the gate's writer thread. When the audit log cannot be written, the gate refuses
+ * every further decision with UNAVAILABLE and /readyz says why: nothing is decided that is not
+ * recorded.
  */
 #ifndef BRK_GATE_H
 #define BRK_GATE_H
@@ -56,12 +57,20 @@ void brk_gate_set_hold(brk_gate_t *self, uv_loop_t *loop, brk_gate_queued_fn *qu
  * when they are on disk. A failed log is logged once; from then on decisions are refused. */
 int brk_gate_flush(brk_gate_t *self, size_t queued);
 
+/* With audit_background, answers are held while a write runs and this much waits for the next
+ * one: the records of a broker that decides faster than its disk writes stay bounded. */
+#define BRK_AUDIT_BACKLOG_MAX (32u * 1024u * 1024u)
+
 /* With audit_background: milliseconds until the queued records are due to be written (0: now),
  * UINT64_MAX when nothing waits; the loop's timer must fire by then and call brk_gate_flush(). */
 uint64_t brk_gate_wait_ms(const brk_gate_t *self);
 
 /* Shutdown: waits for a running write, then writes and syncs what is left, on this thread. */
 void brk_gate_drain(brk_gate_t *self);
+
+/* Shutdown: drains, stops the writer thread and closes its loop handle (the loop must run once
+ * more for it to close); from then on every flush writes on the calling thread. Idempotent. */
+void brk_gate_close(brk_gate_t *self);
 
 /* SIGHUP: loads the policy file again; on an error keeps the old one and logs file:line:col.
  * Returns 0 when the new policy is in force, -1 otherwise. */

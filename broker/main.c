@@ -102,7 +102,7 @@ s_on_tick(uv_timer_t *t)
         brk_metrics_observe(brk_gate_metrics(b->gate), BRK_M_STORE_COMMIT, NULL,
                             (double)after.last_commit_us / 1e6);
     /* this turn's decisions are on disk before its answers go out */
-    if (brk_gate_flush(b->gate, brk_proto_queued(b->proto)) || b->cfg.audit_background) {
+    if (brk_gate_flush(b->gate, brk_proto_queued(b->proto))) {
         brk_proto_hold(b->proto, 0);
         brk_proto_flush(b->proto);
     } else {
@@ -370,7 +370,7 @@ s_finish(s_broker_t *b)
                               "the broker stopped before the provider answered");
     }
     brk_mailbox_end_turn(b->mailbox); /* the last messages, before their answers */
-    brk_gate_drain(b->gate);          /* the last decisions, before their answers */
+    brk_gate_close(b->gate);          /* the last decisions, before their answers */
     brk_proto_hold(b->proto, 0);
     brk_proto_flush(b->proto);
     s_log_stats(b, "stopped");
@@ -731,8 +731,10 @@ out:
     brk_tls_gateway_destroy(&b.tls);
     brk_zsock_destroy(&b.zs);
     brk_zap_destroy(&b.zap);
-    if (b.gate)
+    if (b.gate) {
         brk_metrics_close(brk_gate_metrics(b.gate));
+        brk_gate_close(b.gate);
+    }
     if (b.loop)
         uv_run(b.loop, UV_RUN_DEFAULT); /* let closed handles finish */
     brk_services_destroy(&b.svc);

@@ -930,6 +930,12 @@ ab_audit_pending(const ab_audit_t *log)
     return log && log->cur ? log->cur->nlines : 0;
 }
 
+size_t
+ab_audit_pending_bytes(const ab_audit_t *log)
+{
+    return log && log->cur ? log->cur->len + log->cur->pay_len : 0;
+}
+
 void
 ab_audit_close(ab_audit_t **log_p)
 {

@@ -135,6 +135,9 @@ const char *ab_audit_error(const ab_audit_t *log);
 /* Lines queued and not yet flushed. */
 size_t ab_audit_pending(const ab_audit_t *log);
 
+/* Bytes those lines hold in memory (their text and the copies of their payloads). */
+size_t ab_audit_pending_bytes(const ab_audit_t *log);
+
 /* Flushes what is queued (its result is lost: flush first to see it), closes and frees the log,
  * and sets *log_p to NULL. Accepts NULL and a pointer to NULL. */
 void ab_audit_close(ab_audit_t **log_p);
