@@ -95,7 +95,8 @@ static const s_setting_t s_settings[] = {
      "BYTES", "rotate the audit log at this size (the last hash is signed with --tls-key)"},
     {"audit_background", T_BOOL, OFF(audit_background), "false", 0, 1, NULL,
      "answer without waiting for the audit log's fsync (faster; a crash can lose the last "
-     "records); by default every answer waits until its decision is on disk"},
+     "records: answers wait once a write runs 100 ms or 32 MiB wait); by default every answer "
+     "waits until its decision is on disk"},
     {"audit_background_ms", T_UINT, OFF(audit_background_ms), "2", 1, 1000, "MS",
      "with audit_background: write and fsync the audit log at most once per MS milliseconds "
      "(each fsync costs the kernel CPU; a crash loses at most the last MS ms of records)"},

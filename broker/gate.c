@@ -40,7 +40,6 @@ struct brk_gate {
     int job_queued; /* under mu: a job waits for the writer */
     int job_done;   /* under mu: the writer has finished the job */
     int quit;       /* under mu: the writer ends after the job in hand */
-    int backlogged; /* audit_background: answers held while too much waits */
     brk_gate_release_fn *release;
     brk_gate_queued_fn *queued;
     void *hold_arg;
@@ -340,11 +339,13 @@ s_end_job(brk_gate_t *g)
         s_audit_failed(g);
 }
 
-/* Too much waits for the writer in the background: answers are held until it catches up. */
+/* The writer lags in the background: too much waits, or its write has run too long (a slow
+ * disk, or no idle CPU for it). Answers are held until it catches up. */
 static int
 s_backlog(const brk_gate_t *g)
 {
-    return ab_audit_pending_bytes(g->audit) >= BRK_AUDIT_BACKLOG_MAX;
+    return ab_audit_pending_bytes(g->audit) >= BRK_AUDIT_BACKLOG_MAX ||
+           (g->job_running && uv_now(g->loop) - g->last_begin_ms >= BRK_AUDIT_LAG_MAX_MS);
 }
 
 static void
@@ -368,7 +369,6 @@ s_on_done(uv_async_t *h)
         next = g->queued ? s_begin(g, g->queued(g->hold_arg)) : 0;
     else if (s_backlog(g))
         (void)s_begin(g, 0);
-    g->backlogged = 0;
     if (g->release)
         g->release(g->hold_arg, next ? mark : SIZE_MAX);
 }
@@ -436,7 +436,7 @@ brk_gate_flush(brk_gate_t *self, size_t queued)
     if (self->audit == NULL)
         return 1;
     if (self->job_running) /* in the background the answers go unless too much waits */
-        return self->cfg->audit_background && !(self->backlogged = s_backlog(self));
+        return self->cfg->audit_background && !s_backlog(self);
     if (self->loop == NULL || !self->writer_started) { /* not asynchronous: write here */
         if (ab_audit_pending(self->audit) > 0 && ab_audit_flush(self->audit) != 0)
             s_audit_failed(self);
@@ -467,7 +467,6 @@ brk_gate_drain(brk_gate_t *self)
         return;
     if (self->job_running)
         s_end_job(self); /* its completion callback still comes: it only returns */
-    self->backlogged = 0;
     if (!self->audit_failed && ab_audit_pending(self->audit) > 0 &&
         ab_audit_flush(self->audit) != 0)
         s_audit_failed(self);

@@ -58,8 +58,10 @@ void brk_gate_set_hold(brk_gate_t *self, uv_loop_t *loop, brk_gate_queued_fn *qu
 int brk_gate_flush(brk_gate_t *self, size_t queued);
 
 /* With audit_background, answers are held while a write runs and this much waits for the next
- * one: the records of a broker that decides faster than its disk writes stay bounded. */
+ * one, or while a write has run this long: what a crash can lose stays bounded in bytes and
+ * time when the disk is slow or the writer finds no idle CPU. */
 #define BRK_AUDIT_BACKLOG_MAX (32u * 1024u * 1024u)
+#define BRK_AUDIT_LAG_MAX_MS 100u
 
 /* With audit_background: milliseconds until the queued records are due to be written (0: now),
  * UINT64_MAX when nothing waits; the loop's timer must fire by then and call brk_gate_flush(). */

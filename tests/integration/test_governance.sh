@@ -4,11 +4,12 @@
 # clearances; SIGHUP reloads the policy and keeps the old one on an error; every decision lands
 # in the hash-chained audit log, which verifies and answers a transparency query; /metrics counts
 # what was sent and /readyz is ready.
-#   test_governance.sh BROKER_BIN CLI_BIN PROTO_DIR
+#   test_governance.sh BROKER_BIN CLI_BIN PROTO_DIR [FAULTFS_LIB]
 set -uo pipefail
 BROKER=$1
 CLI=$2
 PROTO=$3
+FAULTFS=${4:-}
 work=$(mktemp -d /tmp/amtsbote-gov-XXXXXX)
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 http_get() { # http_get PATH: prints the status line and the body of GET PATH
@@ -264,5 +265,43 @@ done
   bad "no reply record in the background audit log after 3 s"
 "$CLI" audit verify "$work/audit-bg" >"$work/out" 2>&1
 expect "the background audit log is intact" 0 $? "$work/out" "intact"
+
+# --- --audit-background on a slow disk: every audit write takes 300 ms. Once a write has run
+# for 100 ms the answers wait for it, so that a crash cannot lose more than that; nothing is
+# lost and the log stays intact
+if [ -n "$FAULTFS" ]; then
+  mkdir -p "$work/audit-slow"
+  echo "write delay=300" >"$work/slow.ctl"
+  mkfifo "$work/broker3.out"
+  FAULTFS_DIR="$work/audit-slow" FAULTFS_CONTROL="$work/slow.ctl" LD_PRELOAD="$FAULTFS" \
+    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+    "$BROKER" --listen 'tcp://127.0.0.1:*' --insecure-plain-identities --audit-dir "$work/audit-slow" \
+    --audit-background >"$work/broker3.out" 2>"$work/broker3.log" &
+  slow_pid=$!
+  pids+=($slow_pid)
+  if await_broker "$work/broker3.out" && serve kommune.09162000.meldeamt bench.v1.Echo --echo; then
+    answered=0 longest=0
+    for i in $(seq 12); do
+      t0=$(date +%s%N)
+      as bund.bmi call --raw bench.v1.Echo/Echo --data "slow $i" >"$work/out" 2>&1 && answered=$((answered + 1))
+      ms=$((($(date +%s%N) - t0) / 1000000))
+      ((ms > longest)) && longest=$ms
+    done
+    [ "$answered" = 12 ] && ok "12 calls answered while every audit write takes 300 ms" ||
+      bad "$answered of 12 calls answered with a slow audit disk: $(cat "$work/out")"
+    # without the bound every answer would leave at once (a CLI call takes ~20 ms here)
+    ((longest >= 150)) && ok "answers wait for a write that runs past 100 ms (longest call $longest ms)" ||
+      bad "no answer waited for the slow audit write (longest call $longest ms)"
+    kill "$slow_pid"
+    wait "$slow_pid" 2>/dev/null
+    "$CLI" audit verify "$work/audit-slow" >"$work/out" 2>&1
+    expect "the slow disk's audit log is intact" 0 $? "$work/out" "intact"
+    n=$(cat "$work"/audit-slow/audit-*.log | grep -c '"kind":"reply"')
+    [ "$n" = 12 ] && ok "all 12 replies are in the slow disk's audit log" ||
+      bad "$n reply records in the slow disk's audit log, want 12"
+  else
+    bad "broker with a slow audit disk did not start or serve: $(tail -3 "$work/broker3.log")"
+  fi
+fi
 
 finish

@@ -14,6 +14,8 @@
  *   all              both
  *   errno=ENOSPC     the error (EIO when not given; ENOSPC, EROFS, EDQUOT also known)
  *   after=N          the first N matching calls after the file changed still succeed
+ *   delay=MS         the chosen calls do not fail: each waits MS milliseconds, then succeeds
+ *                    (a slow disk)
  *
  * e.g. "fsync after=3" or "all errno=EIO". A failed fsync leaves what was written in the page
  * cache, as the kernel does after a real write-back error; a failed write writes nothing.
@@ -37,6 +39,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_FD 65536
@@ -121,7 +124,7 @@ s_under(int fd)
 /* Reads the control file: which calls fail (F_*), with which errno, after how many that still
  * succeed. Called locked. */
 static int
-s_control(int *err, long *after)
+s_control(int *err, long *after, long *delay_ms)
 {
     const char *p = getenv("FAULTFS_CONTROL");
     char buf[256] = "";
@@ -139,6 +142,7 @@ s_control(int *err, long *after)
     }
     int what = 0;
     *after = 0;
+    *delay_ms = 0;
     *err = EIO;
     char *save = NULL;
     for (char *w = strtok_r(buf, " \t\r\n", &save); w; w = strtok_r(NULL, " \t\r\n", &save)) {
@@ -150,6 +154,8 @@ s_control(int *err, long *after)
             what |= F_FSYNC | F_WRITE;
         else if (strncmp(w, "after=", 6) == 0)
             *after = strtol(w + 6, NULL, 10);
+        else if (strncmp(w, "delay=", 6) == 0)
+            *delay_ms = strtol(w + 6, NULL, 10);
         else if (strcmp(w, "errno=ENOSPC") == 0)
             *err = ENOSPC;
         else if (strcmp(w, "errno=EROFS") == 0)
@@ -167,14 +173,17 @@ s_fault(int fd, int kind, const char *call)
     int saved = errno;
     pthread_mutex_lock(&s_mu);
     int err = 0;
+    long delay_ms = 0;
     if (s_under(fd)) {
         int e;
         long after;
-        int what = s_control(&e, &after);
+        int what = s_control(&e, &after, &delay_ms);
         if (what & kind) {
             s_seen++;
-            if (s_seen > after)
+            if (s_seen > after && delay_ms <= 0)
                 err = e;
+        } else {
+            delay_ms = 0;
         }
         if (err) {
             const char *log = getenv("FAULTFS_LOG");
@@ -196,6 +205,11 @@ s_fault(int fd, int kind, const char *call)
         }
     }
     pthread_mutex_unlock(&s_mu);
+    if (delay_ms > 0) { /* outside the lock: other descriptors are not held up */
+        struct timespec ts = {delay_ms / 1000, (delay_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+    }
     errno = saved;
     return err;
 }
