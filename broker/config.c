@@ -97,9 +97,10 @@ static const s_setting_t s_settings[] = {
      "answer without waiting for the audit log's fsync (faster; a crash can lose the last "
      "records: answers wait once a write runs 100 ms or 32 MiB wait); by default every answer "
      "waits until its decision is on disk"},
-    {"audit_background_ms", T_UINT, OFF(audit_background_ms), "2", 1, 1000, "MS",
+    {"audit_background_ms", T_UINT, OFF(audit_background_ms), "10", 1, 1000, "MS",
      "with audit_background: write and fsync the audit log at most once per MS milliseconds "
-     "(each fsync costs the kernel CPU; a crash loses at most the last MS ms of records)"},
+     "(each fsync costs the kernel CPU; a crash loses at most the records of the last MS ms and "
+     "of a write in progress, which answers wait for once it runs 100 ms)"},
     {"metrics", T_STRING, OFF(metrics), NULL, 0, 0, "HOST:PORT",
      "serve /metrics, /healthz, /readyz and a status page on HOST:PORT (loopback)"},
     {"message_ttl_ms", T_UINT, OFF(message_ttl_ms), "604800000", 1000, 4294967295ull, "MS",
