@@ -92,8 +92,9 @@ static const char *s_usage =
     "\n"
     "  serve SERVICE (--exec CMD | --echo) [--raw] [--concurrency N] [--verbose]\n"
     "      Offers SERVICE (package.Service for every method, or package.Service/Method) until\n"
-    "      SIGINT or SIGTERM, then withdraws it, lets running commands finish (up to 5 s) and\n"
-    "      exits 0. Prints 'ready: serving SERVICE as PARTICIPANT' once the broker accepted it.\n"
+    "      SIGINT or SIGTERM, then withdraws it (without waiting when the broker cannot be\n"
+    "      reached), lets running commands finish (up to 5 s) and exits 0. Prints\n"
+    "      'ready: serving SERVICE as PARTICIPANT' once the broker accepted it.\n"
     "      --exec CMD  runs '/bin/sh -c CMD' per call: the request on its stdin, the reply from\n"
     "                  its stdout. Environment: AMTSBOTE_METHOD, AMTSBOTE_CALLER,\n"
     "                  AMTSBOTE_PURPOSE, AMTSBOTE_MESSAGE_ID, AMTSBOTE_REMAINING_MS,\n"
@@ -1132,7 +1133,10 @@ s_begin_shutdown(serve_t *srv)
     srv->stopping = 1;
     srv->drain_until = s_now_ms() + DRAIN_MS;
     /* so that the broker sends new calls elsewhere; failures only mean it already forgot us */
-    ab_withdraw(srv->client, srv->service);
+    int rc = ab_withdraw(srv->client, srv->service);
+    if (rc != 0 && srv->verbose)
+        fprintf(stderr, "amtsbote: stopping: %s: %s\n", ab_err_name(rc),
+                ab_client_last_error(srv->client));
     ab_request_t *req;
     while ((req = s_queue_pop(srv)) != NULL)
         s_answer_error(srv, &req, "the provider is shutting down", s_now_ms(), "shutdown");

@@ -126,6 +126,35 @@ doomed=${pids[-1]}
 call call x.v1.Doomed/Run --data x >"$work/out" 2>"$work/err"
 expect "provider killed" 6 $? "$work/err" "PROVIDER_GONE"
 
+# --- a provider whose broker is gone stops at once on SIGINT (it waited 5 s for the WITHDRAW's
+# answer and 1 s for its socket before)
+mkfifo "$work/gone.out"
+"$BROKER" --listen 'tcp://127.0.0.1:*' --insecure-plain-identities --data "$work/gone-data" \
+  >"$work/gone.out" 2>"$work/gone.log" &
+gone_broker=$!
+pids+=($gone_broker)
+main_uri=$uri
+await_broker "$work/gone.out" || { echo "second broker did not start"; cat "$work/gone.log"; exit 1; }
+gone_uri=$uri uri=$main_uri
+mkfifo "$work/orphan.out"
+"$CLI" --broker "$gone_uri" --as kommune.orphan serve x.v1.Orphan --echo --verbose \
+  >"$work/orphan.out" 2>"$work/orphan.err" &
+orphan=$!
+pids+=($orphan)
+line=""
+read -r -t 10 line <"$work/orphan.out"
+case "$line" in ready:*) ok "provider of the broker to be killed started" ;; *) bad "orphan: $line" ;; esac
+kill -9 "$gone_broker"
+wait "$gone_broker" 2>/dev/null
+sleep 0.3
+t0=$(date +%s%N)
+kill -INT "$orphan"
+wait "$orphan"; code=$?
+elapsed_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+expect "provider without its broker exits 0 on SIGINT" 0 $code "$work/orphan.err" "connection to the broker is down"
+if [ "$elapsed_ms" -lt 3000 ]; then ok "it stopped without waiting for the broker (${elapsed_ms} ms)"
+else bad "provider without its broker took ${elapsed_ms} ms to stop"; fi
+
 # --- payloads never reach the broker's log
 if grep -q "Aktenzeichen\|from stdin" "$work/broker.log"; then bad "payload or error text in the broker log"; else ok "no payloads in the broker log"; fi
 

@@ -224,7 +224,12 @@ typedef void(ab_handler_fn)(ab_client_t *client, ab_request_t *req, void *arg);
  */
 int ab_offer(ab_client_t *self, const char *service, ab_handler_fn *handler, void *arg);
 
-/* Withdraws an offer made with ab_offer(); calls already delivered still need an answer. */
+/*
+ * Withdraws an offer made with ab_offer() and waits up to 5 s for the broker to confirm; calls
+ * already delivered still need an answer. When the connection to the broker is down at that
+ * moment (ZeroMQ is reconnecting), it does not wait: the offer ends here at once and it returns
+ * AB_ECONNECT (the broker drops the offer when it notices the connection's end).
+ */
 int ab_withdraw(ab_client_t *self, const char *service);
 
 /* Accessors for a request; everything returned is borrowed until the request is answered. */

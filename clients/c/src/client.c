@@ -185,6 +185,7 @@ struct ab_client {
     uint32_t heartbeat_ms;
     uint64_t last_send_ms;
     uint64_t next_monitor_ms; /* the monitor is looked at every S_MONITOR_MS, not per process */
+    int link_down;            /* the monitor said DISCONNECTED and no handshake since */
     int unsettled;            /* a send since the last receive that said EAGAIN */
     uint64_t next_seq;
     /* the HELLO exchange during ab_client_connect() */
@@ -231,6 +232,7 @@ struct ab_client {
 /* ---- small helpers ------------------------------------------------------------------------ */
 
 static void s_tls_free(ab_client_t *self);
+static int s_link_down(ab_client_t *self);
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
@@ -1521,7 +1523,8 @@ ab_client_destroy(ab_client_t **self_p)
         self->free_requests = req->next;
         free(req);
     }
-    s_close_sockets(self, self->mon, S_LINGER_MS);
+    /* with the broker out of reach, what waits to be sent would only hold the close up */
+    s_close_sockets(self, self->mon, self->connected && s_link_down(self) ? 0 : S_LINGER_MS);
     self->mon = NULL;
     ab_tunnel_destroy(&self->tunnel); /* after the close: what lingered went through it */
     s_tls_free(self);
@@ -1803,7 +1806,7 @@ ab_client_connect(ab_client_t *self, const char *uri, int timeout_ms)
                            ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                                ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_CONNECTED |
-                               ZMQ_EVENT_CONNECT_RETRIED) == 0) {
+                               ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_DISCONNECTED) == 0) {
         mon = zmq_socket(self->ctx, ZMQ_PAIR);
         if (mon && zmq_connect(mon, S_MONITOR_EP) != 0) {
             zmq_close(mon);
@@ -2072,6 +2075,19 @@ s_control(ab_client_t *self, int kind, const char *service, int *sent)
     return 0;
 }
 
+/* Takes offer `o` out of the client's list and frees it (nothing when it is not there). */
+static void
+s_offer_drop(ab_client_t *self, s_offer_t *o)
+{
+    for (s_offer_t **pp = &self->offers; *pp; pp = &(*pp)->next) {
+        if (*pp == o) {
+            *pp = o->next;
+            free(o);
+            return;
+        }
+    }
+}
+
 int
 ab_offer(ab_client_t *self, const char *service, ab_handler_fn *handler, void *arg)
 {
@@ -2102,13 +2118,7 @@ ab_offer(ab_client_t *self, const char *service, ab_handler_fn *handler, void *a
     int sent;
     int rc = s_control(self, AMTSBOTE__V1__KIND__KIND_OFFER, service, &sent);
     if (rc != 0) {
-        for (s_offer_t **pp = &self->offers; *pp; pp = &(*pp)->next) {
-            if (*pp == o) {
-                *pp = o->next;
-                free(o);
-                break;
-            }
-        }
+        s_offer_drop(self, o);
     }
     return rc;
 }
@@ -2127,6 +2137,15 @@ ab_withdraw(ab_client_t *self, const char *service)
     if (!o)
         return s_fail(self, AB_EINVAL, "this client does not offer '%.255s'",
                       service ? service : "");
+    if (s_link_down(self)) {
+        /* nobody to tell, and waiting for an answer would only wait out S_CONTROL_MS; a broker
+         * that comes back does not know the offer, and it is not repeated to it */
+        s_offer_drop(self, o);
+        return s_fail(self, AB_ECONNECT,
+                      "the connection to the broker is down: '%.255s' is withdrawn here, and "
+                      "the broker drops the offer when it notices",
+                      service);
+    }
     /* kept until the broker confirms, so calls that overtake the WITHDRAW are still served */
     int sent;
     int rc = s_control(self, AMTSBOTE__V1__KIND__KIND_WITHDRAW, o->service, &sent);
@@ -2283,21 +2302,36 @@ ab_client_fd(const ab_client_t *self)
  * nothing and dropped; a refused offer shows as UNKNOWN_SERVICE at the callers.
  */
 static void
-s_check_reconnect(ab_client_t *self, uint64_t now)
+s_check_reconnect(ab_client_t *self, uint64_t now, int force)
 {
     uint16_t ev = 0;
     uint32_t value = 0;
     int reconnected = 0;
     /* each look costs system calls; a reconnect noticed within S_MONITOR_MS is soon enough */
-    if (now < self->next_monitor_ms)
+    if (now < self->next_monitor_ms && !force)
         return;
     self->next_monitor_ms = now + S_MONITOR_MS;
-    for (int i = 0; self->mon && i < 256 && s_monitor_event(self->mon, &ev, &value); i++)
-        if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+    for (int i = 0; self->mon && i < 256 && s_monitor_event(self->mon, &ev, &value); i++) {
+        if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             reconnected = 1;
-    if (!reconnected)
+            self->link_down = 0;
+        } else if (ev == ZMQ_EVENT_DISCONNECTED) {
+            /* over tls:// the relay closes the loopback connection when the broker's ends */
+            self->link_down = 1;
+        }
+    }
+    if (!reconnected || self->closing)
         return;
     s_reoffer(self, 1);
+}
+
+/* The broker cannot be reached now: the connection broke and no handshake has completed since
+ * (ZeroMQ keeps trying). Looks at the monitor first. Without a monitor: never. */
+static int
+s_link_down(ab_client_t *self)
+{
+    s_check_reconnect(self, s_now(), 1);
+    return self->link_down;
 }
 
 int
@@ -2311,7 +2345,7 @@ ab_client_process(ab_client_t *self)
     int rc = 1;
     self->dispatching++;
     s_expire(self, now);
-    s_check_reconnect(self, now);
+    s_check_reconnect(self, now, 0);
     s_heartbeat(self, now);
     /*
      * ZMQ_FD is edge-triggered: stop only when a receive says nothing is left, which also
