@@ -483,6 +483,77 @@ test_recipient_killed_tls_session_end(void **state)
     assert_int_equal(h_broker_stop(&b2, SIGTERM, 10000), 0);
 }
 
+/* A broker killed with calls in flight: their answers cannot come any more (the broker answers on
+ * the connection a call came in on, and the next connection is another peer to it), so the library
+ * ends them at once with UNAVAILABLE, over tls:// and tcp:// alike, not at their deadline of 30 s
+ * + 2 s. */
+typedef struct {
+    int done, status;
+    char text[256];
+} s_outcome_t;
+
+static void
+s_on_outcome(ab_client_t *c, int status, const void *reply, size_t len, const char *errtext,
+             void *arg)
+{
+    (void)c;
+    (void)reply;
+    (void)len;
+    s_outcome_t *o = arg;
+    o->done++;
+    o->status = status;
+    snprintf(o->text, sizeof o->text, "%s", errtext ? errtext : "");
+}
+
+static void
+test_broker_killed_calls_end(void **state)
+{
+    (void)state;
+    h_broker_t b2;
+    assert_int_equal(h_broker_start(&b2, 0, NULL), 0);
+    h_provider_t p;
+    assert_int_equal(h_provider_start(&p, b2.tls, "kommune.halter", SERVICE, 1), 0);
+    ab_client_t *c[2] = {h_client(b2.tls, "bund.bmi"), h_client(b2.tcp, "bund.bmf")};
+    assert_non_null(c[0]);
+    assert_non_null(c[1]);
+    s_outcome_t o[2][3];
+    memset(o, 0, sizeof o);
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 3; j++)
+            assert_int_equal(ab_call_async(c[i], METHOD, "x", 1, 30000, s_on_outcome, &o[i][j]), 0);
+    long long until = h_now_ms() + 10000;
+    while (atomic_load(&p.received) < 6 && h_now_ms() < until) {
+        ab_client_run(c[0], 10);
+        ab_client_run(c[1], 10);
+    }
+    assert_int_equal(atomic_load(&p.received), 6); /* all six with the provider, unanswered */
+    assert_int_equal(h_broker_stop(&b2, SIGKILL, 5000), 128 + SIGKILL);
+    long long killed = h_now_ms();
+    int done = 0;
+    while (done < 6 && h_now_ms() < killed + 10000) {
+        ab_client_run(c[0], 10);
+        ab_client_run(c[1], 10);
+        done = 0;
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 3; j++)
+                done += o[i][j].done;
+    }
+    print_message("calls ended %lld ms after the broker was killed\n", h_now_ms() - killed);
+    for (int i = 0; i < 2; i++) {
+        for (int j = 0; j < 3; j++) {
+            assert_int_equal(o[i][j].done, 1);
+            assert_int_equal(o[i][j].status, AB_EUNAVAILABLE);
+            assert_non_null(strstr(o[i][j].text, "connection to the broker broke"));
+        }
+    }
+    /* and a provider without its broker closes without waiting for it */
+    long long t0 = h_now_ms();
+    h_provider_stop(&p);
+    ab_client_destroy(&c[0]);
+    ab_client_destroy(&c[1]);
+    print_message("provider and callers closed in %lld ms\n", h_now_ms() - t0);
+}
+
 /* One raw DEALER speaking PLAIN, to send what the client library never would. */
 static void *
 s_raw(void *ctx, const char *participant)
@@ -713,6 +784,7 @@ main(void)
         cmocka_unit_test(test_provider_killed_tls_session_end),
         cmocka_unit_test(test_recipient_killed_tls_session_end),
         cmocka_unit_test(test_provider_answers_and_closes_tls),
+        cmocka_unit_test(test_broker_killed_calls_end),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_identity_checked),
         cmocka_unit_test(test_flood_of_bad_input_is_answered_but_not_all_logged),

@@ -431,7 +431,11 @@ int ab_client_fd(const ab_client_t *self);
  */
 int ab_client_process(ab_client_t *self);
 
-/* Milliseconds until ab_client_process() must run again for timers (-1: no timer pending). */
+/*
+ * Milliseconds until ab_client_process() must run again for timers (-1: no timer pending). While
+ * answers are awaited it is at most 100 ms: a broken connection to the broker ends them at once
+ * (AB_EUNAVAILABLE: no answer can come over the next connection) instead of at their deadlines.
+ */
 int ab_client_next_timeout(const ab_client_t *self);
 
 /*

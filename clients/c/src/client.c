@@ -1389,6 +1389,8 @@ s_wait(ab_client_t *self, uint64_t seq, s_sync_t *sync)
         int t = ab_client_next_timeout(self);
         if (t < 0 || t > S_WAIT_SLICE_MS)
             t = S_WAIT_SLICE_MS;
+        if (self->mon && t > S_MONITOR_MS) /* a broken connection ends the wait (monitor) */
+            t = S_MONITOR_MS;
         struct pollfd pfd = {.fd = self->fd, .events = POLLIN, .revents = 0};
         if (poll(&pfd, 1, t) < 0 && errno != EINTR)
             return s_fail(self, AB_EIO, "poll: %s", strerror(errno));
@@ -2296,6 +2298,47 @@ ab_client_fd(const ab_client_t *self)
 }
 
 /*
+ * The connection to the broker broke: the broker answers on the connection a request came in
+ * on, and a new one (ZeroMQ reconnects) is another peer to it, so nothing sent before can be
+ * answered any more. Ends every request waiting for an answer now, instead of at its deadline.
+ * Requests that callbacks make meanwhile go out on the next connection and are not touched.
+ */
+static void
+s_fail_in_flight(ab_client_t *self)
+{
+    size_t n = self->heap.n;
+    uint64_t *seqs = n ? malloc(n * sizeof *seqs) : NULL;
+    if (!seqs)
+        return; /* none, or no memory: they end at their deadlines */
+    for (size_t i = 0; i < n; i++)
+        seqs[i] = AB_CONTAINER_OF(self->heap.v[i], s_pending_t, expires)->seq;
+    for (size_t i = 0; i < n; i++) {
+        s_pending_t *p = s_pending_find(self, seqs[i]);
+        if (!p)
+            continue; /* a callback completed it meanwhile */
+        s_pending_remove(self, p);
+        char text[S_ERRLEN];
+        if (p->kind == AMTSBOTE__V1__KIND__KIND_CALL)
+            snprintf(text, sizeof text,
+                     "the connection to the broker broke with the call to '%s' in flight: its "
+                     "answer cannot come back; whether the provider ran it is unknown",
+                     p->service);
+        else if (p->kind == AMTSBOTE__V1__KIND__KIND_SEND ||
+                 p->kind == AMTSBOTE__V1__KIND__KIND_PUBLISH)
+            snprintf(text, sizeof text,
+                     "the connection to the broker broke before it answered %s '%s': it may or "
+                     "may not have been stored; send it again with the same message id to be sure",
+                     ab_kind_name(p->kind), p->service);
+        else
+            snprintf(text, sizeof text,
+                     "the connection to the broker broke before it answered %s '%s'",
+                     ab_kind_name(p->kind), p->service);
+        s_complete(self, p, AB_EUNAVAILABLE, NULL, 0, text);
+    }
+    free(seqs);
+}
+
+/*
  * After ZeroMQ reconnected (a broker restart, a network failure) the broker knows neither this
  * connection nor its offers; the protocol has no message that would tell us. So on every new
  * handshake after the first: HELLO again and repeat every OFFER. Their answers are matched to
@@ -2316,7 +2359,12 @@ s_check_reconnect(ab_client_t *self, uint64_t now, int force)
             reconnected = 1;
             self->link_down = 0;
         } else if (ev == ZMQ_EVENT_DISCONNECTED) {
-            /* over tls:// the relay closes the loopback connection when the broker's ends */
+            /* over tls:// the relay closes the loopback connection when the broker's ends.
+             * Only the end of a connection that was up strands requests: while the broker is
+             * away, attempts end without a handshake, and what was sent meanwhile waits in
+             * ZeroMQ's queue for the next connection */
+            if (!self->link_down && !self->closing)
+                s_fail_in_flight(self);
             self->link_down = 1;
         }
     }
@@ -2404,6 +2452,12 @@ ab_client_next_timeout(const ab_client_t *self)
     if (first) {
         uint64_t at = first->expires.at;
         best = at > now ? (int64_t)(at - now) : 0;
+    }
+    if (first && self->mon) { /* answers awaited: look for a broken connection in time */
+        uint64_t at = self->next_monitor_ms;
+        int64_t t = at > now ? (int64_t)(at - now) : 0;
+        if (t < best)
+            best = t;
     }
     if (s_live(self)) {
         uint64_t at = self->last_send_ms + self->heartbeat_ms;
