@@ -2362,10 +2362,12 @@ s_check_reconnect(ab_client_t *self, uint64_t now, int force)
             /* over tls:// the relay closes the loopback connection when the broker's ends.
              * Only the end of a connection that was up strands requests: while the broker is
              * away, attempts end without a handshake, and what was sent meanwhile waits in
-             * ZeroMQ's queue for the next connection */
-            if (!self->link_down && !self->closing)
-                s_fail_in_flight(self);
+             * ZeroMQ's queue for the next connection. Down before the callbacks run: one that
+             * drives the client must not end its own new requests here again */
+            int was_up = !self->link_down;
             self->link_down = 1;
+            if (was_up && !self->closing)
+                s_fail_in_flight(self);
         }
     }
     if (!reconnected || self->closing)
